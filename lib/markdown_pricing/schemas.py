@@ -1,0 +1,131 @@
+"""Spark schemas of the raw contract (CONTRACTS.md section 1) and of the datasets the stages exchange."""
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+RAW_DATASETS: dict[str, T.StructType] = {
+    "articles": T.StructType(
+        [
+            T.StructField("article_id", T.StringType()),
+            T.StructField("category", T.StringType()),
+            T.StructField("season", T.StringType()),
+            T.StructField("launch_date", T.DateType()),
+            T.StructField("season_end", T.DateType()),
+            T.StructField("original_price", T.DoubleType()),
+        ]
+    ),
+    "sales": T.StructType(
+        [
+            T.StructField("country", T.StringType()),
+            T.StructField("article_id", T.StringType()),
+            T.StructField("sale_date", T.DateType()),
+            T.StructField("units", T.LongType()),
+            T.StructField("revenue", T.DoubleType()),
+        ]
+    ),
+    "prices": T.StructType(
+        [
+            T.StructField("country", T.StringType()),
+            T.StructField("article_id", T.StringType()),
+            T.StructField("valid_from", T.DateType()),
+            T.StructField("price", T.DoubleType()),
+        ]
+    ),
+    "stock": T.StructType(
+        [
+            T.StructField("country", T.StringType()),
+            T.StructField("article_id", T.StringType()),
+            T.StructField("snapshot_date", T.DateType()),
+            T.StructField("units_on_hand", T.LongType()),
+        ]
+    ),
+}
+
+# Physical Parquet types upstream may deliver for each contract type ("integer columns may arrive as int32 or int64").
+ACCEPTED_RAW_TYPES: dict[T.DataType, tuple[T.DataType, ...]] = {
+    T.StringType(): (T.StringType(),),
+    T.DateType(): (T.DateType(),),
+    T.DoubleType(): (T.DoubleType(), T.FloatType()),
+    T.LongType(): (T.LongType(), T.IntegerType(), T.ShortType()),
+}
+
+QUARANTINE = T.StructType(
+    [
+        T.StructField("dataset", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("row_json", T.StringType(), False),
+    ]
+)
+
+# One row per (country, article, week): history weeks carry `units`; future weeks (is_future) have units null.
+WEEKLY = T.StructType(
+    [
+        T.StructField("country", T.StringType(), False),
+        T.StructField("article_id", T.StringType(), False),
+        T.StructField("week_start", T.DateType(), False),
+        T.StructField("is_future", T.BooleanType(), False),
+        T.StructField("units", T.LongType()),
+        T.StructField("stock_on_hand", T.LongType()),
+        T.StructField("price", T.DoubleType()),
+        T.StructField("original_price", T.DoubleType(), False),
+        T.StructField("season_end", T.DateType(), False),
+        T.StructField("category", T.StringType()),
+        T.StructField("discount", T.DoubleType()),
+        T.StructField("weeks_since_launch", T.IntegerType()),
+        T.StructField("week_of_year", T.IntegerType()),
+        T.StructField("weeks_to_season_end", T.IntegerType()),
+        T.StructField("article_popularity", T.DoubleType()),
+    ]
+)
+
+# What the per-country function returns: one "prediction" row per active article and one "country" row
+# per country (its status, metrics and model), so a country that fails still reports.
+TRAIN_SCORE_OUTPUT = T.StructType(
+    [
+        T.StructField("record", T.StringType(), False),
+        T.StructField("country", T.StringType(), False),
+        T.StructField("article_id", T.StringType()),
+        T.StructField("current_price", T.DoubleType()),
+        T.StructField("current_discount", T.DoubleType()),
+        T.StructField("recommended_discount", T.DoubleType()),
+        T.StructField("recommended_price", T.DoubleType()),
+        T.StructField("predicted_units_next_week", T.DoubleType()),
+        T.StructField("expected_revenue", T.DoubleType()),
+        T.StructField("expected_sell_through", T.DoubleType()),
+        T.StructField("stock_on_hand", T.LongType()),
+        T.StructField("status", T.StringType()),
+        T.StructField("error", T.StringType()),
+        T.StructField("train_rows", T.LongType()),
+        T.StructField("holdout_rows", T.LongType()),
+        T.StructField("model_wape", T.DoubleType()),
+        T.StructField("model_bias", T.DoubleType()),
+        T.StructField("baseline_wape", T.DoubleType()),
+        T.StructField("fit_seconds", T.DoubleType()),
+        T.StructField("model_text", T.StringType()),
+    ]
+)
+
+PREDICTION_COLUMNS = (
+    "country",
+    "article_id",
+    "current_price",
+    "current_discount",
+    "recommended_discount",
+    "recommended_price",
+    "predicted_units_next_week",
+    "expected_revenue",
+    "expected_sell_through",
+    "stock_on_hand",
+)
+
+METRIC_COLUMNS = (
+    "country",
+    "status",
+    "error",
+    "train_rows",
+    "holdout_rows",
+    "model_wape",
+    "model_bias",
+    "baseline_wape",
+    "fit_seconds",
+)

@@ -1,0 +1,80 @@
+"""Stage runners: each reads its inputs, calls pure transformations and writes its outputs.
+
+A job in jobs/ calls `job_entrypoint` with one stage's `run(spark, ctx)`; tests call `run` with their own
+session and context.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+from markdown_pricing.config import ENVIRONMENTS, Config, load_config, with_paths
+from markdown_pricing.spark import build_session
+from markdown_pricing.storage import RunLayout
+
+
+@dataclass(frozen=True)
+class RunContext:
+    cfg: Config
+    run_date: dt.date
+    run_id: str
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(raw=self.cfg.paths.raw, work=self.cfg.paths.work, run_id=self.run_id)
+
+
+def monday(text: str) -> dt.date:
+    """Parses a run date; the contract says it is the Monday the recommendations apply from."""
+    day = dt.date.fromisoformat(text)
+    if day.weekday() != 0:
+        raise argparse.ArgumentTypeError(f"run date {day} is a {day:%A}, not a Monday")
+    return day
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every stage and the pipeline share."""
+    parser.add_argument("--run-date", type=monday, required=True, help="the Monday recommendations apply from")
+    parser.add_argument("--run-id", help="defaults to the run date; a new id republishes the same week")
+    parser.add_argument("--raw", help="raw root URI (default: configured)")
+    parser.add_argument("--work", help="work folder URI (default: configured)")
+    parser.add_argument("--env", choices=ENVIRONMENTS, default="local")
+
+
+def context_from_args(args: argparse.Namespace) -> RunContext:
+    """The run context named by parsed run arguments."""
+    cfg = with_paths(load_config(args.env), raw=args.raw, work=args.work)
+    return RunContext(cfg=cfg, run_date=args.run_date, run_id=args.run_id or args.run_date.isoformat())
+
+
+def configure_logging(ctx: RunContext, stage: str) -> None:
+    """Log lines carry the run id and stage so a collector can group them."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s run={ctx.run_id} stage={stage} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def job_entrypoint(
+    stage: str, run: Callable[[SparkSession, RunContext], int], argv: Sequence[str] | None = None
+) -> int:
+    """Parses arguments, loads config once, builds the session, runs the stage, returns its exit code."""
+    parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py")
+    add_run_arguments(parser)
+    ctx = context_from_args(parser.parse_args(argv))
+    configure_logging(ctx, stage)
+    spark = build_session(ctx.cfg, stage, ctx.run_date.isoformat())
+    try:
+        return run(spark, ctx)
+    except Exception as err:
+        logging.getLogger(f"markdown_pricing.{stage}").error("%s failed: %s", stage, err)
+        raise
+    finally:
+        spark.stop()

