@@ -111,6 +111,23 @@ def test_stock_depletes_without_replenishment(sample: tuple[Path, SampleSummary]
     assert (stock["units_on_hand"] >= 0).all()
     assert (stock.groupby(["country", "article_id"])["units_on_hand"].diff().dropna() <= 0).all()
     assert all(day.weekday() == 0 for day in stock["snapshot_date"])
+    seasons = stock.merge(read(root, "articles"), on="article_id")
+    assert (seasons["snapshot_date"] >= seasons["launch_date"]).all()
+    assert (seasons["snapshot_date"] < seasons["season_end"] + timedelta(days=7)).all()
+
+
+def test_stock_drops_by_the_units_sold(sample: tuple[Path, SampleSummary]) -> None:
+    root, _ = sample
+    keys = ["country", "article_id", "week"]
+    stock = read(root, "stock").assign(week=lambda d: pd.to_datetime(d["snapshot_date"])).sort_values(keys)
+    stock["drop"] = stock["units_on_hand"] - stock.groupby(keys[:2])["units_on_hand"].shift(-1)
+    sales = read(root, "sales").drop_duplicates().query("sale_date < @RUN_DATE")
+    day = pd.to_datetime(sales["sale_date"])
+    sales["week"] = day - pd.to_timedelta(day.dt.weekday, unit="D")
+    weekly = stock.dropna(subset=["drop"]).merge(sales.groupby(keys)["units"].sum().reset_index(), on=keys, how="left")
+    # Sold units leave the stock; returned ones (at most one a day) are not put back.
+    returned = weekly["drop"] - weekly["units"].fillna(0)
+    assert len(weekly) > 100 and returned.between(0, 7).all()
 
 
 def test_sales_revenue_matches_shelf_price(sample: tuple[Path, SampleSummary]) -> None:
@@ -170,7 +187,6 @@ def test_generate_sample_injected_bad_rows_are_few_but_present(sample: tuple[Pat
 
 
 def test_generate_sample_without_bad_rows_is_clean_and_overwrites(tmp_path: Path) -> None:
-                                                                  tmp_path: Path) -> None:
     generate_sample(tmp_path, seed=7, run_date=RUN_DATE, **SMALL)
     summary = generate_sample(tmp_path, seed=7, run_date=RUN_DATE, inject_bad_rows=False, **SMALL)
     sales, prices = read(tmp_path, "sales"), read(tmp_path, "prices")

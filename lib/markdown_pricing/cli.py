@@ -49,7 +49,11 @@ def run_command(args: argparse.Namespace) -> int:
     result = luigi.build(
         [
             WeeklyRun(
-                run_date=ctx.run_date, run_id=ctx.run_id, raw=ctx.cfg.paths.raw, work=ctx.cfg.paths.work, env=args.env
+                run_date=ctx.run_date,
+                run_id=ctx.run_id,
+                raw_uri=ctx.cfg.paths.raw,
+                work_uri=ctx.cfg.paths.work,
+                env=args.env,
             )
         ],
         local_scheduler=scheduler_url is None,

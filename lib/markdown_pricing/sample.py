@@ -200,7 +200,7 @@ def _simulate(rng: np.random.Generator, world: World) -> dict[str, dict[str, np.
         if _weekday(day) == 0:  # Monday: stock snapshot at the start of the day, then any markdown
             if day >= first:
                 snap = np.nonzero((since >= 0) & (to_end > -7))[0]
-                snaps.append((snap, np.full(len(snap), day), stock[snap].copy()))
+                snaps.append((snap, np.full(len(snap), day), stock[snap]))
             jump = 1 + (rng.random(n) < 0.3)
             moves = in_season & (since >= 21) & (step < len(LADDER) - 1) & (rng.random(n) < MARKDOWN_CHANCE)
             step = np.where(moves, np.minimum(step + jump, len(LADDER) - 1), step)

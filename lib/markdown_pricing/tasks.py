@@ -58,13 +58,14 @@ class RunParameters:
 
     run_date = luigi.DateParameter()
     run_id = luigi.Parameter(default="")
-    raw = luigi.Parameter(default="")
-    work = luigi.Parameter(default="")
+    # Not `raw`/`work`: the luigi command line would read `--work` as an abbreviation of `--worker-*`.
+    raw_uri = luigi.Parameter(default="")
+    work_uri = luigi.Parameter(default="")
     env = luigi.ChoiceParameter(choices=ENVIRONMENTS, default="local")
 
     @cached_property
     def ctx(self) -> RunContext:
-        cfg = with_paths(load_config(self.env), raw=self.raw or None, work=self.work or None)
+        cfg = with_paths(load_config(self.env), raw=self.raw_uri or None, work=self.work_uri or None)
         return RunContext(cfg=cfg, run_date=self.run_date, run_id=self.run_id or self.run_date.isoformat())
 
     def run_arguments(self) -> list[str]:
@@ -80,10 +81,10 @@ class RawDataset(luigi.ExternalTask):
     """An upstream export, complete once its _SUCCESS marker is there."""
 
     dataset = luigi.ChoiceParameter(choices=tuple(RAW_DATASETS))
-    raw = luigi.Parameter()
+    raw_uri = luigi.Parameter()
 
     def output(self) -> MarkerTarget:
-        return MarkerTarget(join(self.raw, self.dataset))
+        return MarkerTarget(join(self.raw_uri, self.dataset))
 
 
 class SparkStage(RunParameters, luigi.Task):
@@ -112,7 +113,7 @@ class Etl(SparkStage):
     job = "etl"
 
     def requires(self) -> list[RawDataset]:
-        return [RawDataset(dataset=name, raw=self.ctx.cfg.paths.raw) for name in RAW_DATASETS]
+        return [RawDataset(dataset=name, raw_uri=self.ctx.cfg.paths.raw) for name in RAW_DATASETS]
 
     def output(self) -> MarkerTarget:
         return MarkerTarget(self.ctx.layout.weekly)
