@@ -118,6 +118,8 @@ PREDICTION_COLUMNS = (
     "stock_on_hand",
 )
 
+PREDICTIONS = T.StructType([field for field in TRAIN_SCORE_OUTPUT.fields if field.name in PREDICTION_COLUMNS])
+
 METRIC_COLUMNS = (
     "country",
     "status",

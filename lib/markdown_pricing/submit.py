@@ -53,8 +53,9 @@ def spark_submit_command(cfg: Config, job: str, job_args: Sequence[str], run_dat
 def submit_environment(cfg: Config) -> dict[str, str]:
     """Environment for the spark-submit process: this Python for driver and local executors."""
     env = dict(os.environ)
-    if cfg.spark.master.startswith(("local", "spark://")):
+    if cfg.spark.master.startswith("local"):
         env.setdefault("PYSPARK_PYTHON", sys.executable)
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     return env
 
 

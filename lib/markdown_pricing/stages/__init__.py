@@ -60,6 +60,7 @@ def configure_logging(ctx: RunContext, stage: str) -> None:
         format=f"%(asctime)s %(levelname)s run={ctx.run_id} stage={stage} %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def job_entrypoint(

@@ -1,0 +1,84 @@
+"""The config loader and the spark-submit command lines built from it."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from markdown_pricing.config import ConfigError, load_config, project_root, with_paths
+from markdown_pricing.submit import spark_submit_command, submit_environment
+
+ROOT = project_root()
+
+
+def test_load_config_resolves_relative_paths_against_project_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MARKDOWN_RAW", raising=False)
+    monkeypatch.delenv("MARKDOWN_WORK", raising=False)
+    cfg = load_config("local")
+    assert cfg.paths.raw == str(ROOT / ".demo" / "raw")
+    assert cfg.spark.master == "local[2]"
+    assert cfg.run.ladder == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def test_load_config_keeps_hdfs_uris_and_overlays_environment_file() -> None:
+    cfg = load_config("yarn")
+    assert cfg.paths.work.startswith("hdfs://")
+    assert cfg.spark.master == "yarn"
+    assert cfg.spark.conf["spark.sql.session.timeZone"] == "UTC"  # from base.toml
+    assert cfg.spark.conf["spark.executor.cores"] == "2"
+
+
+def test_load_config_takes_erp_dsn_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKDOWN_ERP_DSN", "host=erp.example dbname=erp")
+    assert load_config("local").erp.dsn == "host=erp.example dbname=erp"
+
+
+def test_load_config_rejects_unknown_environment() -> None:
+    with pytest.raises(ConfigError, match="unknown environment 'prod'"):
+        load_config("prod")
+
+
+def test_load_config_names_a_missing_key(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "base.toml").write_text((ROOT / "conf" / "base.toml").read_text().replace("[model]", "[modle]"))
+    (tmp_path / "conf" / "local.toml").write_text("")
+    with pytest.raises(ConfigError, match="'model'"):
+        load_config("local", root=tmp_path)
+
+
+def test_with_paths_replaces_raw_and_work() -> None:
+    cfg = with_paths(load_config("local"), raw="hdfs://nn:8020/raw", work="/data/work")
+    assert (cfg.paths.raw, cfg.paths.work) == ("hdfs://nn:8020/raw", "/data/work")
+
+
+def test_spark_submit_command_carries_conf_name_and_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKDOWN_ERP_DSN", "host=erp user=markdown password=s3cret")
+    monkeypatch.setenv("PGPASSWORD", "s3cret")
+    cfg = load_config("local")
+    command = spark_submit_command(cfg, "train_score", ["--run-date", "2026-11-23"], "2026-11-23")
+    assert command[1:7] == ["--master", "local[2]", "--deploy-mode", "client", "--name", "markdown-train-score 2026-11-23"]
+    assert "spark.sql.shuffle.partitions=8" in command
+    assert command[-3:] == [str(ROOT / "jobs" / "train_score.py"), "--run-date", "2026-11-23"]
+    assert not any("s3cret" in part for part in command)
+
+
+def test_spark_submit_command_refuses_unknown_job() -> None:
+    with pytest.raises(ValueError, match="unknown job 'train'"):
+        spark_submit_command(load_config("local"), "train", [])
+
+
+def test_submit_environment_pins_python_and_loopback_for_local() -> None:
+    env = submit_environment(load_config("local"))
+    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert Path(env["PYSPARK_PYTHON"]).exists()
+
+
+def test_submit_script_dry_run_prints_yarn_command() -> None:
+    result = subprocess.run(
+        [str(ROOT / "spark-submit" / "submit.sh"), "etl", "--env", "yarn", "--dry-run", "--run-date", "2026-11-23"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    line = result.stdout.strip()
+    assert "--master yarn" in line and "spark.yarn.queue=markdown" in line
+    assert line.endswith("jobs/etl.py --run-date 2026-11-23 --env yarn")
