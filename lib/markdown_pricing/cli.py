@@ -54,6 +54,7 @@ def run_command(args: argparse.Namespace) -> int:
                 raw_uri=ctx.cfg.paths.raw,
                 work_uri=ctx.cfg.paths.work,
                 env=args.env,
+                override_gate=",".join(ctx.gate_overrides),
             )
         ],
         local_scheduler=scheduler_url is None,

@@ -62,11 +62,15 @@ class RunParameters:
     raw_uri = luigi.Parameter(default="")
     work_uri = luigi.Parameter(default="")
     env = luigi.ChoiceParameter(choices=ENVIRONMENTS, default="local")
+    override_gate = luigi.Parameter(default="", description="comma-separated countries whose quality gate is overridden")
 
     @cached_property
     def ctx(self) -> RunContext:
         cfg = with_paths(load_config(self.env), raw=self.raw_uri or None, work=self.work_uri or None)
-        return RunContext(cfg=cfg, run_date=self.run_date, run_id=self.run_id or self.run_date.isoformat())
+        overrides = tuple(sorted({c.strip() for c in self.override_gate.split(",") if c.strip()}))
+        return RunContext(
+            cfg=cfg, run_date=self.run_date, run_id=self.run_id or self.run_date.isoformat(), gate_overrides=overrides
+        )
 
     def run_arguments(self) -> list[str]:
         """The command-line form of this run, for the job entry points."""
@@ -74,6 +78,7 @@ class RunParameters:
         return [
             "--run-date", self.run_date.isoformat(), "--run-id", self.ctx.run_id,
             "--raw", paths.raw, "--work", paths.work, "--env", self.env,
+            *(part for country in self.ctx.gate_overrides for part in ("--override-gate", country)),
         ]  # fmt: skip
 
 

@@ -24,6 +24,8 @@ class RunContext:
     cfg: Config
     run_date: dt.date
     run_id: str
+    # Countries whose publish quality gate an operator explicitly overrides for this run.
+    gate_overrides: tuple[str, ...] = ()
 
     @property
     def layout(self) -> RunLayout:
@@ -45,12 +47,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", help="raw root URI (default: configured)")
     parser.add_argument("--work", help="work folder URI (default: configured)")
     parser.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    parser.add_argument(
+        "--override-gate",
+        action="append",
+        default=[],
+        metavar="COUNTRY",
+        help="publish this country even if its quality gate blocks it (recorded in the ledger); repeatable",
+    )
 
 
 def context_from_args(args: argparse.Namespace) -> RunContext:
     """The run context named by parsed run arguments."""
     cfg = with_paths(load_config(args.env), raw=args.raw, work=args.work)
-    return RunContext(cfg=cfg, run_date=args.run_date, run_id=args.run_id or args.run_date.isoformat())
+    return RunContext(
+        cfg=cfg,
+        run_date=args.run_date,
+        run_id=args.run_id or args.run_date.isoformat(),
+        gate_overrides=tuple(sorted(set(args.override_gate))),
+    )
 
 
 def configure_logging(ctx: RunContext, stage: str) -> None:
