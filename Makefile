@@ -18,15 +18,41 @@ $(BIN)/markdown-pricing: setup.py
 check-java:
 	@spark-submit/check-java.sh
 
+# The report test renders the run report in headless Chromium (Debian's `chromium` package): installed here as root.
+.PHONY: check-chromium
+check-chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium not found: installing it with apt-get (the report test renders the page in it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "error: chromium not found; the report test renders the page in it. Install it as root:" \
+	      "apt-get update && apt-get install -y chromium" >&2; \
+	    exit 1; \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || { echo "error: apt-get did not install chromium" >&2; exit 1; }
+
 demo: check-java $(BIN)/markdown-pricing
 	@test -f $(DEMO_RAW)/sales/_SUCCESS || $(BIN)/markdown-pricing generate-sample --out $(DEMO_RAW) --run-date $(RUN_DATE)
 	$(BIN)/markdown-pricing run --run-date $(RUN_DATE) --raw $(DEMO_RAW) --work $(DEMO_WORK)
 
-test: check-java $(BIN)/markdown-pricing
+test: check-java check-chromium $(BIN)/markdown-pricing
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 erp-stop: $(BIN)/markdown-pricing
 	$(BIN)/markdown-pricing erp stop --work $(DEMO_WORK)
+
+# A Spark History Server for the demo's past runs (their event logs are in $(DEMO_WORK)/spark-events), reachable
+# from this machine only. It runs in the foreground: Ctrl-C stops it.
+HISTORY_PORT ?= 18080
+HISTORY_LOGS = $(abspath $(DEMO_WORK))/spark-events
+.PHONY: history
+history: check-java $(BIN)/markdown-pricing
+	@mkdir -p $(HISTORY_LOGS)
+	@echo "Spark History Server on http://127.0.0.1:$(HISTORY_PORT) reading $(HISTORY_LOGS) (Ctrl-C stops it)"
+	PATH="$(abspath $(BIN)):$$PATH" SPARK_LOCAL_IP=127.0.0.1 \
+	  SPARK_HISTORY_OPTS="-Dspark.history.fs.logDirectory=file://$(HISTORY_LOGS) -Dspark.history.ui.port=$(HISTORY_PORT)" \
+	  $(BIN)/spark-class org.apache.spark.deploy.history.HistoryServer
 
 clean: erp-stop
 	rm -rf .demo

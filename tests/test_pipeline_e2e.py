@@ -83,7 +83,8 @@ def test_pipeline_publishes_one_row_per_active_article_by_contract(world: dict[s
     active = expected_active(world["raw"])  # type: ignore[arg-type]
     active = active[active["country"].isin(world["countries"])]  # type: ignore[arg-type]
 
-    assert sorted(zip(table["country"], table["article_id"])) == sorted(zip(active["country"], active["article_id"]))
+    published = sorted(zip(table["country"], table["article_id"], strict=True))
+    assert published == sorted(zip(active["country"], active["article_id"], strict=True))
     ladder = load_config("local").run.ladder
     assert set(table["recommended_discount"].round(3)) <= set(ladder)
     merged = table.merge(active, on=["country", "article_id"])

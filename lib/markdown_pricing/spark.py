@@ -1,18 +1,44 @@
-"""The one SparkSession factory."""
+"""The one SparkSession factory, and the labels that make the Spark UI and History Server explain a run."""
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
 from markdown_pricing.config import Config
+from markdown_pricing.storage import join, local_path
+
+EVENT_LOG_FOLDER = "spark-events"
+# The local properties SparkContext.setJobGroup sets; restored after each labelled block.
+JOB_LABEL_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
 
 
 def app_name(cfg: Config, stage: str, run_date: str | None = None) -> str:
     """Names applications so the Spark UI and History Server show stage and run date."""
     return " ".join(part for part in (f"{cfg.spark.app_name_prefix}-{stage}", run_date) if part)
+
+
+def event_log_conf(cfg: Config) -> dict[str, str]:
+    """Where an application logs its events: the configured folder, else <work>/spark-events."""
+    conf = cfg.spark.conf
+    if conf.get("spark.eventLog.enabled", "false").lower() != "true" or "spark.eventLog.dir" in conf:
+        return {}
+    folder = join(cfg.paths.work, EVENT_LOG_FOLDER)
+    # A bare path would be resolved against Hadoop's default filesystem, which is HDFS on a cluster.
+    return {"spark.eventLog.dir": folder if urlparse(folder).scheme else Path(folder).as_uri()}
+
+
+def ensure_local_event_log_dir(conf: Mapping[str, str]) -> None:
+    """Creates a local event log folder: Spark refuses to start when it is missing."""
+    folder = conf.get("spark.eventLog.dir")
+    enabled = conf.get("spark.eventLog.enabled", "false").lower() == "true"
+    if enabled and folder and urlparse(folder).scheme in ("", "file"):
+        local_path(folder).mkdir(parents=True, exist_ok=True)
 
 
 def build_session(
@@ -23,16 +49,32 @@ def build_session(
     Under spark-submit the command line, built from this same config, already set master, name and conf;
     setting them again here would override a cluster deploy mode. Run directly (tests), the config applies.
     """
+    conf = {**cfg.spark.conf, **event_log_conf(cfg), **(extra_conf or {})}
+    ensure_local_event_log_dir(conf)
     builder = SparkSession.builder
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         # Python workers must run this interpreter, the one that has the package and its dependencies.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.appName(app_name(cfg, stage, run_date)).master(cfg.spark.master)
-        for key, value in {**cfg.spark.conf, **(extra_conf or {})}.items():
+        for key, value in conf.items():
             builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+@contextmanager
+def spark_job(spark: SparkSession, group: str, description: str) -> Iterator[None]:
+    """Labels the Spark jobs started in the block (the UI's job group and description), then restores the labels."""
+    context = spark.sparkContext
+    previous = {key: context.getLocalProperty(key) for key in JOB_LABEL_PROPERTIES}
+    context.setJobGroup(group, description)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            # None removes the property, so no later action runs under this block's description.
+            context.setLocalProperty(key, value)
 
 
 def task_cpus(default: int = 1) -> int:

@@ -152,6 +152,9 @@ class RunLayout:
     def metrics(self) -> str:
         return join(self.run_dir, "metrics")
 
+    def stage_record(self, stage: str) -> str:
+        return join(self.run_dir, "stages", f"{stage}.json")
+
     def model_file(self, country: str) -> str:
         return join(self.work, "models", self.run_id, country, "model.txt")
 

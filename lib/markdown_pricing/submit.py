@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from markdown_pricing.config import ENVIRONMENTS, Config, load_config
-from markdown_pricing.spark import app_name
+from markdown_pricing.config import ENVIRONMENTS, Config, load_config, with_paths
+from markdown_pricing.spark import app_name, event_log_conf
 
 JOBS = ("etl", "train_score", "publish")
 
@@ -31,7 +31,10 @@ def job_script(cfg: Config, job: str) -> Path:
 
 
 def spark_submit_command(cfg: Config, job: str, job_args: Sequence[str], run_date: str | None = None) -> list[str]:
-    """The exact spark-submit command for a job; secrets are never part of it."""
+    """The exact spark-submit command for a job; secrets are never part of it.
+
+    `cfg` carries the job's paths: the event log goes to its work folder unless conf/ names one.
+    """
     command = [
         spark_submit_binary(),
         "--master",
@@ -42,7 +45,7 @@ def spark_submit_command(cfg: Config, job: str, job_args: Sequence[str], run_dat
         app_name(cfg, job.replace("_", "-"), run_date),
     ]
     log4j = cfg.project_root / "conf" / "log4j2.properties"
-    conf = dict(cfg.spark.conf)
+    conf = {**cfg.spark.conf, **event_log_conf(cfg)}
     if log4j.exists():
         conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
     for key, value in sorted(conf.items()):
@@ -66,9 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--env", choices=ENVIRONMENTS, default="local")
     parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args, job_args = parser.parse_known_args(argv)
-    cfg = load_config(args.env)
-    run_date = job_args[job_args.index("--run-date") + 1] if "--run-date" in job_args else None
-    command = spark_submit_command(cfg, args.job, [*job_args, "--env", args.env], run_date)
+    # Read, not consumed: the job gets them too, and the command needs the work folder and run date.
+    paths = argparse.ArgumentParser(add_help=False)
+    for option in ("--run-date", "--raw", "--work"):
+        paths.add_argument(option)
+    known = paths.parse_known_args(job_args)[0]
+    cfg = with_paths(load_config(args.env), raw=known.raw, work=known.work)
+    command = spark_submit_command(cfg, args.job, [*job_args, "--env", args.env], known.run_date)
     if args.dry_run:
         print(shlex.join(command))
         return 0

@@ -7,7 +7,7 @@ from typing import Any
 from psycopg2 import sql
 
 from markdown_pricing import erp
-from markdown_pricing.embedded_erp import describe_dsn, resolve_dsn
+from markdown_pricing.embedded_erp import describe_dsn, psql_binary, resolve_dsn
 from markdown_pricing.stages import RunContext
 from markdown_pricing.storage import filesystem, read_json
 
@@ -56,4 +56,5 @@ def print_run_summary(ctx: RunContext) -> None:
     print(f"\nrun {ctx.run_id} (run date {ctx.run_date}):")
     print(format_summary(read_json(uri), ledger, mix))
     table = f"{settings.schema}.{settings.predictions_table}"
-    print(f'\nLook at the table:  psql "{describe_dsn(dsn)}" -c "SELECT * FROM {table} ORDER BY country, article_id LIMIT 20"')
+    query = f"SELECT * FROM {table} ORDER BY country, article_id LIMIT 20"
+    print(f'\nLook at the table:  {psql_binary()} "{describe_dsn(dsn)}" -c "{query}"')

@@ -4,14 +4,20 @@
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
+import shlex
 import subprocess
+import sys
+import threading
+import time
 from contextlib import closing
 from functools import cached_property
 
 import luigi
 
-from markdown_pricing import erp
+from markdown_pricing import erp, progress, runlog
 from markdown_pricing.config import ENVIRONMENTS, load_config, with_paths
 from markdown_pricing.embedded_erp import resolve_dsn
 from markdown_pricing.schemas import RAW_DATASETS
@@ -20,6 +26,11 @@ from markdown_pricing.storage import SUCCESS_MARKER, filesystem, join, read_json
 from markdown_pricing.submit import spark_submit_command, submit_environment
 
 log = logging.getLogger("luigi-interface")
+
+# The status message and percentage last sent to the scheduler.
+Shown = tuple[str, int | None]
+# How long the task waits for a finished job's last output lines.
+OUTPUT_GRACE_S = 30.0
 
 
 class MarkerTarget(luigi.Target):
@@ -45,7 +56,8 @@ class LedgerTarget(luigi.Target):
         expected = set(read_json(results_uri))
         settings = self.ctx.cfg.erp
         try:
-            with closing(erp.connect(resolve_dsn(settings, self.ctx.cfg.paths.work), settings.connect_timeout_s)) as conn:
+            dsn = resolve_dsn(settings, self.ctx.cfg.paths.work)
+            with closing(erp.connect(dsn, settings.connect_timeout_s)) as conn:
                 erp.ensure_schema(conn, settings)
                 statuses = erp.ledger(conn, settings, self.ctx.run_id)
         except erp.ErpUnavailableError:
@@ -62,7 +74,12 @@ class RunParameters:
     raw_uri = luigi.Parameter(default="")
     work_uri = luigi.Parameter(default="")
     env = luigi.ChoiceParameter(choices=ENVIRONMENTS, default="local")
-    override_gate = luigi.Parameter(default="", description="comma-separated countries whose quality gate is overridden")
+    override_gate = luigi.Parameter(
+        default="", description="comma-separated countries whose quality gate is overridden"
+    )
+    wait_for_inputs = luigi.FloatParameter(
+        default=-1.0, significant=False, description="seconds to wait for raw _SUCCESS markers; -1: configured"
+    )
 
     @cached_property
     def ctx(self) -> RunContext:
@@ -83,19 +100,46 @@ class RunParameters:
 
 
 class RawDataset(luigi.ExternalTask):
-    """An upstream export, complete once its _SUCCESS marker is there."""
+    """An upstream export, complete once its _SUCCESS marker is there; waits for it like an HDFS sensor."""
 
     dataset = luigi.ChoiceParameter(choices=tuple(RAW_DATASETS))
     raw_uri = luigi.Parameter()
+    wait_s = luigi.FloatParameter(default=0.0, significant=False)
+    poll_s = luigi.FloatParameter(default=60.0, significant=False)
 
     def output(self) -> MarkerTarget:
         return MarkerTarget(join(self.raw_uri, self.dataset))
 
+    def complete(self) -> bool:
+        deadline = time.monotonic() + self.wait_s
+        # The first wait is a warning: a quiet terminal would otherwise look stuck for up to an hour.
+        level = logging.WARNING
+        while not self.output().exists():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error(
+                    "input dataset %r is missing: no %s after waiting %.0f s",
+                    self.dataset,
+                    self.output().path,
+                    self.wait_s,
+                )
+                return False
+            log.log(level, "waiting for %s (%.0f s left)", self.output().path, remaining)
+            level = logging.INFO
+            time.sleep(min(self.poll_s, remaining))
+        return True
+
 
 class SparkStage(RunParameters, luigi.Task):
-    """Runs one job through spark-submit with the environment's settings from conf/."""
+    """Runs one job through spark-submit with the environment's settings from conf/.
+
+    While the job runs, the task shows the job's progress file on luigid (status message, progress percentage);
+    the job's output goes to its log file, and only its warnings and errors to the terminal unless verbose.
+    """
 
     job: str = ""
+    # How often the progress file is read while the job runs.
+    poll_s: float = progress.POLL_S
 
     def command(self) -> list[str]:
         return spark_submit_command(self.ctx.cfg, self.job, self.run_arguments(), self.run_date.isoformat())
@@ -103,22 +147,75 @@ class SparkStage(RunParameters, luigi.Task):
     def run(self) -> None:
         command = self.command()
         log.info("submitting %s", " ".join(command))
-        # Output streams straight through; the environment (it may hold PGPASSWORD) is never logged.
-        process = subprocess.Popen(command, env=submit_environment(self.ctx.cfg))
-        try:
-            code = process.wait()
-        finally:
-            if process.poll() is None:
-                process.terminate()
+        channel = progress.progress_uri(self.ctx.layout, self.job)
+        log_path = runlog.stage_log_path(self.ctx.layout, self.job)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        progress.stage_started(channel, self.job)
+        shown = self._show(progress.read_progress(channel), ("", None))
+        # The environment (it may hold PGPASSWORD) is never logged.
+        env = {**submit_environment(self.ctx.cfg), runlog.CAPTURED_ENV: "1"}
+        with log_path.open("a", encoding="utf-8") as log_file:
+            log_file.write(f"--- {dt.datetime.now(dt.timezone.utc).isoformat()} {shlex.join(command)}\n")
+            log_file.flush()
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            )
+            assert process.stdout is not None
+            # Resolved at each write: `markdown-pricing run` points sys.stderr above its progress display.
+            pump = threading.Thread(
+                target=runlog.copy_output,
+                args=(process.stdout, log_file, lambda line: sys.stderr.write(line), _verbose()),
+                daemon=True,
+            )
+            pump.start()
+            try:
+                code, shown = self._wait(process, channel, shown)
+            finally:
+                if process.poll() is None:
+                    process.terminate()
+                # Bounded: a process the job started may hold its output open after the job ended.
+                pump.join(OUTPUT_GRACE_S)
+        self._show(progress.stage_finished(channel, self.job, code, str(log_path)), shown)
         if code != 0:
-            raise RuntimeError(f"{self.job} for run {self.ctx.run_id} failed with exit code {code}")
+            raise RuntimeError(
+                f"{self.job} for run {self.ctx.run_id} failed with exit code {code}; its output is in {log_path}"
+            )
+
+    def _wait(self, process: subprocess.Popen[str], channel: str, shown: Shown) -> tuple[int, Shown]:
+        """Waits for the job's exit code, showing its progress file on luigid each time it is read."""
+        while True:
+            try:
+                return process.wait(timeout=self.poll_s), shown
+            except subprocess.TimeoutExpired:
+                shown = self._show(progress.read_progress(channel), shown)
+
+    def _show(self, document: progress.Document | None, shown: Shown) -> Shown:
+        """Sends the document's status message and percentage to the scheduler where they changed."""
+        if document is None:
+            return shown
+        message, percent = progress.status_message(document), progress.percentage(document)
+        # Each call is a request to luigid. Both setters are None when the task runs outside a Luigi worker.
+        if message != shown[0] and self.set_status_message is not None:
+            self.set_status_message(message)
+        if percent is not None and percent != shown[1] and self.set_progress_percentage is not None:
+            self.set_progress_percentage(percent)
+        return message, percent if percent is not None else shown[1]
+
+
+def _verbose() -> bool:
+    return os.environ.get(runlog.VERBOSE_ENV) == "1"
 
 
 class Etl(SparkStage):
     job = "etl"
 
     def requires(self) -> list[RawDataset]:
-        return [RawDataset(dataset=name, raw_uri=self.ctx.cfg.paths.raw) for name in RAW_DATASETS]
+        rules = self.ctx.cfg.run
+        wait_s = rules.wait_for_inputs_s if self.wait_for_inputs < 0 else self.wait_for_inputs
+        return [
+            RawDataset(dataset=name, raw_uri=self.ctx.cfg.paths.raw, wait_s=wait_s, poll_s=rules.input_poll_s)
+            for name in RAW_DATASETS
+        ]
 
     def output(self) -> MarkerTarget:
         return MarkerTarget(self.ctx.layout.weekly)

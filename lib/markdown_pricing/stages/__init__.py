@@ -8,15 +8,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
+from markdown_pricing import runlog
 from markdown_pricing.config import ENVIRONMENTS, Config, load_config, with_paths
+from markdown_pricing.etl import InputError
 from markdown_pricing.spark import build_session
-from markdown_pricing.storage import RunLayout
+from markdown_pricing.storage import RunLayout, write_json
+
+INPUT_ERROR_EXIT_CODE = 2
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,10 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
 
 
 def configure_logging(ctx: RunContext, stage: str) -> None:
-    """Log lines carry the run id and stage so a collector can group them."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s run={ctx.run_id} stage={stage} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log lines carry run id, stage and country so a collector can group them; they go to the stage's log file too."""
+    # Launched by its Luigi task, the stage's whole output already goes to that file.
+    log_file = None if os.environ.get(runlog.CAPTURED_ENV) else runlog.stage_log_path(ctx.layout, stage)
+    runlog.configure(ctx.run_id, stage, sys.stderr, logging.INFO, log_file)
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
@@ -86,10 +89,26 @@ def job_entrypoint(
     ctx = context_from_args(parser.parse_args(argv))
     configure_logging(ctx, stage)
     spark = build_session(ctx.cfg, stage, ctx.run_date.isoformat())
+    if spark_log_level := os.environ.get(runlog.SPARK_LOG_LEVEL_ENV):
+        spark.sparkContext.setLogLevel(spark_log_level.upper())
+    started = dt.datetime.now(dt.timezone.utc)
+    code = 1
     try:
-        return run(spark, ctx)
+        code = run(spark, ctx)
+        return code
+    except InputError as err:
+        # Bad input is the operator's to fix, not a bug: a clear message, no stack trace.
+        logging.getLogger(f"markdown_pricing.{stage}").error("%s stopped, nothing published: %s", stage, err)
+        code = INPUT_ERROR_EXIT_CODE
+        return code
     except Exception as err:
         logging.getLogger(f"markdown_pricing.{stage}").error("%s failed: %s", stage, err)
         raise
     finally:
         spark.stop()
+        finished = dt.datetime.now(dt.timezone.utc)
+        write_json(
+            ctx.layout.stage_record(stage),
+            {"stage": stage, "started_at": started.isoformat(), "finished_at": finished.isoformat(),
+             "seconds": (finished - started).total_seconds(), "exit_code": code},
+        )  # fmt: skip

@@ -3,22 +3,39 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import reduce
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial, reduce
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
 
 from markdown_pricing import etl
 from markdown_pricing.schemas import RAW_DATASETS
+from markdown_pricing.spark import spark_job
 from markdown_pricing.stages import RunContext
 from markdown_pricing.storage import has_success_marker, write_json
 
 log = logging.getLogger(__name__)
 
 
-class MissingInputError(RuntimeError):
+UNREADABLE_FILE = re.compile(r"FAILED_READ_FILE\S*\] Encountered error while reading file (\S+?)\.?\s")
+
+
+class MissingInputError(etl.InputError):
     """A raw dataset folder is absent or incomplete (no _SUCCESS marker)."""
+
+
+class EmptyInputError(etl.InputError):
+    """A complete raw dataset holds no rows."""
+
+
+class CorruptInputError(etl.InputError):
+    """A raw file is not readable Parquet."""
 
 
 def read_raw(spark: SparkSession, ctx: RunContext, dataset: str) -> DataFrame:
@@ -26,29 +43,58 @@ def read_raw(spark: SparkSession, ctx: RunContext, dataset: str) -> DataFrame:
     path = ctx.layout.raw_dataset(dataset)
     if not has_success_marker(path):
         raise MissingInputError(f"dataset {dataset!r} at {path} has no _SUCCESS marker: upstream export incomplete")
-    etl.check_raw_schema(dataset, spark.read.parquet(path).schema)
+    try:
+        found = spark.read.parquet(path).schema
+    except AnalysisException as err:
+        if "UNABLE_TO_INFER_SCHEMA" in str(err):
+            raise EmptyInputError(
+                f"dataset {dataset!r} at {path} is marked complete but holds no Parquet files"
+            ) from err
+        raise
+    etl.check_raw_schema(dataset, found)
     # Reading with the contract schema widens int32 files to bigint; a merged inferred schema would fail.
     return spark.read.schema(RAW_DATASETS[dataset]).parquet(path)
 
 
+@contextmanager
+def naming_unreadable_files(dataset: str) -> Iterator[None]:
+    """Turns Spark's failure to read a file into an error that names the dataset and the file."""
+    try:
+        yield
+    except Exception as err:
+        unreadable = UNREADABLE_FILE.search(str(err))
+        if unreadable is None:
+            raise
+        raise CorruptInputError(
+            f"dataset {dataset!r}: cannot read {unreadable.group(1)}: not a readable Parquet file"
+        ) from None
+
+
 def run(spark: SparkSession, ctx: RunContext) -> int:
     """Validates, quarantines, deduplicates and curates the raw datasets of one run."""
-    spark.sparkContext.setJobGroup(f"etl-{ctx.run_id}", f"ETL {ctx.run_date}")
-    raw = {name: read_raw(spark, ctx, name) for name in RAW_DATASETS}
+    job = partial(spark_job, spark, f"etl-{ctx.run_id}")
+    with job("ETL: check raw schemas"):
+        raw = {name: read_raw(spark, ctx, name) for name in RAW_DATASETS}
     counts: dict[str, dict[str, Any]] = {}
     tagged: dict[str, DataFrame] = {}
     for name in RAW_DATASETS:  # articles first: the others are checked against its valid rows
-        deduplicated = raw[name].dropDuplicates()
+        # Counted in the pass that finds the reject reasons, not by a second scan; the UI shows them as the
+        # scan stage's Input records.
+        read = Observation(f"rows read: {name}")
+        deduplicated = raw[name].observe(read, F.count(F.lit(1)).alias("rows")).dropDuplicates()
         checked = deduplicated
         if name != "articles":
             checked = checked.transform(etl.with_known_article(etl.valid_rows("articles")(tagged["articles"])))
         tagged[name] = checked.transform(etl.with_reject_reason(name, ctx.run_date)).persist(
             StorageLevel.MEMORY_AND_DISK
         )
-        spark.sparkContext.setJobDescription(f"ETL: check {name}")
-        by_reason = {row[0]: row[1] for row in tagged[name].groupBy(etl.REJECT_REASON).count().collect()}
+        with job(f"ETL: read and check {name}"), naming_unreadable_files(name):
+            by_reason = {row[0]: row[1] for row in tagged[name].groupBy(etl.REJECT_REASON).count().collect()}
+        if not by_reason:
+            # Checked before reading the observation: Spark may skip an empty input's metrics altogether.
+            raise EmptyInputError(f"dataset {name!r} at {ctx.layout.raw_dataset(name)} holds no rows")
+        rows = int(read.get["rows"])
         kept, rejected = by_reason.pop(None, 0), sum(by_reason.values())
-        rows = raw[name].count()
         counts[name] = {
             "rows": rows,
             "duplicates": rows - kept - rejected,
@@ -58,15 +104,15 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
         }
         log.info("%s: %s", name, json.dumps(counts[name]))
 
-    spark.sparkContext.setJobDescription("ETL: write quarantine")
     quarantine = reduce(DataFrame.unionByName, (etl.quarantine_rows(n)(df) for n, df in tagged.items()))
-    quarantine.write.mode("overwrite").parquet(ctx.layout.quarantine)
+    with job("ETL: write quarantine"):
+        quarantine.write.mode("overwrite").parquet(ctx.layout.quarantine)
     write_json(ctx.layout.etl_record, counts)
     etl.check_rejected_share(counts, ctx.cfg.run.max_rejected_share)
 
     valid = {name: etl.valid_rows(name)(df) for name, df in tagged.items()}
     curated = etl.curated_weekly(valid["articles"], valid["sales"], valid["prices"], valid["stock"], ctx.run_date)
-    spark.sparkContext.setJobDescription("ETL: write curated weekly")
-    curated.repartition("country").write.mode("overwrite").partitionBy("country").parquet(ctx.layout.weekly)
+    with job("ETL: write curated weekly"):
+        curated.repartition("country").write.mode("overwrite").partitionBy("country").parquet(ctx.layout.weekly)
     log.info("curated weekly rows written to %s", ctx.layout.weekly)
     return 0

@@ -2,23 +2,27 @@
 from __future__ import annotations
 
 import logging
-from contextlib import closing
+from contextlib import ExitStack, closing
 from typing import Any
 
 import pandas as pd
 import psycopg2
+from psycopg2.extensions import connection as Connection
 from pyspark.sql import SparkSession
 
 from markdown_pricing import erp
 from markdown_pricing.embedded_erp import resolve_dsn
+from markdown_pricing.progress import StageProgress
+from markdown_pricing.quality_gate import gate_reasons, not_publishable_because
 from markdown_pricing.schemas import PREDICTIONS
 from markdown_pricing.stages import RunContext
 from markdown_pricing.storage import read_json
 
 log = logging.getLogger(__name__)
 
-PUBLISHED = ("published", "already_published")
 LEDGER_METRICS = ("model_wape", "baseline_wape", "model_bias")
+# Exit code when another publisher holds the run date: nothing was done, run again once it has finished.
+LOCKED_EXIT_CODE = 3
 
 
 def model_version(ctx: RunContext, country: str) -> str:
@@ -26,13 +30,62 @@ def model_version(ctx: RunContext, country: str) -> str:
     return f"{ctx.run_id}/{country}"
 
 
-def not_publishable_because(result: dict[str, Any], rows: pd.DataFrame) -> str | None:
-    """Why a country's result must not replace its ERP rows, or None when it may."""
-    if result["status"] != "trained":
-        return f"training failed: {result.get('error')}"
-    if rows.empty:
-        return "no active articles to recommend for: previous recommendations kept"
-    return None
+def publish_or_record(
+    conn: Connection,
+    ctx: RunContext,
+    country: str,
+    result: dict[str, Any],
+    rows: pd.DataFrame,
+    previous_rows: int | None,
+) -> tuple[str, str | None]:
+    """Publishes one country unless it has nothing to publish or its gate blocks it; returns (outcome, why not)."""
+    settings = ctx.cfg.erp
+    common = {
+        "run_id": ctx.run_id,
+        "run_date": ctx.run_date,
+        "country": country,
+        "metrics": {key: result.get(key) for key in LEDGER_METRICS},
+    }
+    override = country in ctx.gate_overrides
+    problem = not_publishable_because(result, rows)
+    if problem is not None:
+        if override:
+            log.warning("country %s: --override-gate ignored, there is nothing to publish", country)
+        erp.record_not_published(conn, settings, message=problem, **common)
+        return erp.FAILED, problem
+    rules = ctx.cfg.run
+    reasons = gate_reasons(
+        result,
+        rows,
+        previous_rows=previous_rows,
+        ladder=rules.ladder,
+        max_drop_share=rules.max_recommendation_drop_share,
+    )
+    if reasons and not override:
+        problem = "blocked by the quality gate: " + "; ".join(reasons)
+        erp.record_not_published(conn, settings, message=problem, status=erp.BLOCKED, **common)
+        return erp.BLOCKED, problem
+    message = None
+    if reasons:
+        message = "gate overridden by operator: " + "; ".join(reasons)
+        log.warning("country %s: %s", country, message)
+    elif override:
+        log.warning("country %s: --override-gate given but its quality gate passed: nothing overridden", country)
+    try:
+        outcome = erp.publish_country(
+            conn,
+            settings,
+            predictions=rows,
+            model_version=model_version(ctx, country),
+            gate_override=bool(reasons),
+            message=message,
+            **common,
+        )
+    except (ValueError, psycopg2.DataError, psycopg2.IntegrityError) as err:
+        problem = f"publish rejected: {err}"
+        erp.record_not_published(conn, settings, message=problem, **common)
+        return erp.FAILED, problem
+    return outcome, None
 
 
 def run(spark: SparkSession, ctx: RunContext) -> int:
@@ -41,30 +94,42 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
     if not results:
         log.error("no country reached the publish stage for run %s", ctx.run_id)
         return 1
-    spark.sparkContext.setJobDescription(f"publish: read predictions of {len(results)} countries")
+    spark.sparkContext.setJobGroup(f"publish-{ctx.run_id}", f"publish: read predictions of {len(results)} countries")
     predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
     settings = ctx.cfg.erp
-    outcomes: dict[str, str] = {}
-    with closing(erp.connect(resolve_dsn(settings, ctx.cfg.paths.work), settings.connect_timeout_s)) as conn:
+    problems: dict[str, str] = {}
+    dsn = resolve_dsn(settings, ctx.cfg.paths.work)
+    retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
+    with closing(erp.connect(dsn, settings.connect_timeout_s, **retries)) as conn, ExitStack() as held:
         erp.ensure_schema(conn, settings)
+        # One publisher per run date, held from the ledger reads below to the last country's commit.
+        try:
+            held.enter_context(erp.publish_run_lock(conn, settings, ctx.run_date, erp.publisher_name(ctx.run_id)))
+        except erp.PublishLockedError as err:
+            log.error("nothing published: %s", err)
+            return LOCKED_EXIT_CODE
+        # The gate compares each country with what the ERP holds now: its last publish by another run.
+        previous_rows = erp.last_published_rows(conn, settings, ctx.run_id)
+        # A rerun leaves this run's rows alone: the gate judged them (or an operator overrode it) the first time.
+        this_run = erp.ledger(conn, settings, ctx.run_id)
+        tracker = StageProgress(ctx.layout, "publish", total=len(results))
         for country, result in sorted(results.items()):
-            metrics = {key: result.get(key) for key in LEDGER_METRICS}
-            common = {"run_id": ctx.run_id, "run_date": ctx.run_date, "country": country, "metrics": metrics}
-            rows = predictions[predictions["country"] == country]
-            problem = not_publishable_because(result, rows)
-            if problem is None:
-                try:
-                    outcomes[country] = erp.publish_country(
-                        conn, settings, predictions=rows, model_version=model_version(ctx, country), **common
-                    )
-                except (ValueError, psycopg2.DataError, psycopg2.IntegrityError) as err:
-                    problem = f"publish rejected: {err}"
+            tracker.begin(country)
+            outcome, problem = erp.ALREADY_PUBLISHED, None
+            if this_run.get(country) != erp.PUBLISHED:
+                rows = predictions[predictions["country"] == country]
+                outcome, problem = publish_or_record(conn, ctx, country, result, rows, previous_rows.get(country))
             if problem is not None:
-                erp.record_not_published(conn, settings, message=problem, **common)
-                outcomes[country] = "failed"
-            log.info("country %s: %s%s", country, outcomes[country], f" ({problem.splitlines()[0]})" if problem else "")
-    not_published = sorted(country for country, outcome in outcomes.items() if outcome not in PUBLISHED)
-    if not_published:
-        log.error("not published (previous ERP rows kept): %s", ", ".join(not_published))
+                problems[country] = problem.splitlines()[0]
+            log.info("country %s: %s%s", country, outcome, f" ({problems[country]})" if problem else "")
+            tracker.finish(country, outcome)
+    unknown = sorted(set(ctx.gate_overrides) - set(results))
+    if unknown:
+        log.warning("--override-gate names countries that are not in this run: %s", ", ".join(unknown))
+    if problems:
+        log.error(
+            "not published (previous ERP rows kept): %s",
+            "; ".join(f"{country}: {problem}" for country, problem in problems.items()),
+        )
         return 1
     return 0

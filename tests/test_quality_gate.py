@@ -1,0 +1,173 @@
+"""The publish quality gate on small pandas frames: every rule blocks on its own, and a sound result passes."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from markdown_pricing.quality_gate import gate_reasons, not_publishable_because
+
+LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+TRAINED = {"status": "trained", "model_wape": 0.30, "baseline_wape": 0.40, "model_bias": 0.01}
+
+
+def recommendations(count: int = 4, **columns: list[Any]) -> pd.DataFrame:
+    """`count` sound recommendations; keyword lists replace the first values of a column."""
+    frame = pd.DataFrame(
+        {
+            "country": ["DEU"] * count,
+            "article_id": [f"A{i}" for i in range(count)],
+            "current_price": [50.0] * count,
+            "current_discount": [0.0] * count,
+            "recommended_discount": [0.2] * count,
+            "recommended_price": [40.0] * count,
+            "predicted_units_next_week": [3.0] * count,
+            "expected_revenue": [120.0] * count,
+            "expected_sell_through": [0.8] * count,
+            "stock_on_hand": [10] * count,
+        }
+    )
+    for column, values in columns.items():
+        frame.loc[: len(values) - 1, column] = values
+    return frame
+
+
+def reasons(rows: pd.DataFrame, result: dict[str, Any] = TRAINED, previous_rows: int | None = None) -> list[str]:
+    return gate_reasons(result, rows, previous_rows=previous_rows, ladder=LADDER, max_drop_share=0.10)
+
+
+def test_gate_reasons_pass_a_sound_result() -> None:
+    assert reasons(recommendations(), previous_rows=4) == []
+
+
+def test_gate_reasons_pass_any_count_without_a_previous_publish() -> None:
+    assert reasons(recommendations(1), previous_rows=None) == []
+
+
+@pytest.mark.parametrize(("previous", "now"), [(100, 90), (100, 100), (100, 130)])
+def test_gate_reasons_allow_a_drop_up_to_the_threshold(previous: int, now: int) -> None:
+    assert reasons(recommendations(now), previous_rows=previous) == []
+
+
+def test_gate_reasons_block_a_drop_beyond_the_threshold() -> None:
+    assert reasons(recommendations(90), previous_rows=120) == [
+        "recommendations dropped 25.0% (120 -> 90), more than the allowed 10.0%"
+    ]
+    assert len(reasons(recommendations(89), previous_rows=100)) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "baseline", "expected"),
+    [
+        (0.41, 0.40, "model loses to its baseline: model WAPE 0.410 >= baseline WAPE 0.400"),
+        (0.40, 0.40, "model loses to its baseline: model WAPE 0.400 >= baseline WAPE 0.400"),
+        (math.nan, 0.40, "model not measured against its baseline (model WAPE None, baseline WAPE 0.4)"),
+        (0.30, None, "model not measured against its baseline (model WAPE 0.3, baseline WAPE None)"),
+    ],
+)
+def test_gate_reasons_block_a_model_that_does_not_beat_its_baseline(
+    model: float, baseline: float | None, expected: str
+) -> None:
+    result = {**TRAINED, "model_wape": model, "baseline_wape": baseline}
+    assert reasons(recommendations(), result) == [expected]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        "current_price",
+        "current_discount",
+        "recommended_discount",
+        "recommended_price",
+        "predicted_units_next_week",
+        "expected_revenue",
+        "expected_sell_through",
+    ],
+)
+def test_gate_reasons_block_a_missing_prediction(column: str) -> None:
+    assert reasons(recommendations(**{column: [math.nan]})) == [
+        f"1 of 4 rows have a non-finite {column} (e.g. A0: {column} nan)"
+    ]
+
+
+def test_gate_reasons_block_an_infinite_prediction() -> None:
+    assert reasons(recommendations(expected_revenue=[math.inf])) == [
+        "1 of 4 rows have a non-finite expected_revenue (e.g. A0: expected_revenue inf)"
+    ]
+
+
+@pytest.mark.parametrize("column", ["predicted_units_next_week", "expected_revenue"])
+def test_gate_reasons_block_negative_units_and_revenue(column: str) -> None:
+    assert reasons(recommendations(**{column: [-1.0, -2.5]})) == [
+        f"2 of 4 rows have a negative {column} (e.g. A0: {column} -1; A1: {column} -2.5)"
+    ]
+
+
+@pytest.mark.parametrize("column", ["current_price", "recommended_price"])
+def test_gate_reasons_block_non_positive_prices(column: str) -> None:
+    assert reasons(recommendations(**{column: [0.0, -5.0]})) == [
+        f"2 of 4 rows have a non-positive {column} (e.g. A0: {column} 0; A1: {column} -5)"
+    ]
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.2])
+def test_gate_reasons_block_sell_through_outside_the_unit_interval(share: float) -> None:
+    assert reasons(recommendations(expected_sell_through=[share])) == [
+        f"1 of 4 rows have expected_sell_through outside [0, 1] (e.g. A0: expected_sell_through {share:g})"
+    ]
+
+
+def test_gate_reasons_pass_sell_through_at_its_bounds() -> None:
+    assert reasons(recommendations(expected_sell_through=[0.0, 1.0])) == []
+
+
+def test_gate_reasons_block_a_discount_off_the_ladder() -> None:
+    assert reasons(recommendations(recommended_discount=[0.15, 0.2000001, 0.25])) == [
+        "2 of 4 rows recommend a discount off the ladder "
+        "(e.g. A0: recommended_discount 0.15; A2: recommended_discount 0.25)"
+    ]
+
+
+def test_gate_reasons_pass_holding_an_off_ladder_current_discount() -> None:
+    # The contract's candidates are the current discount and the ladder steps above it.
+    assert reasons(recommendations(current_discount=[0.1504], recommended_discount=[0.15])) == []
+
+
+def test_gate_reasons_block_a_reversed_markdown() -> None:
+    assert reasons(recommendations(current_discount=[0.3], recommended_discount=[0.1])) == [
+        "1 of 4 rows recommend less discount than today's "
+        "(e.g. A0: recommended_discount 0.1, current_discount 0.3)"
+    ]
+
+
+def test_gate_reasons_pass_a_current_discount_snapped_down_to_its_step() -> None:
+    # A current discount of 10.4 % (a price rounded to cents) counts as the 10 % step.
+    assert reasons(recommendations(current_discount=[0.104], recommended_discount=[0.1])) == []
+
+
+def test_gate_reasons_list_every_broken_rule() -> None:
+    result = {**TRAINED, "model_wape": 0.5}
+    rows = recommendations(2, predicted_units_next_week=[-1.0], recommended_discount=[0.2, 0.33])
+    assert reasons(rows, result, previous_rows=10) == [
+        "recommendations dropped 80.0% (10 -> 2), more than the allowed 10.0%",
+        "model loses to its baseline: model WAPE 0.500 >= baseline WAPE 0.400",
+        "1 of 2 rows have a negative predicted_units_next_week (e.g. A0: predicted_units_next_week -1)",
+        "1 of 2 rows recommend a discount off the ladder (e.g. A1: recommended_discount 0.33)",
+    ]
+
+
+def test_not_publishable_because_names_a_training_failure() -> None:
+    failed = {"status": "failed", "error": "ValueError: only 3 weeks of history"}
+    assert not_publishable_because(failed, recommendations()) == "training failed: ValueError: only 3 weeks of history"
+
+
+def test_not_publishable_because_names_a_country_without_recommendations() -> None:
+    assert not_publishable_because(TRAINED, recommendations(0)) == (
+        "no active articles to recommend for: previous recommendations kept"
+    )
+
+
+def test_not_publishable_because_passes_a_trained_country_with_recommendations() -> None:
+    assert not_publishable_because(TRAINED, recommendations()) is None
