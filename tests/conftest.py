@@ -17,6 +17,19 @@ from markdown_pricing.config import ErpSettings, load_config
 from markdown_pricing.spark import build_session
 
 
+def schema_of_its_own(dsn: str, *, connect_attempts: int = 2, connect_backoff_s: float = 0.05) -> ErpSettings:
+    """ERP settings on `dsn` with a fresh schema name, so tests never see each other's rows."""
+    return ErpSettings(
+        dsn=dsn,
+        schema=f"t_{uuid.uuid4().hex[:8]}",
+        predictions_table="predictions",
+        ledger_table="publish_ledger",
+        connect_timeout_s=5,
+        connect_attempts=connect_attempts,
+        connect_backoff_s=connect_backoff_s,
+    )
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     # No event logs from the test session: they would land in the demo's History Server folder.
@@ -42,15 +55,7 @@ def erp_dsn() -> Iterator[str]:
 @pytest.fixture
 def erp_settings(erp_dsn: str) -> Iterator[ErpSettings]:
     """ERP settings with a schema of the test's own, dropped afterwards."""
-    settings = ErpSettings(
-        dsn=erp_dsn,
-        schema=f"t_{uuid.uuid4().hex[:8]}",
-        predictions_table="predictions",
-        ledger_table="publish_ledger",
-        connect_timeout_s=5,
-        connect_attempts=2,
-        connect_backoff_s=0.05,
-    )
+    settings = schema_of_its_own(erp_dsn)
     yield settings
     with closing(erp.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
         cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.schema)))

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -32,6 +31,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from pyspark.sql import SparkSession
 
+from conftest import schema_of_its_own
 from markdown_pricing import embedded_erp, erp
 from markdown_pricing.config import ErpSettings, load_config, with_paths
 from markdown_pricing.schemas import PREDICTIONS
@@ -185,15 +185,7 @@ def own_pgdata() -> Iterator[Path]:
 
 
 def own_settings(pgdata: Path) -> ErpSettings:
-    return ErpSettings(
-        dsn=embedded_erp.ensure_running(pgdata),
-        schema=f"t_{uuid.uuid4().hex[:8]}",
-        predictions_table="predictions",
-        ledger_table="publish_ledger",
-        connect_timeout_s=5,
-        connect_attempts=8,
-        connect_backoff_s=0.1,
-    )
+    return schema_of_its_own(embedded_erp.ensure_running(pgdata), connect_attempts=8, connect_backoff_s=0.1)
 
 
 def test_connect_waits_for_a_database_that_comes_back(own_pgdata: Path) -> None:

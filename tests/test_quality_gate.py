@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from markdown_pricing.quality_gate import gate_reasons, not_publishable_because
+from markdown_pricing.schemas import PREDICTION_COLUMNS
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 TRAINED = {"status": "trained", "model_wape": 0.30, "baseline_wape": 0.40, "model_bias": 0.01}
@@ -74,18 +75,10 @@ def test_gate_reasons_block_a_model_that_does_not_beat_its_baseline(
     assert reasons(recommendations(), result) == [expected]
 
 
-@pytest.mark.parametrize(
-    "column",
-    [
-        "current_price",
-        "current_discount",
-        "recommended_discount",
-        "recommended_price",
-        "predicted_units_next_week",
-        "expected_revenue",
-        "expected_sell_through",
-    ],
-)
+NUMERIC_PREDICTIONS = [c for c in PREDICTION_COLUMNS if c not in ("country", "article_id", "stock_on_hand")]
+
+
+@pytest.mark.parametrize("column", NUMERIC_PREDICTIONS)
 def test_gate_reasons_block_a_missing_prediction(column: str) -> None:
     assert reasons(recommendations(**{column: [math.nan]})) == [
         f"1 of 4 rows have a non-finite {column} (e.g. A0: {column} nan)"
