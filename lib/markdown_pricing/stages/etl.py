@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from markdown_pricing import etl
+from markdown_pricing.progress import StageProgress
 from markdown_pricing.schemas import RAW_DATASETS
 from markdown_pricing.spark import spark_job
 from markdown_pricing.stages import RunContext
@@ -77,6 +78,7 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
         raw = {name: read_raw(spark, ctx, name) for name in RAW_DATASETS}
     counts: dict[str, dict[str, Any]] = {}
     tagged: dict[str, DataFrame] = {}
+    progress = StageProgress(ctx.layout, "etl", total=len(RAW_DATASETS), unit="datasets")
     for name in RAW_DATASETS:  # articles first: the others are checked against its valid rows
         # Counted in the pass that finds the reject reasons, not by a second scan; the UI shows them as the
         # scan stage's Input records.
@@ -103,6 +105,7 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
             "rejected_by_reason": by_reason,
         }
         log.info("%s: %s", name, json.dumps(counts[name]))
+        progress.update(f"{name}: {rows} rows, {rejected} rejected", done=len(counts))
 
     quarantine = reduce(DataFrame.unionByName, (etl.quarantine_rows(n)(df) for n, df in tagged.items()))
     with job("ETL: write quarantine"):
