@@ -79,10 +79,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def erp_command(args: argparse.Namespace) -> int:
     from markdown_pricing import embedded_erp
-    from markdown_pricing.storage import join, local_path
+    from markdown_pricing.storage import embedded_erp_data, local_path
 
     cfg = with_paths(load_config(args.env), work=args.work)
-    pgdata = local_path(join(cfg.paths.work, "erp", "pgdata"))
+    pgdata = local_path(embedded_erp_data(cfg.paths.work))
     if args.action == "start":
         print(embedded_erp.ensure_running(pgdata))
     elif args.action == "stop":

@@ -99,7 +99,7 @@ def resolve_dsn(settings: ErpSettings, work: str) -> str:
         return settings.dsn
     if any(os.environ.get(variable) for variable in _LIBPQ_TARGET_VARIABLES):
         return ""
-    pgdata_uri = storage.join(work, "erp", "pgdata")
+    pgdata_uri = storage.embedded_erp_data(work)
     try:
         pgdata = storage.local_path(pgdata_uri)
     except ValueError as err:

@@ -104,6 +104,11 @@ def write_json(uri: str, document: Any) -> None:
     filesystem(uri).write_text(uri, json.dumps(document, indent=2, default=str))
 
 
+def embedded_erp_data(work: str) -> str:
+    """Where the embedded PostgreSQL keeps its data under a work folder."""
+    return join(work, "erp", "pgdata")
+
+
 def has_success_marker(uri: str) -> bool:
     """True when a dataset folder is complete."""
     return filesystem(uri).exists(join(uri, SUCCESS_MARKER))
@@ -158,6 +163,3 @@ class RunLayout:
     def model_file(self, country: str) -> str:
         return join(self.work, "models", self.run_id, country, "model.txt")
 
-    @property
-    def erp_data(self) -> str:
-        return join(self.work, "erp", "pgdata")
