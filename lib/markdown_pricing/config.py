@@ -64,6 +64,21 @@ class SparkSettings:
     conf: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
+GPU_MODES = ("off", "auto", "required")
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    mode: str
+    executor_amount: int
+    task_amount: float
+    discovery_script: str
+
+    def __post_init__(self) -> None:
+        if self.mode not in GPU_MODES:
+            raise ConfigError(f"gpu mode {self.mode!r} is not one of {', '.join(GPU_MODES)}")
+
+
 @dataclass(frozen=True)
 class Config:
     env: str
@@ -73,6 +88,7 @@ class Config:
     model: ModelParams
     erp: ErpSettings
     spark: SparkSettings
+    gpu: GpuSettings
 
 
 def project_root() -> Path:
@@ -142,6 +158,7 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 deploy_mode=spark["deploy_mode"],
                 conf=MappingProxyType({key: str(value) for key, value in spark.get("conf", {}).items()}),
             ),
+            gpu=GpuSettings(**{**raw["gpu"], "mode": os.environ.get("MARKDOWN_GPU_MODE", raw["gpu"]["mode"])}),
         )
     except (KeyError, TypeError) as err:
         raise ConfigError(f"configuration for {env!r} is incomplete or has an unknown key: {err}") from err

@@ -5,6 +5,7 @@ Plain pandas in, pandas out: no Spark here, so every step is unit-tested without
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +80,11 @@ def bias(actual: pd.Series, forecast: pd.Series) -> float:
     return float((forecast.to_numpy() - actual.to_numpy()).sum() / max(actual.sum(), 1.0))
 
 
-def lightgbm_params(params: ModelParams, num_threads: int) -> dict[str, Any]:
-    """LightGBM settings: count objective, deterministic, threads capped to the Spark task's CPUs."""
+def lightgbm_params(
+    params: ModelParams, num_threads: int, device: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """LightGBM settings: count objective, deterministic, threads capped to the Spark task's CPUs, on `device`
+    (gpu.device_settings; none: CPU)."""
     return {
         "objective": params.objective,
         "learning_rate": params.learning_rate,
@@ -93,10 +97,17 @@ def lightgbm_params(params: ModelParams, num_threads: int) -> dict[str, Any]:
         "force_row_wise": True,
         "num_threads": num_threads,
         "verbose": -1,
+        **(device or {}),
     }
 
 
-def fit(rows: pd.DataFrame, categories: list[str], params: ModelParams, num_threads: int) -> lgb.Booster:
+def fit(
+    rows: pd.DataFrame,
+    categories: list[str],
+    params: ModelParams,
+    num_threads: int,
+    device: Mapping[str, Any] | None = None,
+) -> lgb.Booster:
     """Trains one booster on weekly units (returns clipped: the target is demand, not net sales)."""
     data = lgb.Dataset(
         feature_frame(rows, categories),
@@ -104,7 +115,7 @@ def fit(rows: pd.DataFrame, categories: list[str], params: ModelParams, num_thre
         categorical_feature=list(CATEGORICAL),
         free_raw_data=True,
     )
-    return lgb.train(lightgbm_params(params, num_threads), data, num_boost_round=params.num_boost_round)
+    return lgb.train(lightgbm_params(params, num_threads, device), data, num_boost_round=params.num_boost_round)
 
 
 def candidate_discounts(current: float, ladder: tuple[float, ...]) -> list[float]:
@@ -161,18 +172,23 @@ def recommend(season: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def train_and_recommend(weekly: pd.DataFrame, params: ModelParams, rules: RunRules, num_threads: int) -> CountryResult:
+def train_and_recommend(
+    weekly: pd.DataFrame,
+    params: ModelParams,
+    rules: RunRules,
+    num_threads: int,
+    device: Mapping[str, Any] | None = None,
+) -> CountryResult:
     """Holds out the last weeks to measure the model against the naive baseline, refits on all weeks,
     predicts every active article at every candidate discount and recommends the best markdown."""
     categories = sorted(weekly["category"].dropna().unique().tolist())
     history = training_rows(weekly)
     train, holdout = holdout_split(history, params.holdout_weeks)
     started = time.perf_counter()
-    holdout_forecast = pd.Series(
-        fit(train, categories, params, num_threads).predict(feature_frame(holdout, categories)), index=holdout.index
-    )
+    holdout_model = fit(train, categories, params, num_threads, device)
+    holdout_forecast = pd.Series(holdout_model.predict(feature_frame(holdout, categories)), index=holdout.index)
     baseline_forecast = naive_forecast(train, holdout)
-    booster = fit(history, categories, params, num_threads)
+    booster = fit(history, categories, params, num_threads, device)
     fit_seconds = time.perf_counter() - started
 
     future = weekly[weekly["is_future"]]

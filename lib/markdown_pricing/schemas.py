@@ -101,6 +101,10 @@ TRAIN_SCORE_OUTPUT = T.StructType(
         T.StructField("model_bias", T.DoubleType()),
         T.StructField("baseline_wape", T.DoubleType()),
         T.StructField("fit_seconds", T.DoubleType()),
+        # Where the model trained ("cpu", "gpu:1", "cpu (gpu fallback: <why>)") and the GPU addresses Spark
+        # gave the task, comma-separated.
+        T.StructField("device", T.StringType()),
+        T.StructField("task_gpus", T.StringType()),
         T.StructField("model_text", T.StringType()),
     ]
 )
@@ -130,4 +134,6 @@ METRIC_COLUMNS = (
     "model_bias",
     "baseline_wape",
     "fit_seconds",
+    "device",
+    "task_gpus",
 )

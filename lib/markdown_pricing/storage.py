@@ -52,29 +52,49 @@ class LocalFileSystem(FileSystem):
         tmp.replace(path)
 
 
+def webhdfs_url(uri: str) -> str:
+    """The WebHDFS endpoint for an hdfs:// URI: MARKDOWN_WEBHDFS_URL, else the namenode's default HTTP port."""
+    if configured := os.environ.get("MARKDOWN_WEBHDFS_URL"):
+        return configured
+    host = urlparse(uri).hostname
+    # hdfs:///path means the cluster's default filesystem, and an HA nameservice is no HTTP host: only the
+    # operator knows the endpoint then (several, separated by ';', for HA).
+    if host is None:
+        raise ValueError(f"{uri} names no namenode: set MARKDOWN_WEBHDFS_URL to the WebHDFS endpoint")
+    return f"http://{host}:9870"
+
+
 class WebHdfsFileSystem(FileSystem):
     """hdfs://namenode:8020/path through WebHDFS; MARKDOWN_WEBHDFS_URL names the HTTP endpoint."""
 
     def __init__(self, uri: str) -> None:
         from hdfs import InsecureClient
 
-        url = os.environ.get("MARKDOWN_WEBHDFS_URL") or f"http://{urlparse(uri).hostname}:9870"
+        self.url = webhdfs_url(uri)
         if os.environ.get("MARKDOWN_WEBHDFS_KERBEROS") == "1":
             from hdfs.ext.kerberos import KerberosClient
 
-            self._client = KerberosClient(url)
+            self._client = KerberosClient(self.url)
         else:
-            self._client = InsecureClient(url, user=os.environ.get("HADOOP_USER_NAME"))
+            self._client = InsecureClient(self.url, user=os.environ.get("HADOOP_USER_NAME"))
+
+    @staticmethod
+    def path(uri: str) -> str:
+        """The absolute HDFS path of a URI; WebHDFS takes paths, the namenode is in the endpoint."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "hdfs":
+            raise ValueError(f"{uri} is not an hdfs:// URI")
+        return parsed.path or "/"
 
     def exists(self, uri: str) -> bool:
-        return self._client.status(urlparse(uri).path, strict=False) is not None
+        return self._client.status(self.path(uri), strict=False) is not None
 
     def read_text(self, uri: str) -> str:
-        with self._client.read(urlparse(uri).path, encoding="utf-8") as reader:
+        with self._client.read(self.path(uri), encoding="utf-8") as reader:
             return str(reader.read())
 
     def write_text(self, uri: str, text: str) -> None:
-        self._client.write(urlparse(uri).path, data=text, encoding="utf-8", overwrite=True)
+        self._client.write(self.path(uri), data=text, encoding="utf-8", overwrite=True)
 
 
 def filesystem(uri: str) -> FileSystem:

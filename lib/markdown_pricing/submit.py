@@ -6,13 +6,42 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from importlib.resources import files
 from pathlib import Path
+
+from psycopg2 import ProgrammingError
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from markdown_pricing.config import ENVIRONMENTS, Config, load_config, with_paths
 from markdown_pricing.spark import app_name, event_log_conf
 
 JOBS = ("etl", "train_score", "publish")
+DEPLOY_MODES = ("client", "cluster")
+# What spark-submit ships has flags of its own; conf/ names them by their Spark keys so that one table holds every
+# setting, and the command shows them as flags (one --files list: a --files flag would replace spark.files).
+SHIPPING_FLAGS = {"spark.archives": "--archives", "spark.submit.pyFiles": "--py-files", "spark.files": "--files"}
+# Replaced in conf values by the package version, so one conf/yarn.toml serves every release uploaded to HDFS.
+VERSION_PLACEHOLDER = "{version}"
+# A YARN cluster-mode driver runs on a NodeManager and sees none of the submitting shell's environment. These are
+# what it reads from there (libpq's target, the path overrides, WebHDFS), none of them secret.
+DRIVER_ENVIRONMENT = (
+    "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSSLMODE", "PGCONNECT_TIMEOUT",
+    "MARKDOWN_RAW", "MARKDOWN_WORK", "MARKDOWN_WEBHDFS_URL", "MARKDOWN_WEBHDFS_KERBEROS", "HADOOP_USER_NAME",
+)  # fmt: skip
+# The pgpass file that carries the ERP password to a cluster-mode driver, and its name in the driver's folder.
+PGPASSFILE_ENV = "MARKDOWN_PGPASSFILE"
+PGPASS_NAME = "pgpass"
+
+
+class SubmitError(ValueError):
+    """Raised when a job cannot be submitted as configured."""
+
+
+def package_version() -> str:
+    """The version of this package: the release folder its wheel and environment archive are uploaded to."""
+    return files("markdown_pricing").joinpath("VERSION").read_text().strip()
 
 
 def spark_submit_binary() -> str:
@@ -30,11 +59,71 @@ def job_script(cfg: Config, job: str) -> Path:
     return cfg.project_root / "jobs" / f"{job}.py"
 
 
-def spark_submit_command(cfg: Config, job: str, job_args: Sequence[str], run_date: str | None = None) -> list[str]:
+def is_yarn_cluster(cfg: Config) -> bool:
+    """Whether the driver runs on the cluster (YARN cluster deploy mode) rather than where spark-submit runs."""
+    return cfg.spark.deploy_mode == "cluster"
+
+
+def gpu_conf(cfg: Config) -> dict[str, str]:
+    """Spark's GPU scheduling settings for the [gpu] table: none when off, or on local Spark, which has no GPU slots."""
+    if cfg.gpu.mode == "off" or cfg.spark.master.startswith("local"):
+        return {}
+    conf = {
+        "spark.executor.resource.gpu.amount": str(cfg.gpu.executor_amount),
+        # A fraction: 1/amount tasks, one country each, share a GPU when the executor has that many task slots.
+        "spark.task.resource.gpu.amount": str(cfg.gpu.task_amount),
+    }
+    if cfg.spark.master == "yarn":
+        # YARN gives a container its GPUs without telling Spark which: the executor runs this script (shipped with
+        # --files into its working folder) to find out. Standalone workers run their own script.
+        conf["spark.executor.resource.gpu.discoveryScript"] = f"./{Path(cfg.gpu.discovery_script).name}"
+    return conf
+
+
+def erp_driver_conf(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The ERP connection for a cluster-mode driver: its environment conf and the files to ship, never a password.
+
+    The password travels only inside a pgpass file (MARKDOWN_PGPASSFILE, else PGPASSFILE) shipped with --files.
+    """
+    conf = {f"spark.yarn.appMasterEnv.{name}": environ[name] for name in DRIVER_ENVIRONMENT if environ.get(name)}
+    has_password = bool(environ.get("PGPASSWORD"))
+    if dsn := environ.get("MARKDOWN_ERP_DSN"):
+        try:
+            parts = parse_dsn(dsn)
+        except ProgrammingError as err:
+            raise SubmitError("MARKDOWN_ERP_DSN is not a valid libpq connection string") from err
+        has_password = parts.pop("password", None) is not None or has_password
+        conf["spark.yarn.appMasterEnv.MARKDOWN_ERP_DSN"] = make_dsn(**parts)
+    pgpass = environ.get(PGPASSFILE_ENV) or environ.get("PGPASSFILE")
+    if not pgpass:
+        if has_password:
+            raise SubmitError(
+                "in YARN cluster mode the driver runs on the cluster and cannot see PGPASSWORD or a password in "
+                f"MARKDOWN_ERP_DSN; put it in a pgpass file and set {PGPASSFILE_ENV} to its path"
+            )
+        return conf, []
+    if not Path(pgpass).is_file():
+        raise SubmitError(f"pgpass file {pgpass} (from {PGPASSFILE_ENV} or PGPASSFILE) does not exist")
+    conf["spark.yarn.appMasterEnv.PGPASSFILE"] = PGPASS_NAME
+    return conf, [f"{Path(pgpass).resolve()}#{PGPASS_NAME}"]
+
+
+def spark_submit_command(
+    cfg: Config,
+    job: str,
+    job_args: Sequence[str],
+    run_date: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
     """The exact spark-submit command for a job; secrets are never part of it.
 
-    `cfg` carries the job's paths: the event log goes to its work folder unless conf/ names one.
+    `cfg` carries the job's paths: the event log goes to its work folder unless conf/ names one. `environ` (default:
+    this process's) supplies what a YARN cluster-mode driver needs from the submitting shell.
     """
+    if cfg.spark.deploy_mode not in DEPLOY_MODES:
+        raise SubmitError(f"unknown deploy mode {cfg.spark.deploy_mode!r}: expected one of {', '.join(DEPLOY_MODES)}")
+    if is_yarn_cluster(cfg) and cfg.spark.master != "yarn":
+        raise SubmitError("cluster deploy mode runs Python drivers on YARN only; use --deploy-mode client")
     command = [
         spark_submit_binary(),
         "--master",
@@ -44,10 +133,31 @@ def spark_submit_command(cfg: Config, job: str, job_args: Sequence[str], run_dat
         "--name",
         app_name(cfg, job.replace("_", "-"), run_date),
     ]
-    log4j = cfg.project_root / "conf" / "log4j2.properties"
-    conf = {**cfg.spark.conf, **event_log_conf(cfg)}
-    if log4j.exists():
-        conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+    gpu = gpu_conf(cfg)
+    # Settings written in conf/ win over the ones derived from the [gpu] table.
+    conf = {**gpu, **cfg.spark.conf, **event_log_conf(cfg)}
+    conf = {key: value.replace(VERSION_PLACEHOLDER, package_version()) for key, value in conf.items()}
+    shipped = {flag: conf.pop(key).split(",") for key, flag in SHIPPING_FLAGS.items() if key in conf}
+    if "spark.executor.resource.gpu.discoveryScript" in gpu:
+        shipped.setdefault("--files", []).append(str(cfg.project_root / cfg.gpu.discovery_script))
+    if is_yarn_cluster(cfg):
+        erp_conf, erp_files = erp_driver_conf(os.environ if environ is None else environ)
+        conf.update(erp_conf)
+        shipped.setdefault("--files", []).extend(erp_files)
+        # The driver's home (conf/) comes with the environment archive, so does its log4j2 configuration.
+        if home := conf.get("spark.yarn.appMasterEnv.MARKDOWN_HOME"):
+            log4j_option = f"-Dlog4j2.configurationFile={home}/conf/log4j2.properties"
+            conf.setdefault("spark.driver.extraJavaOptions", log4j_option)
+    else:
+        log4j = cfg.project_root / "conf" / "log4j2.properties"
+        if log4j.exists():
+            conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+        if "spark.pyspark.python" in conf:
+            # The executors' Python lives in the shipped environment; the local driver runs this one.
+            conf.setdefault("spark.pyspark.driver.python", sys.executable)
+    for flag, paths in shipped.items():
+        if paths:
+            command += [flag, ",".join(paths)]
     for key, value in sorted(conf.items()):
         command += ["--conf", f"{key}={value}"]
     return [*command, str(job_script(cfg, job)), *job_args]
@@ -59,14 +169,19 @@ def submit_environment(cfg: Config) -> dict[str, str]:
     if cfg.spark.master.startswith("local"):
         env.setdefault("PYSPARK_PYTHON", sys.executable)
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if is_yarn_cluster(cfg):
+        # YARN's client copies these to the remote driver, where local interpreter paths mean nothing.
+        env.pop("PYSPARK_PYTHON", None)
+        env.pop("PYSPARK_DRIVER_PYTHON", None)
     return env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`submit.sh <job> --env ENV [--dry-run] [job options]`: prints or runs the spark-submit command."""
+    """`submit.sh <job> --env ENV [--deploy-mode MODE] [--dry-run] [job options]`: prints or runs the command."""
     parser = argparse.ArgumentParser(prog="spark-submit/submit.sh")
     parser.add_argument("job", choices=JOBS)
     parser.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    parser.add_argument("--deploy-mode", choices=DEPLOY_MODES, help="default: [spark] deploy_mode of the environment")
     parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args, job_args = parser.parse_known_args(argv)
     # Read, not consumed: the job gets them too, and the command needs the work folder and run date.
@@ -75,7 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths.add_argument(option)
     known = paths.parse_known_args(job_args)[0]
     cfg = with_paths(load_config(args.env), raw=known.raw, work=known.work)
-    command = spark_submit_command(cfg, args.job, [*job_args, "--env", args.env], known.run_date)
+    if args.deploy_mode:
+        cfg = replace(cfg, spark=replace(cfg.spark, deploy_mode=args.deploy_mode))
+    try:
+        command = spark_submit_command(cfg, args.job, [*job_args, "--env", args.env], known.run_date)
+    except SubmitError as err:
+        print(f"spark-submit/submit.sh: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(shlex.join(command))
         return 0

@@ -1,19 +1,26 @@
 """Luigi tasks for one weekly run. They know stages only as spark-submit command lines and targets.
 
     luigi --module markdown_pricing.tasks WeeklyRun --run-date 2026-11-23 --local-scheduler
+    luigi --module markdown_pricing.tasks WeeklyBackfill --start 2026-11-02 --end 2026-11-23 --local-scheduler
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import os
+import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager, suppress
 from functools import cached_property
+from pathlib import Path
+from types import FrameType
 
 import luigi
 
@@ -31,6 +38,15 @@ log = logging.getLogger("luigi-interface")
 Shown = tuple[str, int | None]
 # How long the task waits for a finished job's last output lines.
 OUTPUT_GRACE_S = 30.0
+# How long an interrupted job gets to stop after SIGTERM before its process group is killed.
+TERMINATE_GRACE_S = 10.0
+# How long `yarn application -kill` may take.
+YARN_KILL_TIMEOUT_S = 60.0
+# The command that kills a YARN application; default HADOOP_HOME/bin/yarn, else `yarn` on PATH.
+YARN_BIN_ENV = "MARKDOWN_YARN_BIN"
+# spark-submit's YARN client names the application it started ("Submitted application application_..._...").
+YARN_APPLICATION = re.compile(r"\b(application_\d+_\d+)\b")
+TRACKING_URL = re.compile(r"tracking URL: (\S+)")
 
 
 class MarkerTarget(luigi.Target):
@@ -81,6 +97,12 @@ class RunParameters:
         default=-1.0, significant=False, description="seconds to wait for raw _SUCCESS markers; -1: configured"
     )
 
+    @property
+    def priority(self) -> int:
+        # Older weeks first, so in a backfill an older week never replaces a newer week's ERP rows. Positive:
+        # Luigi raises a task's priority to its dependents', and a WrapperTask's default is 0.
+        return dt.date.max.toordinal() - self.run_date.toordinal()
+
     @cached_property
     def ctx(self) -> RunContext:
         cfg = with_paths(load_config(self.env), raw=self.raw_uri or None, work=self.work_uri or None)
@@ -130,16 +152,99 @@ class RawDataset(luigi.ExternalTask):
         return True
 
 
+class StageInterrupted(Exception):
+    """The worker running a stage was told to stop (SIGTERM: Luigi's task kill or timeout, a supervisor)."""
+
+
+class LaunchedApplication:
+    """The YARN application and tracking URL a spark-submit process reports in its output."""
+
+    def __init__(self) -> None:
+        self.application_id: str | None = None
+        self.tracking_url: str | None = None
+
+    def watch(self, lines: Iterable[str]) -> Iterator[str]:
+        """Passes the lines on, noting the first application id and tracking URL among them."""
+        for line in lines:
+            if self.application_id is None and (found := YARN_APPLICATION.search(line)):
+                self.application_id = found.group(1)
+            if self.tracking_url is None and (found := TRACKING_URL.search(line)):
+                self.tracking_url = found.group(1)
+            yield line
+
+
+def yarn_kill_command(application_id: str) -> list[str]:
+    """The command that kills a YARN application: MARKDOWN_YARN_BIN, else HADOOP_HOME/bin/yarn, else `yarn`."""
+    binary = os.environ.get(YARN_BIN_ENV)
+    if not binary and (home := os.environ.get("HADOOP_HOME")):
+        binary = str(Path(home) / "bin" / "yarn")
+    return [binary or shutil.which("yarn") or "yarn", "application", "-kill", application_id]
+
+
+def kill_yarn_application(application_id: str) -> None:
+    """Kills a YARN application, logging what an operator must do by hand when that is not possible."""
+    command = yarn_kill_command(application_id)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=YARN_KILL_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.error("could not run %s (%s): kill YARN application %s by hand", shlex.join(command), err, application_id)
+        return
+    if result.returncode != 0:
+        log.error(
+            "%s exited with %d: %s; kill YARN application %s by hand",
+            shlex.join(command), result.returncode, (result.stderr or result.stdout).strip()[-500:], application_id,
+        )  # fmt: skip
+        return
+    log.warning("killed YARN application %s", application_id)
+
+
+def stop_job(process: subprocess.Popen[str], application_id: str | None) -> None:
+    """Stops a job's whole process group, then the YARN application it started, if it named one."""
+    # spark-submit may leave the driver, a Python worker or the YARN client in its group: all of them go.
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # In cluster mode the application outlives spark-submit; in client mode its driver may not have stopped it.
+    if application_id is not None:
+        kill_yarn_application(application_id)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turns SIGTERM into StageInterrupted while a job runs, so the job is stopped before the worker goes."""
+    # Signal handlers can only be set from the main thread; elsewhere the worker's own handling applies.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise StageInterrupted(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class SparkStage(RunParameters, luigi.Task):
     """Runs one job through spark-submit with the environment's settings from conf/.
 
     While the job runs, the task shows the job's progress file on luigid (status message, progress percentage);
     the job's output goes to its log file, and only its warnings and errors to the terminal unless verbose.
+    Interrupted (Ctrl-C, SIGTERM), it stops the job's process group and kills the YARN application it started.
     """
 
     job: str = ""
     # How often the progress file is read while the job runs.
     poll_s: float = progress.POLL_S
+    # Capped in conf/luigi.cfg [resources]: how many Spark applications run at once (the role of an Airflow pool).
+    resources = {"spark_applications": 1}
 
     def command(self) -> list[str]:
         return spark_submit_command(self.ctx.cfg, self.job, self.run_arguments(), self.run_date.isoformat())
@@ -157,22 +262,29 @@ class SparkStage(RunParameters, luigi.Task):
         with log_path.open("a", encoding="utf-8") as log_file:
             log_file.write(f"--- {dt.datetime.now(dt.timezone.utc).isoformat()} {shlex.join(command)}\n")
             log_file.flush()
+            # A session of its own: stopping the job reaches every process it started, and Ctrl-C reaches it
+            # only through this task, which then also kills the YARN application.
             process = subprocess.Popen(
-                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-            )
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                start_new_session=True,
+            )  # fmt: skip
             assert process.stdout is not None
+            launched = LaunchedApplication()
             # Resolved at each write: `markdown-pricing run` points sys.stderr above its progress display.
             pump = threading.Thread(
                 target=runlog.copy_output,
-                args=(process.stdout, log_file, lambda line: sys.stderr.write(line), _verbose()),
+                args=(launched.watch(process.stdout), log_file, lambda line: sys.stderr.write(line), _verbose()),
                 daemon=True,
             )
             pump.start()
             try:
-                code, shown = self._wait(process, channel, shown)
+                with sigterm_raises():
+                    code, shown = self._wait(process, channel, shown, launched)
+            except BaseException:
+                log.error("%s for run %s interrupted: stopping it", self.job, self.ctx.run_id)
+                stop_job(process, launched.application_id)
+                raise
             finally:
-                if process.poll() is None:
-                    process.terminate()
                 # Bounded: a process the job started may hold its output open after the job ended.
                 pump.join(OUTPUT_GRACE_S)
         self._show(progress.stage_finished(channel, self.job, code, str(log_path)), shown)
@@ -181,13 +293,19 @@ class SparkStage(RunParameters, luigi.Task):
                 f"{self.job} for run {self.ctx.run_id} failed with exit code {code}; its output is in {log_path}"
             )
 
-    def _wait(self, process: subprocess.Popen[str], channel: str, shown: Shown) -> tuple[int, Shown]:
-        """Waits for the job's exit code, showing its progress file on luigid each time it is read."""
+    def _wait(
+        self, process: subprocess.Popen[str], channel: str, shown: Shown, launched: LaunchedApplication
+    ) -> tuple[int, Shown]:
+        """Waits for the job's exit code, showing its progress file and YARN tracking URL on luigid meanwhile."""
+        tracking_url = None
         while True:
             try:
                 return process.wait(timeout=self.poll_s), shown
             except subprocess.TimeoutExpired:
                 shown = self._show(progress.read_progress(channel), shown)
+                if launched.tracking_url != tracking_url and self.set_tracking_url is not None:
+                    tracking_url = launched.tracking_url
+                    self.set_tracking_url(tracking_url)
 
     def _show(self, document: progress.Document | None, shown: Shown) -> Shown:
         """Sends the document's status message and percentage to the scheduler where they changed."""
@@ -233,6 +351,8 @@ class TrainScore(SparkStage):
 
 class Publish(SparkStage):
     job = "publish"
+    # One publisher at a time talks to the ERP, whatever the scheduler runs besides.
+    resources = {"spark_applications": 1, "erp_connections": 1}
 
     def requires(self) -> TrainScore:
         return self.clone(TrainScore)
@@ -246,3 +366,42 @@ class WeeklyRun(RunParameters, luigi.WrapperTask):
 
     def requires(self) -> Publish:
         return self.clone(Publish)
+
+
+def mondays(start: dt.date, end: dt.date) -> list[dt.date]:
+    """The Mondays from start to end, both included, oldest first."""
+    for day, name in ((start, "start"), (end, "end")):
+        if day.weekday() != 0:
+            raise ValueError(f"backfill {name} {day} is a {day:%A}, not a Monday")
+    if end < start:
+        raise ValueError(f"backfill end {end} is before its start {start}")
+    return [start + dt.timedelta(weeks=week) for week in range((end - start).days // 7 + 1)]
+
+
+class WeeklyBackfill(luigi.WrapperTask):
+    """The weekly runs of a range of Mondays, each with its run date as run id; older weeks publish first."""
+
+    start = luigi.DateParameter(description="first Monday")
+    end = luigi.DateParameter(description="last Monday, included")
+    raw_uri = luigi.Parameter(default="")
+    work_uri = luigi.Parameter(default="")
+    env = luigi.ChoiceParameter(choices=ENVIRONMENTS, default="local")
+    override_gate = luigi.Parameter(
+        default="", description="comma-separated countries whose quality gate is overridden in every week"
+    )
+    wait_for_inputs = luigi.FloatParameter(
+        default=-1.0, significant=False, description="seconds to wait for raw _SUCCESS markers; -1: configured"
+    )
+
+    def requires(self) -> list[WeeklyRun]:
+        return [
+            WeeklyRun(
+                run_date=day,
+                raw_uri=self.raw_uri,
+                work_uri=self.work_uri,
+                env=self.env,
+                override_gate=self.override_gate,
+                wait_for_inputs=self.wait_for_inputs,
+            )
+            for day in mondays(self.start, self.end)
+        ]

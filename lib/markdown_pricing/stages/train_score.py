@@ -8,7 +8,7 @@ from functools import partial
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing.country_udf import train_score
+from markdown_pricing.country_udf import task_count, train_score
 from markdown_pricing.progress import StageProgress
 from markdown_pricing.schemas import METRIC_COLUMNS, PREDICTION_COLUMNS
 from markdown_pricing.spark import spark_job
@@ -24,12 +24,15 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     with job("train+score: find countries"):
         weekly = spark.read.parquet(layout.weekly)
-        countries = sorted(row[0] for row in weekly.select("country").distinct().collect())
+        found = weekly.select("country", F.hash("country")).distinct().collect()
+        countries = sorted(row[0] for row in found)
     tracker = StageProgress(layout, "train_score", total=len(countries))
     # Written once and read back: every later output comes from this one training pass.
     with job(f"train+score {len(countries)} countries"):
         watcher = tracker.watch_spark_tasks(spark.sparkContext, f"training {len(countries)} countries")
-        train_score(weekly, ctx.cfg.model, ctx.cfg.run).write.mode("overwrite").parquet(layout.train_score_output)
+        tasks = task_count([row[1] for row in found])
+        scored = train_score(weekly, ctx.cfg.model, ctx.cfg.run, ctx.cfg.gpu.mode, tasks)
+        scored.write.mode("overwrite").parquet(layout.train_score_output)
         watcher.stop()
     tracker.update("saving models, metrics and predictions", done=len(countries))
 
@@ -43,6 +46,8 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
                 filesystem(model_file).write_text(model_file, row["model_text"])
             results[row["country"]] = {column: row[column] for column in METRIC_COLUMNS}
             log.info("country result %s", json.dumps(results[row["country"]]))
+            if "fallback" in (row["device"] or ""):
+                log.warning("country %s trained on %s", row["country"], row["device"])
         write_json(layout.country_results, results)
         metrics = output.where(F.col("record") == "country").select(*METRIC_COLUMNS)
         metrics.write.mode("overwrite").parquet(layout.metrics)

@@ -1,0 +1,87 @@
+"""docker/ without a Docker engine: the image's pins match setup.py, the dev cluster matches conf/yarn.toml."""
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from markdown_pricing.config import load_config, project_root
+
+ROOT = project_root()
+DOCKER = ROOT / "docker"
+YARN_SERVICES = ("namenode", "datanode", "resourcemanager", "nodemanager", "historyserver", "erp", "luigid")
+
+
+def install_requires() -> set[str]:
+    """setup.py's install_requires, read from its source."""
+    for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
+        if isinstance(node, ast.keyword) and node.arg == "install_requires":
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("setup.py has no install_requires")
+
+
+def image_requirements(dockerfile: str) -> set[str]:
+    """The quoted requirements of the Dockerfile's dependency layer (the pip install before the package's)."""
+    layer = re.search(r"^RUN pip install --no-cache-dir \\\n(.*?)\n\n", dockerfile, re.MULTILINE | re.DOTALL)
+    assert layer, "no dependency layer in docker/Dockerfile"
+    return set(re.findall(r'"([^"]+)"', layer.group(1)))
+
+
+def hadoop_properties(name: str) -> dict[str, str]:
+    """The properties of one of the dev cluster's Hadoop configuration files."""
+    root = ET.parse(DOCKER / "hadoop" / name).getroot()
+    return {prop.findtext("name", ""): prop.findtext("value", "") for prop in root.iter("property")}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+
+
+def test_image_installs_exactly_the_pins_of_setup_py() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert image_requirements(dockerfile) == install_requires()
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile
+
+
+def test_image_has_java_17_and_leaves_the_entrypoint_to_yarn() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert "openjdk-17-jre-headless" in dockerfile
+    assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM runtime AS nodemanager$", dockerfile, re.MULTILINE)
+
+
+def test_compose_names_the_services_the_yarn_profile_uses(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(YARN_SERVICES) <= set(services)
+    assert services["nodemanager"]["build"]["target"] == "nodemanager"
+    assert services["pipeline"]["command"][-2:] == ["--env", "yarn"]
+
+
+def test_compose_mounts_files_that_exist(compose: dict[str, Any]) -> None:
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (DOCKER / source).is_file(), source
+
+
+def test_dev_cluster_serves_the_hosts_and_queue_of_the_yarn_profile(compose: dict[str, Any]) -> None:
+    cfg = load_config("yarn")
+    conf = cfg.spark.conf
+    namenode = urlparse(hadoop_properties("core-site.xml")["fs.defaultFS"]).netloc
+    for uri in (cfg.paths.raw, cfg.paths.work, conf["spark.eventLog.dir"], conf["spark.archives"]):
+        assert urlparse(uri).netloc == namenode == "namenode:8020", uri
+    assert hadoop_properties("hdfs-site.xml")["dfs.namenode.rpc-address"] == namenode
+    queues = hadoop_properties("capacity-scheduler.xml")["yarn.scheduler.capacity.root.queues"].split(",")
+    assert conf["spark.yarn.queue"] in queues
+    history_host, history_port = conf["spark.yarn.historyServer.address"].split(":")
+    history = compose["services"][history_host]
+    assert f"127.0.0.1:{history_port}:{history_port}" in history["ports"]
+    assert f"spark.history.fs.logDirectory={conf['spark.eventLog.dir']}" in history["environment"]["SPARK_HISTORY_OPTS"]
+    assert hadoop_properties("yarn-site.xml")["yarn.resourcemanager.hostname"] in compose["services"]

@@ -1,0 +1,384 @@
+"""Scheduling: URIs and markers, the Luigi settings, the cron line, the backfill and what killing a stage does.
+
+The backfill runs the real pipeline (spark-submit in local mode, embedded PostgreSQL) under a real `luigid` on
+127.0.0.1, whose API then tells each task's state. The kill test interrupts a real child process; the `yarn`
+command it calls is a small script that records its arguments, not YARN.
+"""
+from __future__ import annotations
+
+import configparser
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from markdown_pricing import erp, runlog
+from markdown_pricing.cli import parser
+from markdown_pricing.config import project_root
+from markdown_pricing.sample import generate_sample
+from markdown_pricing.storage import (
+    LocalFileSystem,
+    RunLayout,
+    WebHdfsFileSystem,
+    filesystem,
+    has_success_marker,
+    webhdfs_url,
+)
+from markdown_pricing.tasks import (
+    Etl,
+    LaunchedApplication,
+    Publish,
+    TrainScore,
+    WeeklyBackfill,
+    WeeklyRun,
+    kill_yarn_application,
+    mondays,
+    yarn_kill_command,
+)
+from test_progress import api, free_port
+
+BIN = Path(sys.executable).parent
+CONF = project_root() / "conf"
+WEEKS = (dt.date(2026, 11, 16), dt.date(2026, 11, 23))
+
+
+# --- storage: one abstraction over local paths and hdfs:// -----------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["/data/raw/sales", "relative/raw", "file:///data/raw/sales"])
+def test_filesystem_serves_bare_and_file_uris_locally(uri: str) -> None:
+    assert isinstance(filesystem(uri), LocalFileSystem)
+
+
+def test_filesystem_serves_hdfs_through_webhdfs_at_the_namenode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MARKDOWN_WEBHDFS_URL", raising=False)
+    monkeypatch.delenv("MARKDOWN_WEBHDFS_KERBEROS", raising=False)
+    served = filesystem("hdfs://namenode:8020/data/landing/markdown/sales/_SUCCESS")
+    assert isinstance(served, WebHdfsFileSystem)
+    assert served.url == "http://namenode:9870"
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/raw", "gs://bucket/raw", "abfs://c@a.dfs.core.windows.net/raw"])
+def test_filesystem_refuses_unknown_schemes_naming_the_uri(uri: str) -> None:
+    with pytest.raises(ValueError, match=f"unsupported URI scheme .* in {re.escape(uri)}"):
+        filesystem(uri)
+
+
+def test_webhdfs_url_prefers_the_configured_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKDOWN_WEBHDFS_URL", "https://nn1:9871;https://nn2:9871")
+    assert webhdfs_url("hdfs://nameservice1/data") == "https://nn1:9871;https://nn2:9871"
+
+
+def test_webhdfs_url_of_the_default_filesystem_must_be_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MARKDOWN_WEBHDFS_URL", raising=False)
+    with pytest.raises(ValueError, match="hdfs:///data/raw names no namenode: set MARKDOWN_WEBHDFS_URL"):
+        webhdfs_url("hdfs:///data/raw")
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("hdfs://namenode:8020/data/markdown/runs/r1/results.json", "/data/markdown/runs/r1/results.json"),
+        ("hdfs:///data/landing/sales/_SUCCESS", "/data/landing/sales/_SUCCESS"),
+        ("hdfs://namenode:8020", "/"),
+    ],
+)
+def test_webhdfs_path_drops_scheme_and_namenode(uri: str, path: str) -> None:
+    assert WebHdfsFileSystem.path(uri) == path
+
+
+def test_webhdfs_path_refuses_other_schemes() -> None:
+    with pytest.raises(ValueError, match="is not an hdfs:// URI"):
+        WebHdfsFileSystem.path("file:///data/raw")
+
+
+@pytest.mark.parametrize("as_uri", [str, lambda path: path.as_uri()])
+def test_success_marker_on_the_local_filesystem(tmp_path: Path, as_uri: object) -> None:
+    folder = tmp_path / "raw" / "sales"
+    folder.mkdir(parents=True)
+    uri = as_uri(folder)  # type: ignore[operator]
+    assert not has_success_marker(uri)
+    (folder / "_SUCCESS").touch()
+    assert has_success_marker(uri)
+
+
+# --- Luigi settings, cron line, backfill range --------------------------------------------------------------------
+
+
+def test_luigi_cfg_sets_retries_and_caps_spark_applications_and_erp_connections() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(CONF / "luigi.cfg")
+    assert (cfg.getint("scheduler", "retry_count"), cfg.getint("scheduler", "retry_delay")) == (3, 300)
+    assert dict(cfg["resources"]) == {"spark_applications": "2", "erp_connections": "1"}
+    assert cfg.has_section("spark")
+
+
+def test_stages_claim_the_resources_luigi_cfg_caps() -> None:
+    week = {"run_date": WEEKS[0]}
+    assert Etl(**week).resources == TrainScore(**week).resources == {"spark_applications": 1}
+    assert Publish(**week).resources == {"spark_applications": 1, "erp_connections": 1}
+
+
+def cron_entries() -> list[list[str]]:
+    lines = (CONF / "cron" / "markdown-pricing.cron").read_text().splitlines()
+    # Comments and NAME=value settings are not entries.
+    return [line.split(maxsplit=5) for line in lines if line.strip() and not re.match(r"\s*(#|\w+=)", line)]
+
+
+def test_cron_runs_mondays_at_eight_one_run_at_a_time() -> None:
+    [entry] = cron_entries()
+    minute, hour, day_of_month, month, day_of_week, command = entry
+    assert (minute, hour, day_of_month, month, day_of_week) == ("0", "8", "*", "*", "1")
+    # Cron ends the command at the first unescaped %.
+    assert not re.search(r"(?<!\\)%", command)
+    assert "flock -n " in command
+
+
+def test_cron_command_parses_with_the_cli_on_a_monday() -> None:
+    command = cron_entries()[0][5].replace("\\%", "%").replace('"$(date +%F)"', "2026-11-23")
+    words = shlex.split(command.split(" && ")[-1].split(">>")[0])
+    args = parser().parse_args(words[words.index(".venv/bin/markdown-pricing") + 1 :])
+    assert (args.command, args.run_date, args.env) == ("run", dt.date(2026, 11, 23), "yarn")
+
+
+def test_backfill_command_parses_a_range_of_mondays() -> None:
+    args = parser().parse_args(["backfill", "--from", "2026-11-02", "--to", "2026-11-23", "--override-gate", "DEU"])
+    assert (args.command, args.start, args.end, args.override_gate) == (
+        "backfill", dt.date(2026, 11, 2), dt.date(2026, 11, 23), ["DEU"]
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        parser().parse_args(["backfill", "--from", "2026-11-03", "--to", "2026-11-23"])
+
+
+def test_backfill_requires_each_monday_oldest_first_and_publishes_oldest_first() -> None:
+    backfill = WeeklyBackfill(start=dt.date(2026, 11, 2), end=dt.date(2026, 11, 23))
+    weeks = backfill.requires()
+    assert [run.run_date for run in weeks] == [dt.date(2026, 11, d) for d in (2, 9, 16, 23)]
+    assert all(isinstance(run, WeeklyRun) and run.ctx.run_id == run.run_date.isoformat() for run in weeks)
+    # The scheduler hands out the highest priority first; a WrapperTask's 0 must not raise the weeks' own.
+    priorities = [week.priority for week in weeks]
+    assert priorities == sorted(priorities, reverse=True) and min(priorities) > backfill.priority
+
+
+def test_mondays_refuses_other_days_and_reversed_ranges() -> None:
+    assert mondays(WEEKS[1], WEEKS[1]) == [WEEKS[1]]
+    with pytest.raises(ValueError, match="backfill start 2026-11-17 is a Tuesday"):
+        mondays(dt.date(2026, 11, 17), WEEKS[1])
+    with pytest.raises(ValueError, match="end 2026-11-16 is before its start 2026-11-23"):
+        mondays(WEEKS[1], WEEKS[0])
+
+
+# --- killing a stage -----------------------------------------------------------------------------------------------
+
+
+def test_launched_application_reads_id_and_tracking_url_off_spark_submit_output() -> None:
+    output = [
+        "26/11/23 08:00:01 INFO Client: Requesting a new application from cluster with 4 NodeManagers\n",
+        "26/11/23 08:00:02 INFO YarnClientImpl: Submitted application application_1763884800000_0042\n",
+        "\t tracking URL: http://rm:8088/proxy/application_1763884800000_0042/\n",
+    ]
+    launched = LaunchedApplication()
+    assert list(launched.watch(iter(output))) == output
+    assert launched.application_id == "application_1763884800000_0042"
+    assert launched.tracking_url == "http://rm:8088/proxy/application_1763884800000_0042/"
+
+
+def test_yarn_kill_command_uses_the_configured_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MARKDOWN_YARN_BIN", "/opt/hadoop/bin/yarn")
+    assert yarn_kill_command("application_1_0001") == ["/opt/hadoop/bin/yarn", "application", "-kill",
+                                                       "application_1_0001"]  # fmt: skip
+    monkeypatch.delenv("MARKDOWN_YARN_BIN")
+    monkeypatch.setenv("HADOOP_HOME", str(tmp_path))
+    assert yarn_kill_command("application_1_0001")[0] == str(tmp_path / "bin" / "yarn")
+
+
+# A stand-in for spark-submit: starts a grandchild (as spark-submit starts the driver JVM), reports a YARN
+# application like the YARN client does, then runs until stopped.
+FAKE_SUBMIT = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from pathlib import Path
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(sys.argv[1]).write_text(f"{grandchild.pid}")
+    print("26/11/23 08:00:02 INFO YarnClientImpl: Submitted application application_1234_0001", flush=True)
+    time.sleep(600)
+    """
+)
+# Stands in for `yarn`: records its arguments.
+RECORD_ARGS = "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/yarn-argv\"\n"
+# The worker: a Luigi build of one SparkStage that runs FAKE_SUBMIT, in a process of its own to be SIGTERMed.
+WORKER = textwrap.dedent(
+    """
+    import datetime as dt, sys
+    from pathlib import Path
+    import luigi
+    from markdown_pricing.tasks import SparkStage
+
+    class Sleeper(SparkStage):
+        job = "sleeper"
+        poll_s = 0.1
+
+        def command(self):
+            return [sys.executable, sys.argv[1], sys.argv[2]]
+
+        def complete(self):
+            return False
+
+    result = luigi.build([Sleeper(run_date=dt.date(2026, 11, 23), work_uri=sys.argv[3])], local_scheduler=True)
+    print("worker finished", result, flush=True)
+    """
+)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a container's init may be slow to reap orphans)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_to_the_worker_stops_the_job_group_and_kills_its_yarn_application(tmp_path: Path) -> None:
+    (tmp_path / "submit.py").write_text(FAKE_SUBMIT)
+    (tmp_path / "worker.py").write_text(WORKER)
+    yarn = tmp_path / "yarn"
+    yarn.write_text(RECORD_ARGS)
+    yarn.chmod(0o755)
+    pid_file = tmp_path / "grandchild.pid"
+    env = {**os.environ, "MARKDOWN_YARN_BIN": str(yarn), "LUIGI_CONFIG_PATH": str(CONF / "luigi.cfg")}
+    worker = subprocess.Popen(
+        [sys.executable, *(str(tmp_path / name) for name in ("worker.py", "submit.py", "grandchild.pid", "work"))],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        log = runlog.stage_log_path(RunLayout(raw="", work=str(tmp_path / "work"), run_id="2026-11-23"), "sleeper")
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "application_1234_0001" in log.read_text()):
+            assert time.monotonic() < deadline and worker.poll() is None, worker.stdout.read()  # type: ignore[union-attr]
+            time.sleep(0.1)
+        grandchild = int(pid_file.read_text())
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert "sleeper for run 2026-11-23 interrupted: stopping it" in output
+    assert "stopped by signal SIGTERM" in output
+    deadline = time.monotonic() + 10
+    while alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(grandchild)
+    assert (tmp_path / "yarn-argv").read_text().split() == ["application", "-kill", "application_1234_0001"]
+
+
+def test_a_missing_yarn_command_is_logged_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MARKDOWN_YARN_BIN", str(tmp_path / "no-such-yarn"))
+    kill_yarn_application("application_1234_0002")
+    assert "kill YARN application application_1234_0002 by hand" in caplog.text
+
+
+# --- a two-week backfill under a real luigid -----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def central_config(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """conf/luigi.cfg pointed at a luigid of this test's own, which reads the same file."""
+    port = free_port()
+    cfg = configparser.ConfigParser()
+    cfg.read(CONF / "luigi.cfg")
+    cfg["core"]["default_scheduler_url"] = f"http://127.0.0.1:{port}/"
+    path = tmp_path / "luigi.cfg"
+    with path.open("w") as out:
+        cfg.write(out)
+    server = subprocess.Popen(
+        [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port),
+         "--state-path", str(tmp_path / "luigid-state.pickle"), "--logdir", str(tmp_path)],
+        env={**os.environ, "LUIGI_CONFIG_PATH": str(path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                api(port, "task_list", status="DONE")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield path, port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def erp_rows(dsn: str, query: str) -> list[tuple[object, ...]]:
+    with closing(erp.connect(dsn, 5)) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        return list(cur.fetchall())
+
+
+def drop_markdown_schema(dsn: str) -> None:
+    with closing(erp.connect(dsn, 5)) as conn, conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA IF EXISTS markdown CASCADE")
+
+
+def test_backfill_of_two_weeks_through_luigid_publishes_each_week_oldest_first(
+    central_config: tuple[Path, int], tmp_path: Path, erp_dsn: str
+) -> None:
+    config_path, port = central_config
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    # Data up to the later week; the earlier week rejects the one week of sales on or after its run date (1/30).
+    summary = generate_sample(raw, countries=2, articles=40, weeks=30, seed=3, run_date=WEEKS[1],
+                              inject_bad_rows=False)  # fmt: skip
+    drop_markdown_schema(erp_dsn)
+    env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "LUIGI_CONFIG_PATH": str(config_path),
+           "PATH": f"{BIN}:{os.environ['PATH']}"}  # fmt: skip
+    # The gate compares the two weeks' recommendation counts; overriding keeps both weeks publishing on any sample.
+    overrides = [part for country in summary.countries for part in ("--override-gate", country)]
+    try:
+        result = subprocess.run(
+            [str(BIN / "markdown-pricing"), "backfill", "--from", WEEKS[0].isoformat(), "--to", WEEKS[1].isoformat(),
+             "--raw", str(raw), "--work", str(work), *overrides],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+        ledger = erp_rows(
+            erp_dsn, "SELECT run_id, country, status, gate_override, message FROM markdown.publish_ledger"
+        )
+        weeks = [week.isoformat() for week in WEEKS]
+        expected = sorted((week, country, "published") for week in weeks for country in summary.countries)
+        assert sorted(row[:3] for row in ledger) == expected
+        # Where a gate tripped (on this sample: a model losing to its baseline), the override is on record.
+        assert all(row[3] == ("gate overridden by operator" in (row[4] or "")) for row in ledger)
+        published = erp_rows(erp_dsn, "SELECT DISTINCT run_id, valid_from FROM markdown.predictions")
+        assert published == [(weeks[1], WEEKS[1])]
+        order = erp_rows(erp_dsn, "SELECT run_id FROM markdown.publish_ledger GROUP BY 1 ORDER BY max(recorded_at)")
+        assert [row[0] for row in order] == weeks
+    finally:
+        drop_markdown_schema(erp_dsn)
+
+    done = api(port, "task_list", status="DONE")
+    families = {family: sorted(t["params"]["run_date"] for t in done.values() if t["name"] == family)
+                for family in ("WeeklyRun", "Etl", "TrainScore", "Publish")}  # fmt: skip
+    assert families == {family: weeks for family in families}
+    assert any(t["name"] == "WeeklyBackfill" for t in done.values())
+    for status in ("PENDING", "RUNNING", "FAILED", "DISABLED"):
+        assert api(port, "task_list", status=status) == {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/resource_list", timeout=5) as response:
+        resources = {r["name"]: r["num_total"] for r in json.load(response)["response"]}
+    assert resources == {"spark_applications": 2, "erp_connections": 1}
