@@ -8,13 +8,11 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from markdown_pricing.sample import generate_sample
 from markdown_pricing.stages import RunContext, etl, train_score
 from markdown_pricing.storage import RunLayout, read_json
 from markdown_pricing.submit import spark_submit_command, submit_environment
+from servers import free_port
 
 RUN_DATE = dt.date(2026, 11, 23)
 RUN_ID = RUN_DATE.isoformat()
@@ -34,12 +33,6 @@ BIN = Path(sys.executable).parent
 # Distinct per worker, so an address also tells which worker's executor trained a country.
 WORKER_GPUS = (("0", "1"), ("2", "3"))
 START_WAIT_S = 60
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get_json(url: str) -> Any:

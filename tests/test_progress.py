@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import logging
-import socket
-import subprocess
 import sys
 import textwrap
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +23,8 @@ from pyspark.sql import SparkSession
 from markdown_pricing import progress, runlog
 from markdown_pricing.storage import RunLayout
 from markdown_pricing.tasks import MarkerTarget, SparkStage
+from servers import luigid_api as api
+from servers import running_luigid
 
 RUN_DATE = dt.date(2026, 11, 23)
 BIN = Path(sys.executable).parent
@@ -316,40 +313,10 @@ class FakeStage(SparkStage):
         return MarkerTarget(str(Path(self.ctx.cfg.paths.work) / "out"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def api(port: int, method: str, **data: str) -> dict[str, Any]:
-    query = urllib.parse.quote(json.dumps(data))
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/{method}?data={query}", timeout=5) as response:
-        return dict(json.load(response)["response"])
-
-
 @pytest.fixture()
 def luigid(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port),
-         "--state-path", str(tmp_path / "luigid-state.pickle"), "--logdir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                api(port, "task_list", status="DONE")
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.1)
+    with running_luigid(tmp_path) as port:
         yield port
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_spark_stage_shows_progress_on_luigid_while_running_and_when_done(

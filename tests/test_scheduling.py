@@ -47,7 +47,8 @@ from markdown_pricing.tasks import (
     mondays,
     yarn_kill_command,
 )
-from test_progress import api, free_port
+from servers import free_port, running_luigid
+from servers import luigid_api as api
 
 BIN = Path(sys.executable).parent
 CONF = project_root() / "conf"
@@ -304,25 +305,8 @@ def central_config(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     path = tmp_path / "luigi.cfg"
     with path.open("w") as out:
         cfg.write(out)
-    server = subprocess.Popen(
-        [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port),
-         "--state-path", str(tmp_path / "luigid-state.pickle"), "--logdir", str(tmp_path)],
-        env={**os.environ, "LUIGI_CONFIG_PATH": str(path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                api(port, "task_list", status="DONE")
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.1)
+    with running_luigid(tmp_path, port, env={**os.environ, "LUIGI_CONFIG_PATH": str(path)}):
         yield path, port
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def erp_rows(dsn: str, query: str) -> list[tuple[object, ...]]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from markdown_pricing.spark import ensure_local_event_log_dir, spark_job
 from markdown_pricing.storage import read_json
 from markdown_pricing.submit import main as submit_main
 from markdown_pricing.submit import spark_submit_command, submit_environment
+from servers import free_port
 
 RUN_DATE = dt.date(2026, 11, 23)
 RUN_ID = RUN_DATE.isoformat()
@@ -57,12 +56,6 @@ class EtlApp:
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rows(folder: Path) -> int:

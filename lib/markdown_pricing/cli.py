@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from markdown_pricing.config import ENVIRONMENTS, load_config, project_root, with_paths
-from markdown_pricing.stages import RunContext, add_run_arguments, context_from_args, monday
+from markdown_pricing.stages import RunContext, add_pipeline_arguments, add_run_arguments, context_from_args, monday
 
 
 def this_monday(today: dt.date | None = None) -> dt.date:
@@ -170,6 +170,21 @@ def status_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that drive Luigi: `run` and `backfill`."""
+    parser.add_argument(
+        "--wait-for-inputs",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for raw _SUCCESS markers (0: do not wait; default: configured)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show INFO logs: Luigi's, Spark's and everything each stage prints (default: warnings and errors)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     main = argparse.ArgumentParser(prog="markdown-pricing", description=__doc__)
@@ -186,17 +201,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the weekly pipeline for one run date through Luigi")
     add_run_arguments(run)
-    run.add_argument(
-        "--wait-for-inputs",
-        type=float,
-        metavar="SECONDS",
-        help="how long to wait for raw _SUCCESS markers (0: do not wait; default: configured)",
-    )
-    run.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show INFO logs: Luigi's, Spark's and everything each stage prints (default: warnings and errors)",
-    )
+    add_scheduling_arguments(run)
     run.set_defaults(handler=run_command)
 
     backfill = commands.add_parser(
@@ -204,18 +209,8 @@ def parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--from", dest="start", type=monday, required=True, metavar="D", help="first Monday")
     backfill.add_argument("--to", dest="end", type=monday, required=True, metavar="D", help="last Monday, included")
-    backfill.add_argument("--raw", help="raw root URI (default: configured)")
-    backfill.add_argument("--work", help="work folder URI (default: configured)")
-    backfill.add_argument("--env", choices=ENVIRONMENTS, default="local")
-    backfill.add_argument(
-        "--override-gate",
-        action="append",
-        default=[],
-        metavar="COUNTRY",
-        help="publish this country in every week even if its quality gate blocks it (recorded); repeatable",
-    )
-    backfill.add_argument("--wait-for-inputs", type=float, metavar="SECONDS", help="as for `run`")
-    backfill.add_argument("--verbose", action="store_true", help="as for `run`")
+    add_pipeline_arguments(backfill)
+    add_scheduling_arguments(backfill)
     backfill.set_defaults(handler=backfill_command)
 
     summary = commands.add_parser("summary", help="per-country summary of a run: ERP rows, error, discount mix")

@@ -81,11 +81,9 @@ class LedgerTarget(luigi.Target):
         return bool(expected) and all(statuses.get(country) == "published" for country in expected)
 
 
-class RunParameters:
-    """Parameters every task of a weekly run shares."""
+class PipelineParameters:
+    """Where a run reads and writes and how it treats its inputs and gates: shared by runs and backfills."""
 
-    run_date = luigi.DateParameter()
-    run_id = luigi.Parameter(default="")
     # Not `raw`/`work`: the luigi command line would read `--work` as an abbreviation of `--worker-*`.
     raw_uri = luigi.Parameter(default="")
     work_uri = luigi.Parameter(default="")
@@ -96,6 +94,13 @@ class RunParameters:
     wait_for_inputs = luigi.FloatParameter(
         default=-1.0, significant=False, description="seconds to wait for raw _SUCCESS markers; -1: configured"
     )
+
+
+class RunParameters(PipelineParameters):
+    """Parameters every task of a weekly run shares."""
+
+    run_date = luigi.DateParameter()
+    run_id = luigi.Parameter(default="")
 
     @property
     def priority(self) -> int:
@@ -378,20 +383,11 @@ def mondays(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(weeks=week) for week in range((end - start).days // 7 + 1)]
 
 
-class WeeklyBackfill(luigi.WrapperTask):
+class WeeklyBackfill(PipelineParameters, luigi.WrapperTask):
     """The weekly runs of a range of Mondays, each with its run date as run id; older weeks publish first."""
 
     start = luigi.DateParameter(description="first Monday")
     end = luigi.DateParameter(description="last Monday, included")
-    raw_uri = luigi.Parameter(default="")
-    work_uri = luigi.Parameter(default="")
-    env = luigi.ChoiceParameter(choices=ENVIRONMENTS, default="local")
-    override_gate = luigi.Parameter(
-        default="", description="comma-separated countries whose quality gate is overridden in every week"
-    )
-    wait_for_inputs = luigi.FloatParameter(
-        default=-1.0, significant=False, description="seconds to wait for raw _SUCCESS markers; -1: configured"
-    )
 
     def requires(self) -> list[WeeklyRun]:
         return [

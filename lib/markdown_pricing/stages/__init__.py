@@ -49,6 +49,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments every stage and the pipeline share."""
     parser.add_argument("--run-date", type=monday, required=True, help="the Monday recommendations apply from")
     parser.add_argument("--run-id", help="defaults to the run date; a new id republishes the same week")
+    add_pipeline_arguments(parser)
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a run reads and writes, its environment and its gate overrides: shared by runs and backfills."""
     parser.add_argument("--raw", help="raw root URI (default: configured)")
     parser.add_argument("--work", help="work folder URI (default: configured)")
     parser.add_argument("--env", choices=ENVIRONMENTS, default="local")
