@@ -24,6 +24,7 @@ def schema_of_its_own(dsn: str, *, connect_attempts: int = 2, connect_backoff_s:
         schema=f"t_{uuid.uuid4().hex[:8]}",
         predictions_table="predictions",
         ledger_table="publish_ledger",
+        metrics_table="model_metrics",
         connect_timeout_s=5,
         connect_attempts=connect_attempts,
         connect_backoff_s=connect_backoff_s,

@@ -120,7 +120,7 @@ def test_etl_fails_when_rejected_share_passes_threshold(spark: SparkSession, raw
         etl_stage.run(spark, context(raw, tmp_path, max_rejected_share=0.0))
 
 
-def test_country_with_one_article_and_two_weeks_is_reported_failed_not_raised() -> None:
+def test_country_with_one_article_and_two_weeks_asks_for_a_fallback_not_raised() -> None:
     weeks = [RUN_DATE - dt.timedelta(weeks=2), RUN_DATE - dt.timedelta(weeks=1), RUN_DATE]
     tiny = pd.DataFrame({
         "country": "LUX", "article_id": "A1", "week_start": weeks, "is_future": [False, False, True],
@@ -131,8 +131,8 @@ def test_country_with_one_article_and_two_weeks_is_reported_failed_not_raised() 
     })  # fmt: skip
     cfg = load_config("local")
     record = country_function(cfg.model, cfg.run)(tiny)
-    assert record[["record", "country", "status"]].values.tolist() == [["country", "LUX", "failed"]]
-    assert "only 2 weeks of history, need more than 4" in record["error"].iloc[0]
+    assert record[["record", "country", "status"]].values.tolist() == [["country", "LUX", "needs_fallback"]]
+    assert record["fallback_reason"].iloc[0].startswith("2 weeks of in-stock history, fewer than min_history_weeks")
 
 
 def run_cli(raw: Path, work: Path, erp_dsn: str, *extra: str) -> subprocess.CompletedProcess[str]:

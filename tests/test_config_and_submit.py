@@ -42,7 +42,7 @@ def test_load_config_rejects_unknown_environment() -> None:
 def test_load_config_names_a_missing_key(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     base = (ROOT / "conf" / "base.toml").read_text()
-    (tmp_path / "conf" / "base.toml").write_text(base.replace("[model]", "[modle]"))
+    (tmp_path / "conf" / "base.toml").write_text(base.replace("[model", "[modle"))
     (tmp_path / "conf" / "local.toml").write_text("")
     with pytest.raises(ConfigError, match="'model'"):
         load_config("local", root=tmp_path)

@@ -425,6 +425,7 @@ def _erp_settings(dsn: str = "") -> ErpSettings:
         schema="markdown",
         predictions_table="p",
         ledger_table="l",
+        metrics_table="m",
         connect_timeout_s=5,
         connect_attempts=1,
         connect_backoff_s=0.0,

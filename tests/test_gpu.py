@@ -22,7 +22,9 @@ from markdown_pricing.schemas import WEEKLY
 from markdown_pricing.spark import task_cpus
 
 CFG = load_config("local")
-PARAMS = dataclasses.replace(CFG.model, num_boost_round=20, min_data_in_leaf=5)
+PARAMS = dataclasses.replace(
+    CFG.model, num_boost_round=20, min_data_in_leaf=5, backtest_origins=1, backtest_horizon_weeks=4, min_history_weeks=6
+)
 RULES = CFG.run
 RUN_DATE = dt.date(2026, 11, 23)
 NO_ADDRESS = "no GPU assigned to the task"
@@ -36,9 +38,10 @@ def weekly_rows(country: str, seed: int, articles: int = 6, weeks: int = 12) -> 
         price = float(rng.choice([30.0, 50.0]))
         for w in range(-weeks, 4):
             week = RUN_DATE + dt.timedelta(weeks=w)
-            discount = 0.1 * (w > -weeks // 2)
+            # Promotions on and off at random: only a model of the price response forecasts them.
+            discount = 0.3 * (rng.random() < 0.5) if w < 0 else 0.0
             rows.append((
-                country, f"A{a:02d}", week, w >= 0, None if w >= 0 else int(rng.poisson(5 + 10 * discount)),
+                country, f"A{a:02d}", week, w >= 0, None if w >= 0 else int(rng.poisson(5 * (1 - discount) ** -3)),
                 40, round(price * (1 - discount), 2), price, RUN_DATE + dt.timedelta(weeks=4),
                 "tops" if a % 2 else "jeans", discount, w + weeks, week.isocalendar()[1], 4 - w, 5.0,
             ))  # fmt: skip

@@ -4,17 +4,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
 
-from markdown_pricing import model
+from markdown_pricing import backtest, model
 from markdown_pricing.config import load_config
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 RULES = dataclasses.replace(load_config("local").run, ladder=LADDER, salvage_value_share=0.0)
 PARAMS = dataclasses.replace(
-    load_config("local").model, holdout_weeks=4, num_boost_round=150, num_leaves=15, min_data_in_leaf=10, seed=3
+    load_config("local").model, num_boost_round=150, num_leaves=15, min_data_in_leaf=10, seed=3, min_history_weeks=16
 )
 RUN_DATE = dt.date(2026, 11, 23)
 
@@ -79,39 +80,73 @@ def test_recommend_takes_highest_revenue_and_breaks_ties_towards_higher_price() 
     assert best.loc["B", "recommended_discount"] == 0.3
 
 
-def test_holdout_split_keeps_future_weeks_out_of_training_and_freezes_popularity() -> None:
-    history = model.training_rows(elastic_world())
-    history = history.assign(article_popularity=history.groupby("article_id").cumcount().astype(float))
-    train, holdout = model.holdout_split(history, 4)
-    assert train["week_start"].max() < holdout["week_start"].min()
-    assert holdout["week_start"].nunique() == 4
-    assert (holdout.groupby("article_id")["article_popularity"].nunique() == 1).all()
-    assert holdout["article_popularity"].iloc[0] == 26.0
+def history_of(world: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    weekly = model.prepare(world)
+    history = weekly[~weekly["is_future"]]
+    return history, backtest.in_stock(history)
 
 
-def test_holdout_split_refuses_too_short_history() -> None:
-    history = model.training_rows(elastic_world(weeks=4))
-    with pytest.raises(ValueError, match="only 4 weeks of history"):
-        model.holdout_split(history, 4)
+def test_backtest_origins_tile_the_last_weeks_and_refuse_too_short_history() -> None:
+    _, usable = history_of(elastic_world(weeks=30))
+    weeks = backtest.history_weeks(usable)
+    assert backtest.origins(usable, 3, 4) == [weeks[-12], weeks[-8], weeks[-4]]
+    assert backtest.origins(usable, 2, 4, before=weeks[-12]) == [weeks[-20], weeks[-16]]
+    _, short = history_of(elastic_world(weeks=8))
+    with pytest.raises(ValueError, match="only 8 weeks of history, need more than 12"):
+        backtest.origins(short, 3, 4)
 
 
-def test_naive_forecast_carries_last_week_forward() -> None:
-    train = pd.DataFrame({"article_id": ["A", "A", "B"], "week_start": [1, 2, 1], "units": [5, 7, 3]})
-    holdout = pd.DataFrame({"article_id": ["A", "B", "C"]})
-    assert model.naive_forecast(train, holdout).tolist() == [7.0, 3.0, 0.0]
-
-
-def test_wape_and_bias() -> None:
-    actual, forecast = pd.Series([10.0, 0.0, 10.0]), pd.Series([12.0, 1.0, 5.0])
-    assert model.wape(actual, forecast) == pytest.approx(8 / 20)
-    assert model.bias(actual, forecast) == pytest.approx(-2 / 20)
-
-
-def test_train_and_recommend_beats_naive_and_recommends_from_ladder() -> None:
+def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_features() -> None:
     world = elastic_world()
-    result = model.train_and_recommend(world, PARAMS, RULES, num_threads=1)
-    predictions = result.predictions
-    assert result.metrics["model_wape"] < result.metrics["baseline_wape"]
+    history, usable = history_of(world)
+    origin = backtest.history_weeks(usable)[-8]
+    train, test = backtest.split(history, usable, origin, 4)
+    assert train["week_start"].max() < origin <= test["week_start"].min()
+    assert test["week_start"].nunique() == 4
+    # Popularity is frozen at the origin: the value the origin's own row carries (mean of the weeks before it).
+    at_origin = history[history["week_start"] == origin].set_index("article_id")["article_popularity"]
+    assert (test["article_popularity"].to_numpy() == test["article_id"].map(at_origin).to_numpy()).all()
+    # Changing every week from the origin on changes neither the training rows nor the test features.
+    changed = world.assign(units=np.where(pd.to_datetime(world["week_start"]) >= origin, 999, world["units"]))
+    changed_history, changed_usable = history_of(changed)
+    train_again, test_again = backtest.split(changed_history, changed_usable, origin, 4)
+    pd.testing.assert_frame_equal(train, train_again)
+    features = list(model.FEATURES)
+    pd.testing.assert_frame_equal(test[features], test_again[features])
+
+
+def test_recent_average_and_same_price_baselines() -> None:
+    train = pd.DataFrame({
+        "country": "DEU", "article_id": ["A"] * 5 + ["B"] * 2, "category": ["tops"] * 5 + ["jeans"] * 2,
+        "discount": [0.0, 0.0, 0.0, 0.2, 0.2, 0.0, 0.0], "units": [10, 20, 30, 40, 60, 4, 6],
+    })  # fmt: skip
+    test = pd.DataFrame({"country": "DEU", "article_id": ["A", "B", "C"], "category": ["tops", "jeans", "tops"]})
+    recent = backtest.recent_average(train, test, weeks=2)
+    # A: mean of its last two weeks; B: of its two; C is new: the mean of its category's articles (A).
+    assert recent.tolist() == [50.0, 5.0, 50.0]
+    same = backtest.same_price(train, test, recent_weeks=2)
+    # A sells 40 and 60 at today's 20 % off; B has only ever had one price; C falls back to the recent average.
+    assert same.tolist() == [50.0, 5.0, 50.0]
+    assert backtest.same_price(train.assign(discount=[0.0, 0.0, 0.1, 0.1, 0.1, 0.0, 0.0]), test, 2).iloc[0] == 130 / 3
+
+
+def test_wape_bias_and_revenue_weighted_wape() -> None:
+    actual, forecast = pd.Series([10.0, 0.0, 10.0]), pd.Series([12.0, 1.0, 5.0])
+    assert backtest.wape(actual, forecast) == pytest.approx(8 / 20)
+    assert backtest.bias(actual, forecast) == pytest.approx(-2 / 20)
+    # The cheap article's big miss weighs little once errors are valued at their prices.
+    price = pd.Series([100.0, 100.0, 1.0])
+    assert backtest.wape(actual, forecast, price) == pytest.approx((200 + 100 + 5) / (1000 + 10))
+
+
+def test_train_country_beats_both_baselines_and_recommends_from_ladder() -> None:
+    world = elastic_world()
+    result = model.train_country(world, PARAMS, RULES, num_threads=1)
+    metrics, predictions = result.metrics, result.predictions
+    assert (metrics["status"], metrics["model_kind"], metrics["fallback_reason"]) == ("trained", "country", None)
+    assert metrics["backtest_origins"] == PARAMS.backtest_origins
+    assert metrics["model_wape"] < min(metrics["recent_average_wape"], metrics["same_price_wape"])
+    assert metrics["baseline_wape"] == min(metrics["recent_average_wape"], metrics["same_price_wape"])
     assert sorted(predictions["article_id"]) == sorted(world.loc[world["is_future"], "article_id"].unique())
     assert set(predictions["recommended_discount"]) <= set(LADDER)
     assert (predictions["recommended_discount"] >= predictions["current_discount"] - 1e-9).all()
@@ -120,18 +155,98 @@ def test_train_and_recommend_beats_naive_and_recommends_from_ladder() -> None:
     assert (predictions["recommended_discount"] > predictions["current_discount"]).any()
 
 
+def test_model_card_says_what_was_trained_on_what() -> None:
+    world = elastic_world()
+    card = model.train_country(world, PARAMS, RULES, num_threads=1).card
+    assert card["country"] == "DEU" and card["model_kind"] == "country"
+    assert card["model"]["features"] == list(model.FEATURES)
+    assert card["model"]["categories"] == {"category": ["jeans", "tops"]}
+    assert card["model"]["lightgbm_params"]["monotone_constraints"][0] == 1
+    assert card["model"]["num_boost_round"] == PARAMS.num_boost_round
+    assert card["training_window"] == {"first_week": "2026-04-27", "last_week": "2026-11-16", "weeks": 30}
+    assert card["rows"] == {"input": len(world), "train": 40 * 30, "articles": 40, "scored_articles": 40}
+    assert len(card["data_fingerprint"]) == 64
+    assert [entry["origin"] for entry in card["backtest"]["by_origin"]] == ["2026-08-31", "2026-09-28", "2026-10-26"]
+    # One changed unit is another fingerprint.
+    changed = world.assign(units=world["units"].where(world.index != 0, world["units"].iloc[0] + 1))
+    assert model.data_card(changed, backtest.in_stock(changed[~changed["is_future"]]))["data_fingerprint"] != (
+        card["data_fingerprint"]
+    )
+
+
+def test_tuning_picks_a_candidate_by_time_series_cv_with_early_stopping() -> None:
+    tuned = dataclasses.replace(PARAMS, tuning=dataclasses.replace(PARAMS.tuning, enabled=True))
+    card = model.train_country(elastic_world(weeks=40), tuned, RULES, num_threads=1).card
+    tuning = card["model"]["tuning"]
+    assert tuning["folds"] == ["2026-03-16", "2026-04-13"][: len(tuning["folds"])] or len(tuning["folds"]) == 2
+    assert len(tuning["candidates"]) == len(PARAMS.tuning.candidates)
+    assert tuning["best"]["wape"] == min(entry["wape"] for entry in tuning["candidates"])
+    assert card["model"]["num_boost_round"] == tuning["best"]["rounds"] <= PARAMS.num_boost_round
+    for key, value in tuning["best"]["params"].items():
+        assert card["model"]["lightgbm_params"][key] == value
+
+
+def test_a_country_with_too_little_history_needs_a_fallback() -> None:
+    result = model.train_country(elastic_world(weeks=10), PARAMS, RULES, num_threads=1)
+    assert result.metrics["status"] == "needs_fallback"
+    assert result.metrics["fallback_reason"] == "10 weeks of in-stock history, fewer than min_history_weeks = 16"
+    assert result.predictions.empty and result.model_text is None
+
+
+def steady_world(country: str) -> pd.DataFrame:
+    """Every article sells exactly 5 a week whatever its price: the recent average is perfect."""
+    world = elastic_world(seed=4).assign(country=country)
+    return world.assign(units=world["units"].where(world["is_future"], 5))
+
+
+def test_a_country_whose_model_loses_falls_back_and_the_baseline_holds_todays_price() -> None:
+    result = model.train_country(steady_world("DEU"), PARAMS, RULES, num_threads=1)
+    assert result.metrics["status"] == "needs_fallback"
+    assert result.metrics["fallback_reason"].startswith("the country model loses to its recent_average baseline")
+    both = pd.concat([steady_world("DEU"), steady_world("AUT")], ignore_index=True)
+    [fallback] = model.train_pooled(both, {"DEU": "its model loses"}, PARAMS, RULES, num_threads=1)
+    assert fallback.metrics["model_kind"] == "baseline" and fallback.model_text is None
+    assert fallback.metrics["fallback_reason"].startswith("its model loses; the pooled model loses too")
+    predictions = fallback.predictions
+    assert (predictions["recommended_discount"] == predictions["current_discount"]).all()
+    assert np.allclose(predictions["predicted_units_next_week"], 5.0)
+
+
+def test_pooled_model_scores_a_small_country_with_the_others_history() -> None:
+    # A shop opened two weeks ago: in the backtest its baselines know nothing of it yet.
+    small = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
+    both = pd.concat([elastic_world(), small], ignore_index=True)
+    [fallback] = model.train_pooled(both, {"LUX": "too little history"}, PARAMS, RULES, num_threads=1)
+    assert fallback.country == "LUX"
+    assert (fallback.metrics["status"], fallback.metrics["model_kind"]) == ("trained", "pooled")
+    assert fallback.card["model"]["features"] == list(model.POOLED_FEATURES)
+    assert fallback.card["model"]["categories"]["country"] == ["DEU", "LUX"]
+    assert sorted(fallback.predictions["article_id"]) == sorted(small["article_id"].unique())
+    assert (fallback.predictions["country"] == "LUX").all()
+
+
 def test_trained_model_never_predicts_fewer_units_for_more_discount() -> None:
-    world = elastic_world(seed=1)
-    categories = sorted(world["category"].unique())
-    booster = model.fit(model.training_rows(world), categories, PARAMS, num_threads=1)
-    future = world[world["is_future"]]
-    by_step = [booster.predict(model.feature_frame(future.assign(discount=step), categories)) for step in LADDER]
-    assert (np.diff(np.vstack(by_step), axis=0) >= -1e-12).all()
+    for result in (
+        model.train_country(elastic_world(seed=1), PARAMS, RULES, num_threads=1),
+        *model.train_pooled(
+            pd.concat([elastic_world(seed=1), elastic_world(seed=2).assign(country="AUT")], ignore_index=True),
+            {"AUT": "test"}, PARAMS, RULES, num_threads=1,
+        ),
+    ):  # fmt: skip
+        booster = lgb.Booster(model_str=result.model_text)
+        encoding = model.Encoding(tuple(result.card["model"]["features"]), result.card["model"]["categories"])
+        future = model.prepare(elastic_world(seed=1))
+        future = future[future["is_future"]].assign(country=result.country)
+        by_step = [booster.predict(model.feature_frame(future.assign(discount=step), encoding)) for step in LADDER]
+        assert (np.diff(np.vstack(by_step), axis=0) >= -1e-12).all()
 
 
-def test_train_and_recommend_is_reproducible() -> None:
+def test_train_country_is_reproducible_and_a_saved_model_rescores_the_same() -> None:
     world = elastic_world(seed=2)
-    first = model.train_and_recommend(world, PARAMS, RULES, num_threads=2)
-    second = model.train_and_recommend(world, PARAMS, RULES, num_threads=2)
+    first = model.train_country(world, PARAMS, RULES, num_threads=2)
+    second = model.train_country(world, PARAMS, RULES, num_threads=2)
     pd.testing.assert_frame_equal(first.predictions, second.predictions)
     assert first.model_text == second.model_text
+    rescored = model.rescore(world, first.model_text, first.card, PARAMS, RULES)
+    pd.testing.assert_frame_equal(rescored.predictions, first.predictions)
+    assert rescored.metrics["model_wape"] == first.metrics["model_wape"]

@@ -61,6 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
                     work_uri=ctx.cfg.paths.work,
                     env=args.env,
                     override_gate=",".join(ctx.gate_overrides),
+                    model_run=ctx.model_run or "",
                     wait_for_inputs=-1.0 if args.wait_for_inputs is None else args.wait_for_inputs,
                 )
             ],
@@ -75,6 +76,15 @@ def run_command(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning("run report not written: %s", err)
     # scheduling_succeeded stays true when an input is missing; the status tells whether everything ran.
     return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
+
+
+def score_command(args: argparse.Namespace) -> int:
+    """A run that rescores with saved models; its own run id keeps the model run's outputs apart."""
+    if not args.model_run:
+        print("markdown-pricing score: --model-run RUN_ID is required", file=sys.stderr)
+        return 2
+    args.run_id = args.run_id or f"{args.run_date.isoformat()}-score-{args.model_run}"
+    return run_command(args)
 
 
 def backfill_command(args: argparse.Namespace) -> int:
@@ -158,14 +168,15 @@ def report_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     from markdown_pricing.erp import ErpUnavailableError
-    from markdown_pricing.status import show_status
+    from markdown_pricing.status import show_runs, show_status
 
     cfg = with_paths(load_config(args.env), work=args.work)
+    show = show_runs if args.command == "runs" else show_status
     try:
-        print(show_status(cfg.erp, cfg.paths.work, limit=args.limit, as_json=args.json))
+        print(show(cfg.erp, cfg.paths.work, limit=args.limit, as_json=args.json))
     except (ErpUnavailableError, ValueError) as err:
         # An unreachable ERP, a bad --limit or an unusable configuration: a message, not a stack trace.
-        print(f"markdown-pricing status: {err}", file=sys.stderr)
+        print(f"markdown-pricing {args.command}: {err}", file=sys.stderr)
         return 1
     return 0
 
@@ -204,6 +215,13 @@ def parser() -> argparse.ArgumentParser:
     add_scheduling_arguments(run)
     run.set_defaults(handler=run_command)
 
+    score = commands.add_parser(
+        "score", help="like run, but rescore with the models an earlier run saved (no training)"
+    )
+    add_run_arguments(score)
+    add_scheduling_arguments(score)
+    score.set_defaults(handler=score_command)
+
     backfill = commands.add_parser(
         "backfill", help="run the weekly pipeline for every Monday of a range through Luigi, oldest first"
     )
@@ -223,12 +241,14 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--env", choices=ENVIRONMENTS, default="local")
     report.set_defaults(handler=report_command)
 
-    status = commands.add_parser("status", help="the last runs in the ERP ledger, per country")
-    status.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
-    status.add_argument("--limit", type=int, default=5, metavar="N", help="how many runs (default 5)")
-    status.add_argument("--work", help="work folder URI, for the embedded ERP (default: configured)")
-    status.add_argument("--env", choices=ENVIRONMENTS, default="local")
-    status.set_defaults(handler=status_command)
+    for name, what in (("status", "the last runs in the ERP ledger, per country"),
+                       ("runs", "the last runs' backtest error per country: model against both baselines")):
+        status = commands.add_parser(name, help=what)
+        status.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+        status.add_argument("--limit", type=int, default=5, metavar="N", help="how many runs (default 5)")
+        status.add_argument("--work", help="work folder URI, for the embedded ERP (default: configured)")
+        status.add_argument("--env", choices=ENVIRONMENTS, default="local")
+        status.set_defaults(handler=status_command)
 
     erp = commands.add_parser("erp", help="the embedded PostgreSQL used when no ERP is configured")
     erp.add_argument("action", choices=("start", "stop", "dsn"))

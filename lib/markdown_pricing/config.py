@@ -34,15 +34,36 @@ class RunRules:
 
 
 @dataclass(frozen=True)
+class TuningSettings:
+    enabled: bool
+    folds: int
+    early_stopping_rounds: int
+    # Each candidate overrides some of ModelParams' LightGBM settings (num_leaves, min_data_in_leaf, ...).
+    candidates: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class ModelParams:
     objective: str
-    holdout_weeks: int
     num_boost_round: int
     learning_rate: float
     num_leaves: int
     min_data_in_leaf: int
     feature_fraction: float
     seed: int
+    backtest_origins: int
+    backtest_horizon_weeks: int
+    recent_average_weeks: int
+    min_history_weeks: int
+    tuning: TuningSettings
+
+    def __post_init__(self) -> None:
+        backtested = self.backtest_origins * self.backtest_horizon_weeks
+        if self.min_history_weeks <= backtested:
+            raise ConfigError(
+                f"model.min_history_weeks ({self.min_history_weeks}) must exceed the backtested weeks "
+                f"(backtest_origins x backtest_horizon_weeks = {backtested}): the first origin needs weeks to train on"
+            )
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,7 @@ class ErpSettings:
     schema: str
     predictions_table: str
     ledger_table: str
+    metrics_table: str
     connect_timeout_s: int
     connect_attempts: int
     connect_backoff_s: float
@@ -135,6 +157,7 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
     raw = _merge(_read_toml(root / "conf" / "base.toml"), _read_toml(root / "conf" / f"{env}.toml"))
     try:
         paths, run, model, erp, spark = raw["paths"], raw["run"], raw["model"], raw["erp"], raw["spark"]
+        tuning = model["tuning"]
         return Config(
             env=env,
             project_root=root,
@@ -150,7 +173,10 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 wait_for_inputs_s=float(run["wait_for_inputs_s"]),
                 input_poll_s=float(run["input_poll_s"]),
             ),
-            model=ModelParams(**model),
+            model=ModelParams(
+                **{key: value for key, value in model.items() if key != "tuning"},
+                tuning=TuningSettings(**{**tuning, "candidates": tuple(dict(c) for c in tuning["candidates"])}),
+            ),
             erp=ErpSettings(**{**erp, "dsn": os.environ.get("MARKDOWN_ERP_DSN", erp["dsn"])}),
             spark=SparkSettings(
                 app_name_prefix=spark["app_name_prefix"],

@@ -52,6 +52,10 @@ _COPY_COLUMNS = ("country", "article_id", "valid_from", *_FRAME_NUMERIC_COLUMNS,
 # Quoted empty fields in these columns are NULL; in text columns they stay empty strings.
 _FORCE_NULL_COLUMNS = ("valid_from", *_FRAME_NUMERIC_COLUMNS)
 METRIC_KEYS = ("model_wape", "baseline_wape", "model_bias")
+# Which model scored the country and, for a fallback, why: text the ledger carries beside the metrics.
+MODEL_KEYS = ("model_kind", "fallback_reason")
+# model_metrics rows: one per (run, country, forecaster) of the backtest, comparable across runs in one query.
+BACKTEST_FORECASTERS = ("model", "recent_average", "same_price")
 _LEDGER_STATUS_CHECK = sql.SQL("CHECK (status IN ({}))").format(
     sql.SQL(", ").join(map(sql.Literal, (PUBLISHED, FAILED, BLOCKED)))
 )
@@ -85,6 +89,10 @@ def _identifier(value: str, what: str) -> sql.Identifier:
     if not _IDENTIFIER.fullmatch(value):
         raise ConfigError(f"erp.{what} {value!r} is not a valid identifier: expected {_IDENTIFIER.pattern}")
     return sql.Identifier(value)
+
+
+def table(settings: ErpSettings, name: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(_identifier(settings.schema, "schema"), _identifier(name, "table name"))
 
 
 def _tables(settings: ErpSettings) -> tuple[sql.Composed, sql.Composed]:
@@ -253,22 +261,47 @@ def ensure_schema(conn: Connection, settings: ErpSettings) -> None:
                     message text,
                     recorded_at timestamptz NOT NULL DEFAULT now(),
                     gate_override boolean NOT NULL DEFAULT false,
+                    model_kind text,
+                    fallback_reason text,
                     PRIMARY KEY (run_id, country)
                 )
                 """
             ).format(ledger, _LEDGER_STATUS_CHECK)
         )
         _migrate_ledger(cur, settings, ledger)
+        cur.execute(
+            sql.SQL(
+                """
+                CREATE TABLE IF NOT EXISTS {} (
+                    run_id text NOT NULL,
+                    run_date date NOT NULL,
+                    country text NOT NULL,
+                    forecaster text NOT NULL,
+                    model_kind text,
+                    wape double precision,
+                    bias double precision,
+                    revenue_weighted_wape double precision,
+                    backtest_rows integer,
+                    recorded_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (run_id, country, forecaster)
+                )
+                """
+            ).format(table(settings, settings.metrics_table))
+        )
 
 
 def _migrate_ledger(cur: Cursor, settings: ErpSettings, ledger: sql.Composed) -> None:
-    """Brings a ledger created before the quality gate up to date: its gate_override column and 'blocked' status."""
-    cur.execute(
-        "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s AND column_name = %s",
-        (settings.schema, settings.ledger_table, "gate_override"),
-    )
-    if cur.fetchone() is None:
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN gate_override boolean NOT NULL DEFAULT false").format(ledger))
+    """Brings an older ledger up to date: the gate_override, model_kind and fallback_reason columns and the
+    'blocked' status."""
+    for column, kind in (("gate_override", "boolean NOT NULL DEFAULT false"), ("model_kind", "text"),
+                         ("fallback_reason", "text")):  # fmt: skip
+        cur.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+            " AND column_name = %s",
+            (settings.schema, settings.ledger_table, column),
+        )
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} " + kind).format(ledger, sql.Identifier(column)))
     # Checked first so that an up-to-date ledger is not locked exclusively on every run.
     cur.execute(
         "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'"
@@ -336,6 +369,39 @@ def _metric(metrics: Mapping[str, float | None], key: str) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+def _ledger_values(metrics: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (*(_metric(metrics, key) for key in METRIC_KEYS), *(metrics.get(key) for key in MODEL_KEYS))
+
+
+def record_metrics(
+    conn: Connection, settings: ErpSettings, *, run_id: str, run_date: date, results: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Every country's backtest errors, one row per forecaster, in one transaction; a rerun replaces them."""
+    rows = [
+        (run_id, run_date, country, forecaster, result.get("model_kind"),
+         *(_metric(result, f"{forecaster}_{measure}") for measure in ("wape", "bias", "rwape")),
+         result.get("backtest_rows"))
+        for country, result in sorted(results.items())
+        for forecaster in BACKTEST_FORECASTERS
+        if result.get(f"{forecaster}_wape") is not None
+    ]  # fmt: skip
+    with _transaction(conn) as cur:
+        cur.executemany(
+            sql.SQL(
+                """
+                INSERT INTO {} (run_id, run_date, country, forecaster, model_kind, wape, bias,
+                                revenue_weighted_wape, backtest_rows, recorded_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+                ON CONFLICT (run_id, country, forecaster) DO UPDATE SET
+                    run_date = EXCLUDED.run_date, model_kind = EXCLUDED.model_kind, wape = EXCLUDED.wape,
+                    bias = EXCLUDED.bias, revenue_weighted_wape = EXCLUDED.revenue_weighted_wape,
+                    backtest_rows = EXCLUDED.backtest_rows, recorded_at = EXCLUDED.recorded_at
+                """
+            ).format(table(settings, settings.metrics_table)),
+            rows,
+        )
+
+
 def publish_country(
     conn: Connection,
     settings: ErpSettings,
@@ -381,12 +447,14 @@ def publish_country(
                 """
                 INSERT INTO {} AS ledger
                     (run_id, country, run_date, status, rows, model_version,
-                     model_wape, baseline_wape, model_bias, message, recorded_at, gate_override)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
+                     model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at,
+                     gate_override)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
                 ON CONFLICT (run_id, country) DO UPDATE SET
                     run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = EXCLUDED.rows,
                     model_version = EXCLUDED.model_version, model_wape = EXCLUDED.model_wape,
                     baseline_wape = EXCLUDED.baseline_wape, model_bias = EXCLUDED.model_bias,
+                    model_kind = EXCLUDED.model_kind, fallback_reason = EXCLUDED.fallback_reason,
                     message = EXCLUDED.message, recorded_at = EXCLUDED.recorded_at,
                     gate_override = EXCLUDED.gate_override
                 """
@@ -398,7 +466,7 @@ def publish_country(
                 PUBLISHED,
                 len(frame),
                 model_version,
-                *(_metric(metrics, key) for key in METRIC_KEYS),
+                *_ledger_values(metrics),
                 message,
                 gate_override,
             ),
@@ -428,17 +496,18 @@ def record_not_published(
                 """
                 INSERT INTO {} AS ledger
                     (run_id, country, run_date, status, rows, model_version,
-                     model_wape, baseline_wape, model_bias, message, recorded_at)
-                VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s, now())
+                     model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at)
+                VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, now())
                 ON CONFLICT (run_id, country) DO UPDATE SET
                     run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = NULL, model_version = NULL,
                     model_wape = EXCLUDED.model_wape, baseline_wape = EXCLUDED.baseline_wape,
-                    model_bias = EXCLUDED.model_bias, message = EXCLUDED.message,
+                    model_bias = EXCLUDED.model_bias, model_kind = EXCLUDED.model_kind,
+                    fallback_reason = EXCLUDED.fallback_reason, message = EXCLUDED.message,
                     recorded_at = EXCLUDED.recorded_at, gate_override = false
                 WHERE ledger.status <> %s
                 """
             ).format(ledger_table),
-            (run_id, country, run_date, status, *(_metric(metrics, key) for key in METRIC_KEYS), message, PUBLISHED),
+            (run_id, country, run_date, status, *_ledger_values(metrics), message, PUBLISHED),
         )
 
 

@@ -71,6 +71,11 @@ def _metric(result: Mapping[str, Any], key: str) -> float | None:
 
 def _baseline_reasons(result: Mapping[str, Any]) -> list[str]:
     model, baseline = _metric(result, "model_wape"), _metric(result, "baseline_wape")
+    kind = result.get("model_kind")
+    # A baseline fallback holds today's prices: there is no model to compare. A pooled fallback for a country
+    # too new to backtest cannot be measured there; its fallback_reason, in the ledger, says so.
+    if kind == "baseline" or (kind == "pooled" and model is None):
+        return []
     if model is None or baseline is None:
         # Without both measurements nothing shows the model is better than carrying last week forward.
         return [f"model not measured against its baseline (model WAPE {model}, baseline WAPE {baseline})"]

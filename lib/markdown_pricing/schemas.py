@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
+from markdown_pricing.backtest import FORECASTERS
+
 RAW_DATASETS: dict[str, T.StructType] = {
     "articles": T.StructType(
         [
@@ -95,17 +97,29 @@ TRAIN_SCORE_OUTPUT = T.StructType(
         T.StructField("stock_on_hand", T.LongType()),
         T.StructField("status", T.StringType()),
         T.StructField("error", T.StringType()),
+        # Which model scored the country ("country", "pooled" or "baseline") and, for the last two, why.
+        T.StructField("model_kind", T.StringType()),
+        T.StructField("fallback_reason", T.StringType()),
         T.StructField("train_rows", T.LongType()),
-        T.StructField("holdout_rows", T.LongType()),
-        T.StructField("model_wape", T.DoubleType()),
-        T.StructField("model_bias", T.DoubleType()),
+        # Rolling-origin backtest (backtest.summarize): every forecaster's WAPE, bias and revenue-weighted WAPE.
+        T.StructField("backtest_rows", T.LongType()),
+        T.StructField("backtest_origins", T.LongType()),
+        *(
+            T.StructField(f"{forecaster}_{measure}", T.DoubleType())
+            for forecaster in FORECASTERS
+            for measure in ("wape", "bias", "rwape")
+        ),
+        T.StructField("baseline", T.StringType()),
         T.StructField("baseline_wape", T.DoubleType()),
         T.StructField("fit_seconds", T.DoubleType()),
+        T.StructField("score_seconds", T.DoubleType()),
         # Where the model trained ("cpu", "gpu:1", "cpu (gpu fallback: <why>)") and the GPU addresses Spark
         # gave the task, comma-separated.
         T.StructField("device", T.StringType()),
         T.StructField("task_gpus", T.StringType()),
         T.StructField("model_text", T.StringType()),
+        # The model card (model.CountryResult.card) as JSON; the stage adds run, version and commit.
+        T.StructField("card_json", T.StringType()),
     ]
 )
 
@@ -124,16 +138,9 @@ PREDICTION_COLUMNS = (
 
 PREDICTIONS = T.StructType([field for field in TRAIN_SCORE_OUTPUT.fields if field.name in PREDICTION_COLUMNS])
 
-METRIC_COLUMNS = (
-    "country",
-    "status",
-    "error",
-    "train_rows",
-    "holdout_rows",
-    "model_wape",
-    "model_bias",
-    "baseline_wape",
-    "fit_seconds",
-    "device",
-    "task_gpus",
+# A country record's status and measurements: everything but the model and its card.
+METRIC_COLUMNS = tuple(
+    field.name
+    for field in TRAIN_SCORE_OUTPUT.fields
+    if field.name not in ("record", "model_text", "card_json") and field.name not in PREDICTION_COLUMNS[1:]
 )

@@ -4,10 +4,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
@@ -141,17 +143,69 @@ def status_document(runs: list[RunStatus]) -> list[dict[str, Any]]:
     ]
 
 
-def show_status(settings: ErpSettings, work: str, *, limit: int, as_json: bool) -> str:
-    """The last `limit` runs of the ledger of the configured ERP (the embedded one under `work` when none is)."""
-    if limit < 1:
-        raise ValueError(f"--limit must be at least 1, not {limit}")
+def recent_errors(conn: Connection, settings: ErpSettings, limit: int) -> pd.DataFrame:
+    """The last `limit` runs' backtest errors per country: model, both baselines and the model's kind."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                WITH runs AS (
+                    SELECT run_id, max(recorded_at) AS recorded_at FROM {metrics}
+                    GROUP BY run_id ORDER BY recorded_at DESC LIMIT %s
+                )
+                SELECT m.run_id, m.run_date, m.country, max(m.model_kind) AS model_kind,
+                       max(m.wape) FILTER (WHERE m.forecaster = 'model') AS model_wape,
+                       max(m.wape) FILTER (WHERE m.forecaster = 'recent_average') AS recent_average_wape,
+                       max(m.wape) FILTER (WHERE m.forecaster = 'same_price') AS same_price_wape
+                FROM {metrics} m JOIN runs USING (run_id)
+                GROUP BY m.run_id, m.run_date, m.country, runs.recorded_at
+                ORDER BY runs.recorded_at DESC, m.country
+                """
+            ).format(metrics=erp.table(settings, settings.metrics_table)),
+            (limit,),
+        )
+        columns = [column.name for column in cur.description]
+        return pd.DataFrame(cur.fetchall(), columns=columns)
+
+
+def format_errors(errors: pd.DataFrame) -> str:
+    """The runs' backtest WAPE per country: model, both baselines, and the model's gain on the better one."""
+    if errors.empty:
+        return "no runs with backtest metrics in the ERP yet"
+    best = errors[["recent_average_wape", "same_price_wape"]].min(axis=1)
+    shown = errors.assign(gain_vs_best_baseline=1 - errors["model_wape"] / best)
+    return shown.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep="-")
+
+
+def _read_only(settings: ErpSettings, work: str, read: Callable[[Connection], Any]) -> Any:
+    """Runs `read` on the configured ERP (the embedded one under `work` when none is) without changing anything."""
     dsn = resolve_dsn(settings, work)
     with closing(
         erp.connect(dsn, settings.connect_timeout_s, attempts=settings.connect_attempts,
                     backoff_s=settings.connect_backoff_s)
     ) as conn:  # fmt: skip
-        # Looking must never change the ledger.
         conn.set_session(readonly=True)
-        runs = recent_runs(conn, settings, limit)
+        found = read(conn)
         conn.rollback()
+    return found
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"--limit must be at least 1, not {limit}")
+
+
+def show_status(settings: ErpSettings, work: str, *, limit: int, as_json: bool) -> str:
+    """The last `limit` runs of the ledger of the configured ERP (the embedded one under `work` when none is)."""
+    _check_limit(limit)
+    runs = _read_only(settings, work, lambda conn: recent_runs(conn, settings, limit))
     return json.dumps(status_document(runs), indent=2) if as_json else format_status(runs)
+
+
+def show_runs(settings: ErpSettings, work: str, *, limit: int, as_json: bool) -> str:
+    """The last `limit` runs' backtest errors per country, from the metrics table."""
+    _check_limit(limit)
+    errors = _read_only(settings, work, lambda conn: recent_errors(conn, settings, limit))
+    if as_json:
+        return errors.astype({"run_date": str}).to_json(orient="records", indent=2)
+    return format_errors(errors)

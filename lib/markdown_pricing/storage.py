@@ -166,6 +166,10 @@ class RunLayout:
         return join(self.run_dir, "train_score_output")
 
     @property
+    def pooled_output(self) -> str:
+        return join(self.run_dir, "train_score_pooled_output")
+
+    @property
     def country_results(self) -> str:
         return join(self.run_dir, "country_results.json")
 
@@ -180,6 +184,13 @@ class RunLayout:
     def stage_record(self, stage: str) -> str:
         return join(self.run_dir, "stages", f"{stage}.json")
 
-    def model_file(self, country: str) -> str:
-        return join(self.work, "models", self.run_id, country, "model.txt")
+    def model_dir(self, country: str, run_id: str | None = None) -> str:
+        """models/<run_id>/<country>/: a country's LightGBM model and its card (`run_id`: another run's)."""
+        return join(self.work, "models", run_id or self.run_id, country)
+
+    def model_file(self, country: str, run_id: str | None = None) -> str:
+        return join(self.model_dir(country, run_id), "model.txt")
+
+    def model_card(self, country: str, run_id: str | None = None) -> str:
+        return join(self.model_dir(country, run_id), "card.json")
 

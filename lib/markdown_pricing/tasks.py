@@ -101,6 +101,7 @@ class RunParameters(PipelineParameters):
 
     run_date = luigi.DateParameter()
     run_id = luigi.Parameter(default="")
+    model_run = luigi.Parameter(default="", description="rescore with this earlier run's saved models; empty: train")
 
     @property
     def priority(self) -> int:
@@ -113,7 +114,11 @@ class RunParameters(PipelineParameters):
         cfg = with_paths(load_config(self.env), raw=self.raw_uri or None, work=self.work_uri or None)
         overrides = tuple(sorted({c.strip() for c in self.override_gate.split(",") if c.strip()}))
         return RunContext(
-            cfg=cfg, run_date=self.run_date, run_id=self.run_id or self.run_date.isoformat(), gate_overrides=overrides
+            cfg=cfg,
+            run_date=self.run_date,
+            run_id=self.run_id or self.run_date.isoformat(),
+            gate_overrides=overrides,
+            model_run=self.model_run or None,
         )
 
     def run_arguments(self) -> list[str]:
@@ -123,6 +128,7 @@ class RunParameters(PipelineParameters):
             "--run-date", self.run_date.isoformat(), "--run-id", self.ctx.run_id,
             "--raw", paths.raw, "--work", paths.work, "--env", self.env,
             *(part for country in self.ctx.gate_overrides for part in ("--override-gate", country)),
+            *(("--model-run", self.model_run) if self.model_run else ()),
         ]  # fmt: skip
 
 

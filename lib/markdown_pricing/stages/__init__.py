@@ -31,6 +31,8 @@ class RunContext:
     run_id: str
     # Countries whose publish quality gate an operator explicitly overrides for this run.
     gate_overrides: tuple[str, ...] = ()
+    # Rescore with the models this earlier run saved instead of training (`score --model-run`).
+    model_run: str | None = None
 
     @property
     def layout(self) -> RunLayout:
@@ -49,6 +51,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments every stage and the pipeline share."""
     parser.add_argument("--run-date", type=monday, required=True, help="the Monday recommendations apply from")
     parser.add_argument("--run-id", help="defaults to the run date; a new id republishes the same week")
+    parser.add_argument(
+        "--model-run", metavar="RUN_ID", help="rescore with the models saved by this earlier run instead of training"
+    )
     add_pipeline_arguments(parser)
 
 
@@ -74,6 +79,7 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
         run_date=args.run_date,
         run_id=args.run_id or args.run_date.isoformat(),
         gate_overrides=tuple(sorted(set(args.override_gate))),
+        model_run=args.model_run,
     )
 
 

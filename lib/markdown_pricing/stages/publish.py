@@ -20,14 +20,14 @@ from markdown_pricing.storage import read_json
 
 log = logging.getLogger(__name__)
 
-LEDGER_METRICS = ("model_wape", "baseline_wape", "model_bias")
+LEDGER_METRICS = (*erp.METRIC_KEYS, *erp.MODEL_KEYS)
 # Exit code when another publisher holds the run date: nothing was done, run again once it has finished.
 LOCKED_EXIT_CODE = 3
 
 
-def model_version(ctx: RunContext, country: str) -> str:
-    """Points at models/<run_id>/<country>/ under the work folder."""
-    return f"{ctx.run_id}/{country}"
+def model_version(ctx: RunContext, country: str, result: dict[str, Any]) -> str:
+    """Points at models/<run_id>/<country>/ under the work folder (a rescore's: the model run's)."""
+    return result.get("model_version") or f"{ctx.run_id}/{country}"
 
 
 def publish_or_record(
@@ -76,7 +76,7 @@ def publish_or_record(
             conn,
             settings,
             predictions=rows,
-            model_version=model_version(ctx, country),
+            model_version=model_version(ctx, country, result),
             gate_override=bool(reasons),
             message=message,
             **common,
@@ -102,6 +102,7 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
     retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
     with closing(erp.connect(dsn, settings.connect_timeout_s, **retries)) as conn, ExitStack() as held:
         erp.ensure_schema(conn, settings)
+        erp.record_metrics(conn, settings, run_id=ctx.run_id, run_date=ctx.run_date, results=results)
         # One publisher per run date, held from the ledger reads below to the last country's commit.
         try:
             held.enter_context(erp.publish_run_lock(conn, settings, ctx.run_date, erp.publisher_name(ctx.run_id)))

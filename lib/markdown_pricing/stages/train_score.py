@@ -1,56 +1,140 @@
-"""Train-and-score stage: curated weekly rows -> one LightGBM model per country -> recommendations."""
+"""Train-and-score stage: curated weekly rows -> one LightGBM model per country -> recommendations.
+
+Countries with too little history or whose own model loses to its baseline get a second, pooled pass. With
+`--model-run RUN_ID` the stage trains nothing: it rescores with that run's saved models and cards.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
+from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing.country_udf import task_count, train_score
+from markdown_pricing.country_udf import SavedModels, pooled_scores, task_count, train_score
 from markdown_pricing.progress import StageProgress
 from markdown_pricing.schemas import METRIC_COLUMNS, PREDICTION_COLUMNS
 from markdown_pricing.spark import spark_job
 from markdown_pricing.stages import RunContext
-from markdown_pricing.storage import filesystem, write_json
+from markdown_pricing.storage import RunLayout, filesystem, read_json, write_json
+from markdown_pricing.submit import package_version
 
 log = logging.getLogger(__name__)
+# A packaged release has no git checkout: its build sets the commit in the environment.
+GIT_COMMIT_ENV = "MARKDOWN_GIT_COMMIT"
+
+
+def git_commit(root: Path) -> str:
+    """The commit the code came from: MARKDOWN_GIT_COMMIT, else the checkout's HEAD, else "unknown"."""
+    if commit := os.environ.get(GIT_COMMIT_ENV):
+        return commit
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return "unknown"
+    return found.stdout.strip() if found.returncode == 0 else "unknown"
+
+
+def load_saved_models(layout: RunLayout, model_run: str, countries: list[str]) -> SavedModels:
+    """Each country's model text and card saved by `model_run` (a country without a card is left out)."""
+    saved = {}
+    for country in countries:
+        card_uri = layout.model_card(country, model_run)
+        fs = filesystem(card_uri)
+        if not fs.exists(card_uri):
+            continue
+        card = read_json(card_uri)
+        model_uri = layout.model_file(country, model_run)
+        saved[country] = (fs.read_text(model_uri) if card.get("model_file") else None, card)
+    return saved
+
+
+def country_line(run_id: str, result: dict[str, Any]) -> str:
+    """One JSON line per country on stdout, for any log collector: the run, the model used and its errors."""
+    return json.dumps({"event": "country_result", "run_id": run_id, **result}, default=str, sort_keys=True)
+
+
+def save_model(layout: RunLayout, row: Any, provenance: dict[str, Any]) -> None:
+    """models/<run_id>/<country>/: model.txt (none for a baseline) and card.json with where it came from."""
+    country = row["country"]
+    card = json.loads(row["card_json"]) if row["card_json"] else {"country": country}
+    card |= provenance | {"model_file": "model.txt" if row["model_text"] else None, "device": row["device"]}
+    card["metrics"] = {column: row[column] for column in METRIC_COLUMNS if column != "country"}
+    if row["model_text"]:
+        model_file = layout.model_file(country)
+        filesystem(model_file).write_text(model_file, row["model_text"])
+    write_json(layout.model_card(country), card)
+
+
+def _scored(
+    spark: SparkSession, ctx: RunContext, weekly: DataFrame, found: list[Any], tracker: StageProgress
+) -> DataFrame:
+    """Trains (or rescores) every country once; fallback countries are replaced by the pooled pass's records."""
+    layout, cfg = ctx.layout, ctx.cfg
+    countries = sorted(row[0] for row in found)
+    job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
+    saved = load_saved_models(layout, ctx.model_run, countries) if ctx.model_run else None
+    # Written once and read back: every later output comes from this one training pass.
+    with job(f"train+score {len(countries)} countries"):
+        watcher = tracker.watch_spark_tasks(spark.sparkContext, f"training {len(countries)} countries")
+        tasks = task_count([row[1] for row in found])
+        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, tasks, saved)
+        scored.write.mode("overwrite").parquet(layout.train_score_output)
+        watcher.stop()
+    output = spark.read.parquet(layout.train_score_output)
+    pending = output.where((F.col("record") == "country") & (F.col("status") == "needs_fallback"))
+    fallback = {row["country"]: row["fallback_reason"] for row in pending.collect()}
+    if not fallback:
+        return output
+    with job(f"train+score: pooled model for {', '.join(sorted(fallback))}"):
+        tracker.update(f"pooled model for {len(fallback)} fallback countries")
+        pooled = pooled_scores(weekly, fallback, cfg.model, cfg.run, cfg.gpu.mode)
+        pooled.write.mode("overwrite").parquet(layout.pooled_output)
+    return output.where(~F.col("country").isin(list(fallback))).unionByName(spark.read.parquet(layout.pooled_output))
 
 
 def run(spark: SparkSession, ctx: RunContext) -> int:
-    """Trains every country once, then splits the result into models, metrics and predictions."""
+    """Trains every country, then splits the result into models and cards, metrics and predictions."""
     layout = ctx.layout
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     with job("train+score: find countries"):
         weekly = spark.read.parquet(layout.weekly)
         found = weekly.select("country", F.hash("country")).distinct().collect()
-        countries = sorted(row[0] for row in found)
-    tracker = StageProgress(layout, "train_score", total=len(countries))
-    # Written once and read back: every later output comes from this one training pass.
-    with job(f"train+score {len(countries)} countries"):
-        watcher = tracker.watch_spark_tasks(spark.sparkContext, f"training {len(countries)} countries")
-        tasks = task_count([row[1] for row in found])
-        scored = train_score(weekly, ctx.cfg.model, ctx.cfg.run, ctx.cfg.gpu.mode, tasks)
-        scored.write.mode("overwrite").parquet(layout.train_score_output)
-        watcher.stop()
-    tracker.update("saving models, metrics and predictions", done=len(countries))
+    tracker = StageProgress(layout, "train_score", total=len(found))
+    output = _scored(spark, ctx, weekly, found, tracker)
+    tracker.update("saving models, metrics and predictions", done=len(found))
 
     with job("train+score: save models and metrics"):
-        output = spark.read.parquet(layout.train_score_output)
-        country_rows = output.where(F.col("record") == "country").select(*METRIC_COLUMNS, "model_text").collect()
+        country_rows = output.where(F.col("record") == "country").select(*METRIC_COLUMNS, "model_text", "card_json")
+        provenance = {
+            "run_id": ctx.run_id, "run_date": ctx.run_date.isoformat(), "package_version": package_version(),
+            "git_commit": git_commit(ctx.cfg.project_root), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }  # fmt: skip
         results = {}
-        for row in country_rows:
-            if row["model_text"]:
-                model_file = layout.model_file(row["country"])
-                filesystem(model_file).write_text(model_file, row["model_text"])
-            results[row["country"]] = {column: row[column] for column in METRIC_COLUMNS}
-            log.info("country result %s", json.dumps(results[row["country"]]))
+        for row in country_rows.collect():
+            country = row["country"]
+            results[country] = {column: row[column] for column in METRIC_COLUMNS}
+            if row["status"] == "trained":
+                # A rescore publishes against the models it used; they stay where their run saved them.
+                results[country]["model_version"] = f"{ctx.model_run or ctx.run_id}/{country}"
+                if not ctx.model_run:
+                    save_model(layout, row, provenance)
+            print(country_line(ctx.run_id, results[country]), file=sys.stdout, flush=True)
             if "fallback" in (row["device"] or ""):
-                log.warning("country %s trained on %s", row["country"], row["device"])
+                log.warning("country %s trained on %s", country, row["device"])
         write_json(layout.country_results, results)
-        metrics = output.where(F.col("record") == "country").select(*METRIC_COLUMNS)
-        metrics.write.mode("overwrite").parquet(layout.metrics)
+        output.where(F.col("record") == "country").select(*METRIC_COLUMNS).write.mode("overwrite").parquet(
+            layout.metrics
+        )
 
     with job("train+score: write predictions"):
         (
@@ -61,7 +145,11 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
             .parquet(layout.predictions)
         )
     failed = sorted(country for country, result in results.items() if result["status"] != "trained")
-    tracker.update(f"{len(results) - len(failed)} trained, {len(failed)} failed")
+    fallback = sorted(c for c, result in results.items() if result["model_kind"] in ("pooled", "baseline"))
+    tracker.update(f"{len(results) - len(failed)} trained ({len(fallback)} by a fallback), {len(failed)} failed")
+    for country in fallback:
+        log.warning("country %s scored by the %s fallback: %s", country, results[country]["model_kind"],
+                    results[country]["fallback_reason"])  # fmt: skip
     if failed:
         log.warning("countries that failed to train: %s", ", ".join(failed))
     return 0
