@@ -178,4 +178,9 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
         for _, row in table.iterrows()
         if isinstance(row["fallback_reason"], str) and row["fallback_reason"]
     ]
-    return "\n".join([f"## {title}", "", *lines, "", *fallbacks, *([""] if fallbacks else []), bar, ""])
+    legend = (
+        "Improvement: 1 − model WAPE / best baseline WAPE. Regret: 1 − true season revenue / the oracle's, on the "
+        "articles the run recommended for (articles, coverage of those the truth prices); keep price: no further "
+        "markdown; +20 %: 20 points more discount, at most the ladder's top."
+    )
+    return "\n".join([f"## {title}", "", *lines, "", *fallbacks, *([""] if fallbacks else []), legend, "", bar, ""])
