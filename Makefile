@@ -43,6 +43,7 @@ demo: check-java $(BIN)/markdown-pricing
 # The evidence for issue 3 in docs/evaluation.md: forecast errors and revenue regret against the known truth for
 # world A, the demo's sample, and world B, another seed, shape and season. Each goes through ETL and train+score
 # only, as Luigi's TrainScore task (the stages of `make demo` without the publish), so outputs that exist are kept.
+DEMO_DEFAULTS = with its defaults --countries 10 --articles 300 --weeks 60 --seed 7
 WORLD_B ?= .demo/world-b
 WORLD_B_DATE ?= 2026-05-11
 WORLD_B_SAMPLE ?= --countries 16 --articles 500 --weeks 80 --seed 23
@@ -58,7 +59,7 @@ evaluate: check-java $(BIN)/markdown-pricing
 	$(call train_score,$(DEMO_RAW),$(DEMO_WORK),$(RUN_DATE))
 	$(call train_score,$(WORLD_B)/raw,$(WORLD_B)/work,$(WORLD_B_DATE))
 	$(BIN)/markdown-pricing evaluate --work $(DEMO_WORK) --run-id $(RUN_DATE) --truth $(DEMO_TRUTH) \
-	  --title "World A, the demo's: generate-sample --run-date $(RUN_DATE) (seed 7, 10 countries and a tiny one, 300 articles, 60 weeks)" \
+	  --title "World A, the demo's: generate-sample --run-date $(RUN_DATE) $(DEMO_DEFAULTS) (and a tiny country)" \
 	  --out $(EVALUATION_PARTS)/world-a.md
 	$(BIN)/markdown-pricing evaluate --work $(WORLD_B)/work --run-id $(WORLD_B_DATE) --truth $(WORLD_B)/truth \
 	  --title "World B: generate-sample --run-date $(WORLD_B_DATE) $(WORLD_B_SAMPLE) (and a tiny country)" \
