@@ -10,9 +10,18 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from markdown_pricing.sample import SampleSummary, generate_sample, true_daily_demand
+from markdown_pricing import etl
+from markdown_pricing.sample import (
+    COUNTRY_CODES,
+    EPOCH,
+    SampleSummary,
+    build_world,
+    generate_sample,
+    true_daily_demand,
+)
 from markdown_pricing.schemas import RAW_DATASETS
 
 RUN_DATE = date(2025, 6, 2)
@@ -155,7 +164,7 @@ def test_generate_sample_nothing_dated_on_or_after_run_date_but_injected(sample:
 
 @pytest.mark.parametrize("run_date", [RUN_DATE, date(2026, 2, 9), date(2025, 8, 4), date(2025, 7, 28)])
 def test_generate_sample_active_share_at_run_date(run_date: date, tmp_path: Path) -> None:
-    generate_sample(tmp_path, seed=3, run_date=run_date, inject_bad_rows=False, **SMALL)
+    summary = generate_sample(tmp_path, seed=3, run_date=run_date, inject_bad_rows=False, **SMALL)
     articles = read(tmp_path, "articles")
     in_season = (articles["season_end"] > run_date) & (articles["launch_date"] <= run_date - timedelta(weeks=3))
     assert in_season.mean() >= 0.35
@@ -163,7 +172,7 @@ def test_generate_sample_active_share_at_run_date(run_date: date, tmp_path: Path
     latest = stock.merge(articles, on="article_id")
     active = latest[(latest["units_on_hand"] > 0) & (latest["season_end"] > run_date)]
     assert active["article_id"].nunique() >= 0.3 * len(articles)
-    assert active["country"].nunique() == SMALL["countries"]
+    assert set(active["country"]) == set(summary.countries)
 
 
 def test_generate_sample_injected_bad_rows_are_few_but_present(sample: tuple[Path, SampleSummary]) -> None:
@@ -212,3 +221,107 @@ def test_true_daily_demand_zero_outside_season_and_rises_with_discount() -> None
     assert demand(-1, 50, 0.0) == 0.0 and demand(30, -1, 0.0) == 0.0
     assert demand(30, 50, 0.3) == pytest.approx(demand(30, 50, 0.0) * 0.7 ** -2.0)
     assert demand(14, 50, 0.0) > demand(2, 50, 0.0) and demand(14, 50, 0.0) > demand(100, 50, 0.0)
+
+
+TRUTH_SHAPE = {"countries": 3, "articles": 200, "weeks": 30, "seed": 5}
+TRUTH_RUN_DATE = date(2026, 11, 23)
+SALVAGE = 0.2
+
+
+@pytest.fixture(scope="module")
+def with_truth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, SampleSummary]:
+    root = tmp_path_factory.mktemp("truth")
+    summary = generate_sample(root / "raw", run_date=TRUTH_RUN_DATE, inject_bad_rows=False, truth_dir=root / "truth",
+                              salvage_value_share=SALVAGE, **TRUTH_SHAPE)
+    return root / "raw", pd.read_parquet(root / "truth"), summary
+
+
+def test_generate_sample_tiny_country_is_new_and_small(with_truth: tuple[Path, pd.DataFrame, SampleSummary]) -> None:
+    raw, _, summary = with_truth
+    assert summary.tiny_country == COUNTRY_CODES[TRUTH_SHAPE["countries"]] == summary.countries[-1]
+    opened = TRUTH_RUN_DATE - timedelta(weeks=6)
+    sales = read(raw, "sales").merge(read(raw, "articles"), on="article_id")
+    tiny = sales[sales["country"] == summary.tiny_country]
+    # Every week of its articles' lives, which the ETL turns into history, lies after the shop opened.
+    assert (tiny["launch_date"] >= opened).all() and tiny["sale_date"].min() >= opened
+    assert 3 <= tiny["article_id"].nunique() <= 10
+    per_country = sales.groupby("country")["article_id"].nunique()
+    assert per_country.drop(summary.tiny_country).min() > 5 * tiny["article_id"].nunique()
+
+
+def test_generate_sample_tiny_country_leaves_the_others_unchanged(
+    with_truth: tuple[Path, pd.DataFrame, SampleSummary], tmp_path: Path
+) -> None:
+    raw, _, summary = with_truth
+    without = generate_sample(tmp_path, run_date=TRUTH_RUN_DATE, inject_bad_rows=False, tiny_country_weeks=0,
+                              **TRUTH_SHAPE)
+    assert without.tiny_country is None and without.countries == summary.countries[:-1]
+    for name in ("sales", "prices", "stock"):
+        rows = read(raw, name).astype({"country": str})
+        expected = read(tmp_path, name).astype({"country": str})
+        keys = list(expected.columns)
+        pd.testing.assert_frame_equal(
+            rows[rows["country"] != summary.tiny_country].sort_values(keys).reset_index(drop=True),
+            expected.sort_values(keys).reset_index(drop=True),
+        )
+
+
+def test_true_outcomes_price_the_articles_etl_finds_active(
+    spark: SparkSession, with_truth: tuple[Path, pd.DataFrame, SampleSummary]
+) -> None:
+    raw, truth, summary = with_truth
+    datasets = {name: spark.read.schema(RAW_DATASETS[name]).parquet(str(raw / name)) for name in DATASETS}
+    active = etl.active_articles(datasets["articles"], datasets["prices"], datasets["stock"], TRUTH_RUN_DATE)
+    expected = {(row["country"], row["article_id"]) for row in active.collect()}
+    assert set(truth[["country", "article_id"]].itertuples(index=False, name=None)) == expected
+    assert summary.tiny_country in set(truth["country"])
+
+
+def test_true_outcomes_units_are_the_true_daily_means_over_the_future_weeks(
+    with_truth: tuple[Path, pd.DataFrame, SampleSummary]
+) -> None:
+    _, truth, _ = with_truth
+    world = build_world(np.random.default_rng(TRUTH_SHAPE["seed"]), run_date=TRUTH_RUN_DATE,
+                        **{k: v for k, v in TRUTH_SHAPE.items() if k != "seed"})
+    row = truth[(truth["candidate"] == truth["current_discount"]) & (truth["current_discount"] > 0)].iloc[0]
+    c, a = world.countries.index(row["country"]), int(np.flatnonzero(world.article_id == row["article_id"])[0])
+    launch, season_end = EPOCH + timedelta(days=int(world.launch[a])), EPOCH + timedelta(days=int(world.season_end[a]))
+    # etl.future_grid: weeks starting on the run date, every 7 days, the last one starting on or before season_end.
+    weeks = (season_end - TRUTH_RUN_DATE).days // 7 + 1
+    days = [TRUTH_RUN_DATE + timedelta(days=i) for i in range(7 * weeks)]
+    units = sum(
+        float(true_daily_demand(world.base_demand[a] * world.country_scale[c], (day - launch).days,
+                                (season_end - day).days, day.weekday(), day.timetuple().tm_yday,
+                                row["current_discount"], world.elasticity[a]))
+        for day in days
+    )
+    assert row["expected_units"] == pytest.approx(units, rel=1e-9)
+    assert row["current_price"] == pytest.approx(round(world.original_price[a] * (1 - row["current_discount"]), 2))
+
+
+def test_true_outcomes_revenue_and_stock_follow_the_season_simulation(
+    with_truth: tuple[Path, pd.DataFrame, SampleSummary]
+) -> None:
+    raw, truth, _ = with_truth
+    sold = np.minimum(truth["expected_units"], truth["stock_on_hand"])
+    price = truth["original_price"] * (1 - truth["candidate"])
+    leftover = (truth["stock_on_hand"] - sold) * truth["original_price"] * SALVAGE
+    assert np.allclose(truth["expected_revenue"], sold * price + leftover)
+    # The truth holds the stock at the run date, at most what the last snapshot a week before showed.
+    stock = read(raw, "stock").sort_values("snapshot_date").groupby(["country", "article_id"]).last()
+    last_snapshot = truth.join(stock["units_on_hand"], on=["country", "article_id"])
+    assert (last_snapshot["stock_on_hand"] <= last_snapshot["units_on_hand"]).all()
+    assert (last_snapshot["stock_on_hand"] < last_snapshot["units_on_hand"]).any()
+
+
+def test_true_outcomes_oracle_is_the_best_candidate(with_truth: tuple[Path, pd.DataFrame, SampleSummary]) -> None:
+    _, truth, _ = with_truth
+    keys = ["country", "article_id"]
+    by_article = truth.groupby(keys)
+    assert (by_article["oracle"].sum() == 1).all()
+    assert (by_article["candidate"].min() == by_article["current_discount"].first()).all()
+    # The best revenue, and among candidates that earn it the smallest discount.
+    top = truth[truth["expected_revenue"] == by_article["expected_revenue"].transform("max")]
+    best = truth[truth["oracle"]].set_index(keys)["candidate"].sort_index()
+    pd.testing.assert_series_equal(best, top.groupby(keys)["candidate"].min().sort_index())
+    assert (best > by_article["current_discount"].first().loc[best.index]).any()

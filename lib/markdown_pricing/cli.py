@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -20,8 +21,9 @@ def this_monday(today: dt.date | None = None) -> dt.date:
 
 
 def generate_sample_command(args: argparse.Namespace) -> int:
-    from markdown_pricing.sample import generate_sample
+    from markdown_pricing.sample import TINY_COUNTRY_WEEKS, generate_sample
 
+    tiny_country_weeks = TINY_COUNTRY_WEEKS if args.tiny_country_weeks is None else args.tiny_country_weeks
     summary = generate_sample(
         Path(args.out),
         countries=args.countries,
@@ -29,12 +31,48 @@ def generate_sample_command(args: argparse.Namespace) -> int:
         weeks=args.weeks,
         seed=args.seed,
         run_date=args.run_date,
+        tiny_country_weeks=tiny_country_weeks,
+        truth_dir=Path(args.truth) if args.truth else None,
     )
     print(
         f"wrote {summary.sales_rows} sales rows for {len(summary.countries)} countries "
         f"({', '.join(summary.countries)}) and {summary.articles} articles to {args.out}, "
         f"{summary.first_day} .. {summary.run_date - dt.timedelta(days=1)}"
     )
+    if summary.tiny_country:
+        print(f"{summary.tiny_country} is the tiny country: its shop opened {tiny_country_weeks} weeks ago")
+    if args.truth:
+        print(f"wrote the true outcomes of {summary.truth_rows} (article, candidate discount) pairs to {args.truth}")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from markdown_pricing import evaluation
+    from markdown_pricing.storage import RunLayout, local_path, read_json
+
+    cfg = with_paths(load_config(args.env), work=args.work)
+    layout = RunLayout(raw=cfg.paths.raw, work=cfg.paths.work, run_id=args.run_id)
+    try:
+        truth = pd.read_parquet(args.truth)
+        predictions = pd.read_parquet(local_path(layout.predictions))
+        results = read_json(layout.country_results)
+    except (OSError, ValueError) as err:
+        print(f"markdown-pricing evaluate: {err}", file=sys.stderr)
+        return 1
+    # Read back from country= folders, the country is a categorical: the joins want plain strings.
+    predictions["country"] = predictions["country"].astype(str)
+    revenues = evaluation.policy_revenues(truth, predictions)
+    table = evaluation.evaluation_table(evaluation.accuracy_table(results), evaluation.regret_table(revenues))
+    markdown = evaluation.to_markdown(table, args.title or f"run {args.run_id}")
+    print(markdown)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown)
+        out.with_suffix(".json").write_text(json.dumps(evaluation.to_document(table), indent=2))
+        print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
 
@@ -208,7 +246,25 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--weeks", type=int, default=60)
     sample.add_argument("--seed", type=int, default=7)
     sample.add_argument("--run-date", type=monday, default=this_monday())
+    sample.add_argument(
+        "--tiny-country-weeks",
+        type=int,
+        metavar="N",
+        help="weeks since the tiny country's shop opened (default: the generator's; 0: no tiny country)",
+    )
+    sample.add_argument("--truth", metavar="DIR", help="also write the true outcomes per candidate discount here")
     sample.set_defaults(handler=generate_sample_command)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="a run's forecast errors and revenue regret against the truth of a generated sample"
+    )
+    evaluate.add_argument("--run-id", required=True)
+    evaluate.add_argument("--truth", required=True, metavar="DIR", help="what generate-sample --truth wrote")
+    evaluate.add_argument("--work", help="work folder (default: configured); must be local or mounted here")
+    evaluate.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    evaluate.add_argument("--title", help="heading of the Markdown section (default: the run id)")
+    evaluate.add_argument("--out", metavar="FILE.md", help="also write the Markdown here, and JSON beside it")
+    evaluate.set_defaults(handler=evaluate_command)
 
     run = commands.add_parser("run", help="run the weekly pipeline for one run date through Luigi")
     add_run_arguments(run)

@@ -9,14 +9,17 @@ quarantine or drop. The true-demand functions are public so an oracle can rebuil
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from math import log
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from markdown_pricing.model import candidate_discounts, recommend, simulate_season
 
 COUNTRY_CODES = (
     "DEU", "FRA", "GBR", "ITA", "ESP", "NLD", "POL", "SWE", "BEL", "AUT", "CHE", "DNK", "NOR", "PRT", "CZE",
@@ -38,6 +41,13 @@ WEEKDAY_FACTOR = np.array([0.85, 0.85, 0.9, 0.95, 1.05, 1.3, 1.1])  # Monday fir
 MARKDOWN_CHANCE = 0.12
 RETURN_CHANCE = 0.02
 EPOCH = date(1970, 1, 1)
+# The tiny country: its shop opened this many weeks before the run date (fewer than a four-origin backtest needs),
+# it carries this share of the articles (at least TINY_MIN_ARTICLES, if that many launched since it opened), and
+# its demand is this share of the smallest regular country's.
+TINY_COUNTRY_WEEKS = 6
+TINY_ARTICLE_SHARE = 0.05
+TINY_MIN_ARTICLES = 3
+TINY_SCALE = 0.5
 
 
 def country_scales(n: int) -> np.ndarray:
@@ -89,6 +99,18 @@ class World:
     carried: np.ndarray  # bool (country, article)
     first_day: date
     run_date: date
+    tiny_country: str | None = None  # the last of `countries`, when the world has one
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Each simulated (country, article) pair as the run date finds it: the ground truth the raw data hides."""
+
+    country: np.ndarray  # index into World.countries
+    article: np.ndarray  # index into the World's articles
+    stock: np.ndarray  # units on hand at the start of the run date
+    last_snapshot: np.ndarray  # units_on_hand of the latest stock snapshot before the run date, -1 if none
+    step: np.ndarray  # index into LADDER of the discount on the shelf at the run date
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,8 @@ class SampleSummary:
     first_day: date
     run_date: date
     injected: dict[str, int] = field(default_factory=dict)
+    tiny_country: str | None = None
+    truth_rows: int = 0
 
 
 def _season(day: date) -> tuple[str, date, date, date]:
@@ -125,12 +149,18 @@ def _day_of_year(days: np.ndarray | int) -> np.ndarray:
     return (day - day.astype("datetime64[Y]")).astype(np.int64) + 1
 
 
-def build_world(rng: np.random.Generator, *, countries: int, articles: int, weeks: int, run_date: date) -> World:
-    """Draws the world's parameters; the first thing generate_sample does with default_rng(seed)."""
+def build_world(rng: np.random.Generator, *, countries: int, articles: int, weeks: int, run_date: date,
+                tiny_country_weeks: int = TINY_COUNTRY_WEEKS) -> World:
+    """Draws the world's parameters; the first thing generate_sample does with default_rng(seed).
+
+    `countries` regular countries, then, unless tiny_country_weeks is 0 (or no article launched in those weeks),
+    the next code of COUNTRY_CODES as the tiny country whose shop opened tiny_country_weeks before the run date.
+    """
     if run_date.weekday() != 0:
         raise ValueError(f"run_date {run_date} is not a Monday")
-    if not 1 <= countries <= len(COUNTRY_CODES):
-        raise ValueError(f"countries must be between 1 and {len(COUNTRY_CODES)}")
+    room = len(COUNTRY_CODES) - (1 if tiny_country_weeks else 0)
+    if not 1 <= countries <= room:
+        raise ValueError(f"countries must be between 1 and {room}")
     first_day = run_date - timedelta(weeks=weeks)
     # Seasons overlapping the history, up to the one on sale a week after the run date (the "run season").
     seasons = [_season(first_day)]
@@ -157,9 +187,19 @@ def build_world(rng: np.random.Generator, *, countries: int, articles: int, week
     price = np.floor(low + rng.random(articles) * (high - low)) + rng.choice([0.95, 0.99], articles)
     rank = np.arange(countries) / max(1, countries - 1)
     carried = rng.random((countries, articles)) < (0.95 - 0.45 * rank)[:, None]
+    scale = country_scales(countries)
+    tiny_row = np.zeros(articles, dtype=bool)
+    if tiny_country_weeks:
+        # A child generator: the regular countries' draws stay what they were without a tiny country.
+        opened = _days(run_date - timedelta(weeks=tiny_country_weeks))
+        tiny_row = _tiny_assortment(rng.spawn(1)[0], launch, opened)
+    tiny = int(tiny_row.any())
+    if tiny:
+        carried = np.vstack([carried, tiny_row])
+        scale = np.append(scale, TINY_SCALE * scale[-1])
     return World(
-        countries=COUNTRY_CODES[:countries],
-        country_scale=country_scales(countries),
+        countries=COUNTRY_CODES[: countries + tiny],
+        country_scale=scale,
         article_id=np.array([f"A{i:05d}" for i in range(1, articles + 1)]),
         category=names[cat_idx],
         season=np.array([seasons[i][0] for i in season_idx]),
@@ -171,7 +211,21 @@ def build_world(rng: np.random.Generator, *, countries: int, articles: int, week
         carried=carried,
         first_day=first_day,
         run_date=run_date,
+        tiny_country=COUNTRY_CODES[countries] if tiny else None,
     )
+
+
+def _tiny_assortment(rng: np.random.Generator, launch: np.ndarray, opened: int) -> np.ndarray:
+    """Which articles the tiny country carries: a few of those launched since its shop opened.
+
+    Only those, because the ETL gives an article weeks from its launch on: one launched before the shop opened
+    would show zero-sales weeks from before it, as if the shop had been open all along.
+    """
+    since_opening = np.nonzero(launch >= opened)[0]
+    wanted = max(TINY_MIN_ARTICLES, round(TINY_ARTICLE_SHARE * len(launch)))
+    carried = np.zeros(len(launch), dtype=bool)
+    carried[rng.choice(since_opening, min(wanted, len(since_opening)), replace=False)] = True
+    return carried
 
 
 def _season_shape(world: World) -> np.ndarray:
@@ -183,15 +237,18 @@ def _season_shape(world: World) -> np.ndarray:
     return curve.sum(axis=1)
 
 
-def _simulate(rng: np.random.Generator, world: World) -> dict[str, dict[str, np.ndarray]]:
-    """Runs the days from the earliest launch to the day before the run date; returns the clean rows by dataset."""
-    ctry, art = np.nonzero(world.carried)
+def _simulate(rng: np.random.Generator, world: World, carried: np.ndarray
+              ) -> tuple[dict[str, dict[str, np.ndarray]], RunState]:
+    """Runs the carried (country, article) pairs from their earliest launch to the day before the run date;
+    returns the clean rows by dataset and the pairs' state at the run date."""
+    ctry, art = np.nonzero(carried)
     n = len(ctry)
     launch, end, orig = world.launch[art], world.season_end[art], world.original_price[art]
     base, elasticity = world.base_demand[art] * world.country_scale[ctry], world.elasticity[art]
     stock = np.round(base * _season_shape(world)[art] * rng.uniform(0.6, 1.4, n)).astype(np.int64)
     step = np.zeros(n, dtype=np.int64)
     sold_total = np.zeros(n, dtype=np.int64)
+    last_snapshot = np.full(n, -1, dtype=np.int64)
     first, stop = _days(world.first_day), _days(world.run_date)
     sales, snaps, prices = [], [], [(np.arange(n), launch, orig)]
     for day in range(int(launch.min()), stop):
@@ -201,6 +258,7 @@ def _simulate(rng: np.random.Generator, world: World) -> dict[str, dict[str, np.
             if day >= first:
                 snap = np.nonzero((since >= 0) & (to_end > -7))[0]
                 snaps.append((snap, np.full(len(snap), day), stock[snap]))
+                last_snapshot[snap] = stock[snap]
             jump = 1 + (rng.random(n) < 0.3)
             moves = in_season & (since >= 21) & (step < len(LADDER) - 1) & (rng.random(n) < MARKDOWN_CHANCE)
             step = np.where(moves, np.minimum(step + jump, len(LADDER) - 1), step)
@@ -223,11 +281,12 @@ def _simulate(rng: np.random.Generator, world: World) -> dict[str, dict[str, np.
         keys = {"country": np.array(world.countries)[ctry[pair]], "article_id": world.article_id[art[pair]]}
         return keys | dict(zip(names, values, strict=True))
 
-    return {
+    data = {
         "sales": columns(sales, ("sale_date", "units", "revenue")),
         "prices": columns(prices, ("valid_from", "price")),
         "stock": columns(snaps, ("snapshot_date", "units_on_hand")),
     }
+    return data, RunState(country=ctry, article=art, stock=stock, last_snapshot=last_snapshot, step=step)
 
 
 def _inject(rng: np.random.Generator, data: dict[str, dict[str, np.ndarray]], world: World
@@ -261,6 +320,58 @@ def _inject(rng: np.random.Generator, data: dict[str, dict[str, np.ndarray]], wo
     return counts, rng.choice(n_sales, counts["sales_duplicates"], replace=False)
 
 
+def true_outcomes(world: World, state: RunState, ladder: tuple[float, ...], salvage_value_share: float
+                  ) -> pd.DataFrame:
+    """The true expected season of every article a run on world.run_date prices, at each candidate discount.
+
+    Priced means active as etl.active_articles has it: latest stock snapshot before the run date above zero and
+    season_end after it. Expected units are the true daily means summed over the weeks etl.future_grid gives the
+    article (the run date's week to the one holding season_end) and go through model.simulate_season with the true
+    stock at the run date, so a candidate earns exactly what the pipeline would expect if its model were perfect.
+    `oracle` marks the candidate model.recommend picks from these: the true best discount.
+    """
+    run = _days(world.run_date)
+    active = np.nonzero((state.last_snapshot > 0) & (world.season_end[state.article] > run))[0]
+    options = [(i, c) for i in active for c in candidate_discounts(float(LADDER[state.step[i]]), ladder)]
+    pair = np.array([i for i, _ in options], dtype=np.int64)
+    candidate = np.array([c for _, c in options], dtype=float)
+    art, ctry = state.article[pair], state.country[pair]
+    weeks = (world.season_end[art] - run) // 7 + 1
+    row = np.repeat(np.arange(len(pair)), weeks)
+    week_start = run + 7 * (np.arange(len(row)) - np.repeat(np.cumsum(weeks) - weeks, weeks))
+    day = week_start[:, None] + np.arange(7)[None, :]
+    a = art[row][:, None]
+    units = true_daily_demand(world.base_demand[a] * world.country_scale[ctry[row]][:, None], day - world.launch[a],
+                              world.season_end[a] - day, _weekday(day), _day_of_year(day), candidate[row][:, None],
+                              world.elasticity[a]).sum(axis=1)
+    current = LADDER[state.step[pair]]
+    weekly = pd.DataFrame({
+        "country": np.array(world.countries)[ctry][row],
+        "article_id": world.article_id[art][row],
+        "candidate": candidate[row],
+        "week_start": week_start,
+        "predicted_units": units,
+        "stock_on_hand": state.stock[pair][row],
+        "original_price": world.original_price[art][row],
+        "price": np.round(world.original_price[art] * (1 - current), 2)[row],
+        "current_discount": current[row],
+    })
+    seasons = []
+    for country, weeks_of_country in weekly.groupby("country", sort=True):
+        season = simulate_season(weeks_of_country, salvage_value_share)
+        best = recommend(season).set_index("article_id")["candidate"]
+        seasons.append(season.assign(country=country, oracle=season["candidate"] == season["article_id"].map(best)))
+    columns = ["country", "article_id", "candidate", "current_discount", "current_price", "original_price",
+               "stock_on_hand", "expected_units", "expected_units_next_week", "expected_revenue",
+               "expected_sell_through", "oracle"]
+    if not seasons:
+        return pd.DataFrame(columns=columns)
+    return (pd.concat(seasons, ignore_index=True)
+            .rename(columns={"predicted_season_units": "expected_units",
+                             "predicted_units_next_week": "expected_units_next_week"})
+            .loc[:, columns])
+
+
 SALES_FILE_TYPES = {"article_id": pa.string(), "sale_date": pa.date32(), "units": pa.int32(), "revenue": pa.float64()}
 FLAT_TYPES = {
     "articles": {"article_id": pa.string(), "category": pa.string(), "season": pa.string(),
@@ -285,13 +396,36 @@ def _write_parts(table: pa.Table, folder: Path, parts: int) -> None:
 
 
 def generate_sample(out_dir: Path, *, countries: int = 10, articles: int = 300, weeks: int = 60,
-                    seed: int = 7, run_date: date, inject_bad_rows: bool = True) -> SampleSummary:
-    """Writes articles/, sales/, prices/ and stock/ raw datasets (each with a _SUCCESS marker) under out_dir."""
+                    seed: int = 7, run_date: date, inject_bad_rows: bool = True,
+                    tiny_country_weeks: int = TINY_COUNTRY_WEEKS, truth_dir: Path | None = None,
+                    salvage_value_share: float = 0.0) -> SampleSummary:
+    """Writes articles/, sales/, prices/ and stock/ raw datasets (each with a _SUCCESS marker) under out_dir.
+
+    With truth_dir, also writes true_outcomes there (Parquet and a _SUCCESS marker): the answers, kept out of the
+    raw landing zone the pipeline reads.
+    """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    world = build_world(rng, countries=countries, articles=articles, weeks=weeks, run_date=run_date)
-    data = _simulate(rng, world)
+    world = build_world(rng, countries=countries, articles=articles, weeks=weeks, run_date=run_date,
+                        tiny_country_weeks=tiny_country_weeks)
+    tiny = np.zeros_like(world.carried)
+    if world.tiny_country:
+        tiny[-1] = world.carried[-1]
+    data, state = _simulate(rng, world, world.carried & ~tiny)
     injected, redelivered = _inject(rng, data, world) if inject_bad_rows else ({}, np.array([], dtype=np.int64))
+    if world.tiny_country:
+        # Simulated apart, from a child generator and after the bad rows were picked: the regular countries' rows
+        # stay what they were without a tiny country. Appended, so the re-delivered row numbers still hold.
+        tiny_data, tiny_state = _simulate(rng.spawn(1)[0], world, tiny)
+        data = {name: {k: np.concatenate([v, tiny_data[name][k]]) for k, v in cols.items()}
+                for name, cols in data.items()}
+        state = RunState(**{f.name: np.concatenate([getattr(state, f.name), getattr(tiny_state, f.name)])
+                            for f in fields(RunState)})
+    truth_rows = 0
+    if truth_dir is not None:
+        truth = true_outcomes(world, state, tuple(float(step) for step in LADDER), salvage_value_share)
+        _write_truth(truth, Path(truth_dir))
+        truth_rows = len(truth)
     for name in ("articles", "sales", "prices", "stock"):
         if (out_dir / name).exists():
             shutil.rmtree(out_dir / name)
@@ -319,4 +453,13 @@ def generate_sample(out_dir: Path, *, countries: int = 10, articles: int = 300, 
                 pq.write_table(table, folder / f"part-{part:05d}.parquet")
     (out_dir / "sales" / "_SUCCESS").touch()
     return SampleSummary(countries=world.countries, articles=articles, sales_rows=len(country) + int(again.sum()),
-                         first_day=world.first_day, run_date=run_date, injected=injected)
+                         first_day=world.first_day, run_date=run_date, injected=injected,
+                         tiny_country=world.tiny_country, truth_rows=truth_rows)
+
+
+def _write_truth(truth: pd.DataFrame, folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(truth, preserve_index=False), folder / "part-00000.parquet")
+    (folder / "_SUCCESS").touch()
