@@ -3,6 +3,7 @@ a real embedded PostgreSQL. The ERP table is then checked against the contract f
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from markdown_pricing import erp
 from markdown_pricing.config import load_config
 from markdown_pricing.sample import generate_sample
+from markdown_pricing.submit import package_version
 
 RUN_DATE = dt.date(2026, 11, 23)
 BIN = Path(sys.executable).parent
@@ -52,17 +54,17 @@ def erp_table(dsn: str) -> pd.DataFrame:
 
 def ledger(dsn: str) -> pd.DataFrame:
     with closing(erp.connect(dsn, 5)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT run_id, country, status, rows FROM markdown.publish_ledger ORDER BY run_id, country")
-        return pd.DataFrame(cur.fetchall(), columns=["run_id", "country", "status", "rows"])
+        cur.execute("SELECT run_id, country, status, rows, model_kind, fallback_reason, model_version "
+                    "FROM markdown.publish_ledger ORDER BY run_id, country")  # fmt: skip
+        return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, erp_dsn: str) -> Iterator[dict[str, object]]:
     root = tmp_path_factory.mktemp("e2e")
-    # No tiny country: every country must publish here, and one too new for a model of its own would be blocked
-    # by the quality gate until the pipeline falls back for it.
-    summary = generate_sample(root / "raw", countries=4, articles=90, weeks=40, seed=11, run_date=RUN_DATE,
-                              tiny_country_weeks=0)
+    # Four countries with a history, and a tiny one (the fifth) that opened six weeks ago: too new for a model
+    # of its own, so a fallback scores it.
+    summary = generate_sample(root / "raw", countries=4, articles=90, weeks=40, seed=11, run_date=RUN_DATE)
     env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "PATH": f"{BIN}:{os.environ['PATH']}"}
     yield {"raw": root / "raw", "work": root / "work", "env": env, "countries": summary.countries}
     with closing(erp.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
@@ -100,8 +102,41 @@ def test_pipeline_publishes_one_row_per_active_article_by_contract(world: dict[s
     published = ledger(erp_dsn)
     assert set(published["status"]) == {"published"}
     assert published.set_index("country")["rows"].to_dict() == table.groupby("country").size().to_dict()
-    for country in world["countries"]:  # type: ignore[union-attr]
-        assert (Path(str(world["work"])) / "models" / RUN_DATE.isoformat() / country / "model.txt").is_file()
+    kinds = published.set_index("country")["model_kind"]
+    *regular, tiny = world["countries"]  # type: ignore[misc]
+    assert set(kinds[regular]) == {"country"} and kinds[tiny] in ("pooled", "baseline")
+    reason = published.set_index("country").loc[tiny, "fallback_reason"]
+    assert reason.startswith("6 weeks of in-stock history, fewer than min_history_weeks = 20")
+    models = Path(str(world["work"])) / "models" / RUN_DATE.isoformat()
+    for country in regular:
+        assert (models / country / "model.txt").is_file()
+        card = json.loads((models / country / "card.json").read_text())
+        assert card["run_id"] == RUN_DATE.isoformat() and card["model_kind"] == "country"
+        assert card["git_commit"] != "unknown" and card["package_version"] == package_version()
+        assert card["metrics"]["model_wape"] < card["metrics"]["baseline_wape"]
+        assert len(card["data_fingerprint"]) == 64 and len(card["backtest"]["by_origin"]) == 3
+    # One JSON line per country on the train+score job's stdout (kept in its log), for log collectors.
+    log = Path(str(world["work"])) / "runs" / RUN_DATE.isoformat() / "logs" / "train_score.log"
+    lines = [json.loads(line) for line in log.read_text().splitlines() if '"event": "country_result"' in line]
+    assert sorted(line["country"] for line in lines) == sorted(
+        world["countries"]  # type: ignore[arg-type]
+    )
+
+
+def test_runs_lists_each_countrys_error_against_both_baselines(world: dict[str, object], erp_dsn: str) -> None:
+    shown = subprocess.run(
+        [str(BIN / "markdown-pricing"), "runs", "--json", "--work", str(world["work"])],
+        env=world["env"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    rows = pd.DataFrame(json.loads(shown.stdout))
+    this_run = rows[rows["run_id"] == RUN_DATE.isoformat()].set_index("country")
+    assert sorted(this_run.index) == sorted(world["countries"])  # type: ignore[arg-type]
+    run_dir = Path(str(world["work"])) / "runs" / RUN_DATE.isoformat()
+    results = json.loads((run_dir / "country_results.json").read_text())
+    for country, row in this_run.iterrows():
+        assert row["model_wape"] == pytest.approx(results[country]["model_wape"])
+        assert row["same_price_wape"] == pytest.approx(results[country]["same_price_wape"])
 
 
 def test_pipeline_rerun_through_luigi_cli_is_idempotent_and_new_run_replaces_rows(
@@ -119,3 +154,19 @@ def test_pipeline_rerun_through_luigi_cli_is_idempotent_and_new_run_replaces_row
         after.drop(columns=["run_id", "model_version"]), before.drop(columns=["run_id", "model_version"])
     )
     assert len(ledger(erp_dsn)) == 2 * len(world["countries"])  # type: ignore[arg-type]
+
+
+def test_score_rescores_with_saved_models_without_training(world: dict[str, object], erp_dsn: str) -> None:
+    # Runs last: the other tests count this module's runs in the ledger.
+    model_run = RUN_DATE.isoformat()
+    before = erp_table(erp_dsn)
+    run_pipeline(world, str(BIN / "markdown-pricing"), "score", "--model-run", model_run)
+    after = erp_table(erp_dsn)
+    run_id = f"{model_run}-score-{model_run}"
+    assert set(after["run_id"]) == {run_id}
+    # The same models on the same data recommend the same, and the rows point at the models that were used.
+    pd.testing.assert_frame_equal(
+        after.drop(columns=["run_id", "model_version"]), before.drop(columns=["run_id", "model_version"])
+    )
+    assert set(after["model_version"]) == {f"{model_run}/{country}" for country in after["country"]}
+    assert not (Path(str(world["work"])) / "models" / run_id).exists()

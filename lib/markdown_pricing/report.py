@@ -39,7 +39,7 @@ PREDICTION_COLUMNS = (
     "stock_on_hand",
 )
 # The alt texts name the plots: tests and screen readers find each plot by its alt text.
-ERROR_ALT = "Holdout WAPE per country: model against the naive baseline"
+ERROR_ALT = "Backtest WAPE per country: model against the better of its two baselines"
 MIX_ALT = "Recommended discount mix per country"
 SELL_THROUGH_ALT = "Expected sell-through per country"
 WEEK_OVER_WEEK_ALT = "Week-over-week change of the recommended discount per country"
@@ -219,12 +219,12 @@ def _stacked_shares(axes: Axes, labels: list[str], parts: list[tuple[str, np.nda
 
 
 def error_figure(errors: pd.DataFrame) -> Figure:
-    """Grouped bars: model and naive-baseline WAPE per country; countries without metrics are marked."""
+    """Grouped bars: model and best-baseline WAPE per country; countries without metrics are marked."""
     figure, axes = _figure(6)
     positions = np.arange(len(errors))
     width = 0.38
     series = ((-width / 2, "model_wape", "model", _MODEL_COLOR),
-              (width / 2, "baseline_wape", "naive (last week)", _BASELINE_COLOR))  # fmt: skip
+              (width / 2, "baseline_wape", "best baseline", _BASELINE_COLOR))  # fmt: skip
     for offset, column, label, color in series:
         bars = axes.bar(positions + offset, errors[column].fillna(0), width, label=label, color=color)
         texts = ["" if pd.isna(value) else f"{value:.3f}" for value in errors[column]]
@@ -370,8 +370,9 @@ def report_sections(outputs: RunOutputs, previous_run_id: str | None, changes: p
     predictions = outputs.predictions if outputs.predictions is not None and len(outputs.predictions) else None
     no_predictions = "This run has no predictions: it stopped before train-and-score finished, or no country trained."
 
-    about = ("Holdout WAPE of each country's model (last weeks held out) against the naive forecast that carries "
-             "each article's last week forward. A model at or above its baseline is blocked by the quality gate.")
+    about = ("Rolling-origin backtest WAPE of each country's model against the better of two baselines (an "
+             "article's recent average; its average at today's price). A country whose own model does not beat "
+             "its baseline is scored by the pooled model, or holds today's prices.")
     error = Section("Model error against the baseline", about, ERROR_ALT,
                     png(error_figure(model_error(outputs.results))) if outputs.results else None,
                     "This run has no train-and-score results (country_results.json).")  # fmt: skip

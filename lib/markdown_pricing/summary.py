@@ -1,4 +1,4 @@
-"""The end-of-run summary: per country, rows in the ERP, model error against the naive baseline, discount mix."""
+"""The end-of-run summary: per country, rows in the ERP, model error against the best baseline, discount mix."""
 from __future__ import annotations
 
 from contextlib import closing
@@ -28,16 +28,16 @@ def erp_rows(conn: Any, ctx: RunContext) -> dict[str, dict[float, int]]:
 
 def format_summary(results: dict[str, dict[str, Any]], ledger: dict[str, str], mix: dict[str, dict[float, int]]) -> str:
     """A fixed-width table, one line per country."""
-    lines = [f"{'country':<8}{'status':<12}{'rows':>7}{'model WAPE':>12}{'naive WAPE':>12}  discount mix"]
+    lines = [f"{'country':<8}{'status':<12}{'model':<10}{'rows':>7}{'model WAPE':>12}{'base WAPE':>12}  discount mix"]
     for country in sorted(results):
         result, counts = results[country], mix.get(country, {})
         total = sum(counts.values())
         shares = " ".join(f"{discount:.0%}:{count / total:.0%}" for discount, count in sorted(counts.items()))
-        model_wape, naive_wape = result.get("model_wape"), result.get("baseline_wape")
+        model_wape, baseline_wape = result.get("model_wape"), result.get("baseline_wape")
         lines.append(
-            f"{country:<8}{ledger.get(country, result['status']):<12}{total:>7}"
+            f"{country:<8}{ledger.get(country, result['status']):<12}{result.get('model_kind') or '-':<10}{total:>7}"
             f"{model_wape if model_wape is None else f'{model_wape:.3f}':>12}"
-            f"{naive_wape if naive_wape is None else f'{naive_wape:.3f}':>12}  {shares}"
+            f"{baseline_wape if baseline_wape is None else f'{baseline_wape:.3f}':>12}  {shares}"
         )
     return "\n".join(lines)
 
