@@ -75,6 +75,23 @@ def test_gate_reasons_block_a_model_that_does_not_beat_its_baseline(
     assert reasons(recommendations(), result) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("kind", "model", "expected"),
+    [
+        # Holding today's prices: there is no model to compare with the baseline.
+        ("baseline", 0.50, []),
+        # Too new to backtest: nothing to compare, and the ledger's fallback_reason says so.
+        ("pooled", None, []),
+        # A pooled model that was measured is held to the same rule as a country's own.
+        ("pooled", 0.45, ["model loses to its baseline: model WAPE 0.450 >= baseline WAPE 0.400"]),
+        ("country", None, ["model not measured against its baseline (model WAPE None, baseline WAPE 0.4)"]),
+    ],
+)
+def test_gate_reasons_for_fallbacks(kind: str, model: float | None, expected: list[str]) -> None:
+    result = {**TRAINED, "model_kind": kind, "model_wape": model, "baseline_wape": 0.40}
+    assert reasons(recommendations(), result) == expected
+
+
 NUMERIC_PREDICTIONS = [c for c in PREDICTION_COLUMNS if c not in ("country", "article_id", "stock_on_hand")]
 
 
