@@ -126,7 +126,7 @@ def test_country_with_one_article_and_two_weeks_asks_for_a_fallback_not_raised()
         "country": "LUX", "article_id": "A1", "week_start": weeks, "is_future": [False, False, True],
         "units": [3, 2, None], "stock_on_hand": 10, "price": 20.0, "original_price": 20.0,
         "season_end": RUN_DATE + dt.timedelta(weeks=4), "category": "tops", "discount": 0.0,
-        "weeks_since_launch": [0, 1, 2], "week_of_year": [45, 46, 47], "weeks_to_season_end": [6, 5, 4],
+        "weeks_since_launch": [0, 1, 2], "weeks_to_season_end": [6, 5, 4],
         "article_popularity": [None, 3.0, 2.5],
     })  # fmt: skip
     cfg = load_config("local")

@@ -43,7 +43,7 @@ def weekly_rows(country: str, seed: int, articles: int = 6, weeks: int = 12) -> 
             rows.append((
                 country, f"A{a:02d}", week, w >= 0, None if w >= 0 else int(rng.poisson(5 * (1 - discount) ** -3)),
                 40, round(price * (1 - discount), 2), price, RUN_DATE + dt.timedelta(weeks=4),
-                "tops" if a % 2 else "jeans", discount, w + weeks, week.isocalendar()[1], 4 - w, 5.0,
+                "tops" if a % 2 else "jeans", discount, w + weeks, 4 - w, 5.0,
             ))  # fmt: skip
     return rows
 

@@ -41,7 +41,7 @@ def elastic_world(seed: int = 0, articles: int = 40, weeks: int = 30) -> pd.Data
                 "units": None if future else int(rng.poisson(demand)), "stock_on_hand": stock if future else 500,
                 "price": round(price * (1 - discount), 2), "original_price": price,
                 "season_end": RUN_DATE + dt.timedelta(weeks=8), "category": "tops" if a % 2 else "jeans",
-                "discount": discount, "weeks_since_launch": w + weeks, "week_of_year": week.isocalendar()[1],
+                "discount": discount, "weeks_since_launch": w + weeks,
                 "weeks_to_season_end": 8 - w, "article_popularity": base,
             })  # fmt: skip
     world = pd.DataFrame(rows)

@@ -245,7 +245,6 @@ def curated_weekly(
             "weeks_since_launch",
             F.greatest(F.lit(0), F.floor(F.datediff("week_start", "launch_date") / 7)).cast(T.IntegerType()),
         )
-        .withColumn("week_of_year", F.weekofyear("week_start"))
         .withColumn("weeks_to_season_end", F.floor(F.datediff("season_end", "week_start") / 7).cast(T.IntegerType()))
         .select(*(F.col(field.name).cast(field.dataType) for field in WEEKLY.fields))
     )

@@ -20,7 +20,6 @@ from markdown_pricing.config import ModelParams, RunRules
 FEATURES = (
     "discount",
     "weeks_since_launch",
-    "week_of_year",
     "weeks_to_season_end",
     "article_popularity",
     "original_price",

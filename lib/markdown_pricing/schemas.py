@@ -74,7 +74,6 @@ WEEKLY = T.StructType(
         T.StructField("category", T.StringType()),
         T.StructField("discount", T.DoubleType()),
         T.StructField("weeks_since_launch", T.IntegerType()),
-        T.StructField("week_of_year", T.IntegerType()),
         T.StructField("weeks_to_season_end", T.IntegerType()),
         T.StructField("article_popularity", T.DoubleType()),
     ]
