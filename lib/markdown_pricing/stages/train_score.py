@@ -8,7 +8,7 @@ from functools import partial
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing.country_udf import task_count, train_score
+from markdown_pricing.country_udf import largest_first, train_score
 from markdown_pricing.progress import StageProgress
 from markdown_pricing.schemas import METRIC_COLUMNS, PREDICTION_COLUMNS
 from markdown_pricing.spark import spark_job
@@ -24,14 +24,15 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     with job("train+score: find countries"):
         weekly = spark.read.parquet(layout.weekly)
-        found = weekly.select("country", F.hash("country")).distinct().collect()
-        countries = sorted(row[0] for row in found)
+        rows = {row["country"]: row["count"] for row in weekly.groupBy("country").count().collect()}
+        countries = sorted(rows)
+    # Spark starts tasks in this order: the largest countries first, so none of them is left to run alone at the end.
+    order = largest_first(rows) if ctx.cfg.schedule.start_order == "largest_first" else countries
     tracker = StageProgress(layout, "train_score", total=len(countries))
     # Written once and read back: every later output comes from this one training pass.
     with job(f"train+score {len(countries)} countries"):
         watcher = tracker.watch_spark_tasks(spark.sparkContext, f"training {len(countries)} countries")
-        tasks = task_count([row[1] for row in found])
-        scored = train_score(weekly, ctx.cfg.model, ctx.cfg.run, ctx.cfg.gpu.mode, tasks)
+        scored = train_score(weekly, ctx.cfg.model, ctx.cfg.run, ctx.cfg.gpu.mode, order)
         scored.write.mode("overwrite").parquet(layout.train_score_output)
         watcher.stop()
     tracker.update("saving models, metrics and predictions", done=len(countries))
