@@ -1,10 +1,13 @@
 """The benchmark's Markdown table and PNG plots, from its JSON document."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,6 +20,31 @@ RATIOS = {
     "publish_vs_spark_jdbc": (10.0, False),
 }
 STAGES = ("etl", "train_score", "joblib", "publish")
+
+
+# Per Python worker (spark.executor.pyspark.memory / executor cores), the limits the memory table answers for.
+WORKER_LIMITS_MB = (1024, 2048, 4096, 8192)
+
+
+def memory_model(document: dict[str, Any]) -> dict[str, float]:
+    """Peak memory of one country's training as a line in its weekly rows, fitted over every size's probes.
+
+    `virtual` is what spark.executor.pyspark.memory limits (the worker's address space); `resident` is what a
+    container's memoryOverhead must hold per concurrent Python worker.
+    """
+    cases = [case for size in document["sizes"].values() for case in size["probes"]["cases"] if case["threads"] == 1]
+    rows = np.array([case["rows"] for case in cases], dtype=float)
+    fitted = {}
+    for kind, key in (("virtual", "peak_virtual_mb"), ("resident", "peak_mb")):
+        slope, base = np.polyfit(rows, [case[key] for case in cases], 1) if len(set(rows)) > 1 else (0.0, 0.0)
+        fitted[f"{kind}_base_mb"], fitted[f"{kind}_mb_per_million_rows"] = float(base), float(slope) * 1e6
+    return fitted
+
+
+def largest_country_rows(model: dict[str, float], kind: str, limit_mb: float) -> float:
+    """Weekly rows of the largest country whose training fits under limit_mb (0 when not even the base fits)."""
+    per_row = model[f"{kind}_mb_per_million_rows"] / 1e6
+    return max(0.0, (limit_mb - model[f"{kind}_base_mb"]) / per_row) if per_row > 0 else float("inf")
 
 
 def met(value: float, target: float, at_most: bool) -> bool:
@@ -67,6 +95,20 @@ def table(document: dict[str, Any]) -> str:
             s = sizes[name]["publish"][peer]
             figures = f"{s['rows']:,} | {s['seconds']:.2f} | {s['rows_per_s']:,.0f}"
             lines.append(f"| {name} | publish: {peer} | {figures} | | |")
+    model = memory_model(document)
+    lines += [
+        "",
+        f"Memory of one country's training: address space {model['virtual_base_mb']:,.0f} MB + "
+        f"{model['virtual_mb_per_million_rows']:,.0f} MB per million weekly rows, resident "
+        f"{model['resident_base_mb']:,.0f} MB + {model['resident_mb_per_million_rows']:,.0f} MB per million rows.",
+        "",
+        "| memory per Python worker | largest country (weekly rows) under spark.executor.pyspark.memory "
+        "| under memoryOverhead (resident) |",
+        "|---|---|---|",
+    ]
+    for limit in WORKER_LIMITS_MB:
+        virtual, resident = (largest_country_rows(model, kind, limit) for kind in ("virtual", "resident"))
+        lines.append(f"| {limit:,} MB | {virtual:,.0f} | {resident:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,3 +159,9 @@ def write(document: dict[str, Any], folder: Path, stem: str) -> None:
             draw(document, folder / f"{prefix}-{plot}.png")
         images = "\n".join(f"![{plot}]({prefix}-{plot}.png)" for plot in plots)
         (folder / f"{prefix}.md").write_text(f"{text}\n{images}\n")
+
+
+if __name__ == "__main__":
+    # Renders a saved document again: python -m bench.report bench/results/<date>.json
+    source = Path(sys.argv[1])
+    write(json.loads(source.read_text()), source.parent, source.stem)

@@ -57,7 +57,12 @@ def _figures(etl_rows_per_s: float) -> dict[str, Any]:
         "train_score_name_order": {**train, "seconds": 5.0},
         "joblib": _stage(3.2, 100),
         "publish": publish,
+        "probes": {"cases": [_probe(1000, 1, 210.0), _probe(3000, 1, 230.0), _probe(3000, 2, 900.0)]},
     }
+
+
+def _probe(rows: int, threads: int, peak_mb: float) -> dict[str, float]:
+    return {"rows": rows, "threads": threads, "peak_mb": peak_mb, "peak_virtual_mb": peak_mb + 1000}
 
 
 def test_ratios_compare_figures_of_the_same_run() -> None:
@@ -87,3 +92,12 @@ def test_measured_times_the_block_and_sees_this_process() -> None:
     with measured(poll_s=0.01) as sample:
         block = bytearray(50 * 1024 * 1024)
     assert sample.seconds > 0 and sample.driver_mb >= 50 and len(block)
+
+
+def test_memory_model_fits_one_threaded_probes_and_gives_the_largest_country_per_limit() -> None:
+    model = report.memory_model({"sizes": {"small": _figures(500.0)}})
+    assert math.isclose(model["resident_mb_per_million_rows"], 10_000.0)  # 20 MB per 2000 rows
+    assert math.isclose(model["resident_base_mb"], 200.0)
+    assert math.isclose(model["virtual_base_mb"], 1200.0)
+    assert math.isclose(report.largest_country_rows(model, "virtual", 1300.0), 10_000.0)
+    assert report.largest_country_rows(model, "virtual", 1000.0) == 0.0
