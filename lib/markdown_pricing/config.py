@@ -101,6 +101,20 @@ class GpuSettings:
             raise ConfigError(f"gpu mode {self.mode!r} is not one of {', '.join(GPU_MODES)}")
 
 
+START_ORDERS = ("largest_first", "name")
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """How the train stage orders its per-country tasks (one country per task either way)."""
+
+    start_order: str = "largest_first"
+
+    def __post_init__(self) -> None:
+        if self.start_order not in START_ORDERS:
+            raise ConfigError(f"schedule start_order {self.start_order!r} is not one of {', '.join(START_ORDERS)}")
+
+
 @dataclass(frozen=True)
 class Config:
     env: str
@@ -111,6 +125,7 @@ class Config:
     erp: ErpSettings
     spark: SparkSettings
     gpu: GpuSettings
+    schedule: ScheduleSettings = ScheduleSettings()
 
 
 def project_root() -> Path:
@@ -185,6 +200,7 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 conf=MappingProxyType({key: str(value) for key, value in spark.get("conf", {}).items()}),
             ),
             gpu=GpuSettings(**{**raw["gpu"], "mode": os.environ.get("MARKDOWN_GPU_MODE", raw["gpu"]["mode"])}),
+            schedule=ScheduleSettings(**raw.get("schedule", {})),
         )
     except (KeyError, TypeError) as err:
         raise ConfigError(f"configuration for {env!r} is incomplete or has an unknown key: {err}") from err

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 from pyspark import TaskContext
 from pyspark.resource import ResourceInformation
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, GroupedData
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -124,17 +124,56 @@ def pooled_scores(
     return pooled.applyInPandas(pooled_function(fallback, params, rules, gpu_mode), TRAIN_SCORE_OUTPUT)
 
 
-def task_count(country_hashes: Collection[int]) -> int:
-    """The fewest partitions that give each country a task of its own.
+_MASK = 0xFFFFFFFF
+# A column of its own for the task key: grouping by it keeps Spark from shuffling again after the repartition.
+TASK_KEY = "_task_key"
 
-    Spark's hash partitioning puts a row in partition pmod(hash(country), n) (`F.hash` computes the same hash);
-    the smallest n at which the countries' hashes do not collide does it, leaving a few tasks empty.
+
+def _rotl(value: int, bits: int) -> int:
+    return ((value << bits) | (value >> (32 - bits))) & _MASK
+
+
+def spark_int_hash(value: int, seed: int = 42) -> int:
+    """Spark's hash of an int column (Murmur3_x86_32.hashInt, seed 42): what `repartition(n, col)` partitions by."""
+    k1 = _rotl((value & _MASK) * 0xCC9E2D51 & _MASK, 15) * 0x1B873593 & _MASK
+    h1 = (_rotl(seed ^ k1, 13) * 5 + 0xE6546B64) & _MASK
+    h1 ^= 4
+    h1 = (h1 ^ (h1 >> 16)) * 0x85EBCA6B & _MASK
+    h1 = (h1 ^ (h1 >> 13)) * 0xC2B2AE35 & _MASK
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 & 0x80000000 else h1
+
+
+def task_keys(order: Sequence[str]) -> dict[str, int]:
+    """Per country, the smallest free integer that hash partitioning into len(order) tasks puts in task i for the
+    i-th country of `order`.
+
+    Spark launches a stage's tasks in partition order, so repartitioning by these keys starts countries in `order`,
+    one per task, with no empty task and no two countries sharing one.
     """
-    distinct = set(country_hashes)
-    count = max(len(distinct), 1)
-    while len({value % count for value in distinct}) < len(distinct):
-        count += 1
-    return count
+    count = len(order)
+    keys: dict[str, int] = {}
+    taken: set[int] = set()
+    for task, country in enumerate(order):
+        candidate = 0
+        while candidate in taken or spark_int_hash(candidate) % count != task:
+            candidate += 1
+        keys[country] = candidate
+        taken.add(candidate)
+    return keys
+
+
+def largest_first(rows: Mapping[str, int]) -> list[str]:
+    """Countries by row count, largest first (then by name): the order that keeps the longest country off the end."""
+    return sorted(rows, key=lambda country: (-rows[country], country))
+
+
+def by_task(weekly: DataFrame, order: Sequence[str]) -> GroupedData:
+    """Weekly rows grouped by country, each country in a task of its own, the tasks numbered (and so started) in
+    `order`. An explicit partition count is never coalesced by adaptive execution."""
+    keys = task_keys(order)
+    key_of = F.create_map(*(F.lit(value) for pair in keys.items() for value in pair))
+    return weekly.withColumn(TASK_KEY, key_of[F.col("country")]).repartition(len(order), TASK_KEY).groupBy(TASK_KEY)
 
 
 def train_score(
@@ -142,15 +181,17 @@ def train_score(
     params: ModelParams,
     rules: RunRules,
     gpu_mode: str = "off",
-    tasks: int | None = None,
+    order: Sequence[str] | None = None,
     saved: SavedModels | None = None,
 ) -> DataFrame:
     """Trains and scores every country in parallel, one pandas group per country.
 
-    With `tasks` from `task_count`, each country runs in a task of its own: countries train in parallel and each
-    holds its own GPU. An explicit partition count is never coalesced by adaptive execution.
+    With `order` (every country of `weekly`), each country runs in a task of its own, started in that order:
+    countries train in parallel, each holds its own GPU, and the largest can start first.
     """
-    grouped = (weekly.repartition(tasks, "country") if tasks else weekly).groupBy("country")
-    return grouped.applyInPandas(
-        country_function(params, rules, gpu_mode, saved=saved), TRAIN_SCORE_OUTPUT
+    train_country = country_function(params, rules, gpu_mode, saved=saved)
+    if not order:
+        return weekly.groupBy("country").applyInPandas(train_country, TRAIN_SCORE_OUTPUT)
+    return by_task(weekly, order).applyInPandas(
+        lambda frame: train_country(frame.drop(columns=TASK_KEY)), TRAIN_SCORE_OUTPUT
     )

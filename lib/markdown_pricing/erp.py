@@ -5,7 +5,6 @@ commit; any error rolls the whole country back, so readers see the complete old 
 """
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
@@ -20,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 import psycopg2
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
@@ -334,32 +335,20 @@ def _checked_frame(predictions: pd.DataFrame, country: str) -> pd.DataFrame:
     return frame
 
 
-def _csv_field(value: Any) -> str:
-    """The CSV text of one value; None and NaN become the empty string."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    # repr of a float round-trips exactly into double precision.
-    return repr(value) if isinstance(value, float) else str(value)
+def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: str) -> io.BytesIO:
+    """The rows in COPY column order as CSV: every value quoted, so text such as '' or \\N stays text; a missing
+    number is an unquoted empty field, which COPY reads as NULL.
 
-
-def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: str) -> io.StringIO:
-    """The rows in COPY column order as quoted CSV, so text such as '' or \\N stays text."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
-    values = frame.astype(object).where(frame.notna(), None)
-    for row in values.itertuples(index=False):
-        record = row._asdict()
-        writer.writerow(
-            _csv_field(value)
-            for value in (
-                record["country"],
-                record["article_id"],
-                run_date.isoformat(),
-                *(record[column] for column in _FRAME_NUMERIC_COLUMNS),
-                run_id,
-                model_version,
-            )
-        )
+    Written by Arrow in one vectorised pass: the publish benchmark measured a Python csv.writer loop at a fifth of
+    the speed of the COPY it feeds. Arrow writes each double in its shortest form that round-trips exactly.
+    """
+    text = frame.loc[:, list(_FRAME_TEXT_COLUMNS)].fillna("").astype(str)
+    numbers = frame.loc[:, list(_FRAME_NUMERIC_COLUMNS)].astype("float64")
+    constants = {"valid_from": run_date.isoformat(), "run_id": run_id, "model_version": model_version}
+    rows = pd.concat([text, numbers], axis=1).assign(**constants).loc[:, list(_COPY_COLUMNS)]
+    buffer = io.BytesIO()
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    pacsv.write_csv(pa.Table.from_pandas(rows, preserve_index=False), buffer, options)
     buffer.seek(0)
     return buffer
 

@@ -18,7 +18,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing.country_udf import SavedModels, pooled_scores, task_count, train_score
+from markdown_pricing.country_udf import SavedModels, largest_first, pooled_scores, train_score
 from markdown_pricing.progress import StageProgress
 from markdown_pricing.schemas import METRIC_COLUMNS, PREDICTION_COLUMNS
 from markdown_pricing.spark import spark_job
@@ -76,18 +76,17 @@ def save_model(layout: RunLayout, row: Any, provenance: dict[str, Any]) -> None:
 
 
 def _scored(
-    spark: SparkSession, ctx: RunContext, weekly: DataFrame, found: list[Any], tracker: StageProgress
+    spark: SparkSession, ctx: RunContext, weekly: DataFrame, order: list[str], tracker: StageProgress
 ) -> DataFrame:
     """Trains (or rescores) every country once; fallback countries are replaced by the pooled pass's records."""
     layout, cfg = ctx.layout, ctx.cfg
-    countries = sorted(row[0] for row in found)
+    countries = sorted(order)
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     saved = load_saved_models(layout, ctx.model_run, countries) if ctx.model_run else None
     # Written once and read back: every later output comes from this one training pass.
     with job(f"train+score {len(countries)} countries"):
         watcher = tracker.watch_spark_tasks(spark.sparkContext, f"training {len(countries)} countries")
-        tasks = task_count([row[1] for row in found])
-        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, tasks, saved)
+        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved)
         scored.write.mode("overwrite").parquet(layout.train_score_output)
         watcher.stop()
     output = spark.read.parquet(layout.train_score_output)
@@ -108,10 +107,13 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     with job("train+score: find countries"):
         weekly = spark.read.parquet(layout.weekly)
-        found = weekly.select("country", F.hash("country")).distinct().collect()
-    tracker = StageProgress(layout, "train_score", total=len(found))
-    output = _scored(spark, ctx, weekly, found, tracker)
-    tracker.update("saving models, metrics and predictions", done=len(found))
+        rows = {row["country"]: row["count"] for row in weekly.groupBy("country").count().collect()}
+    countries = sorted(rows)
+    # Spark starts tasks in this order: the largest countries first, so none of them is left to run alone at the end.
+    order = largest_first(rows) if ctx.cfg.schedule.start_order == "largest_first" else countries
+    tracker = StageProgress(layout, "train_score", total=len(countries))
+    output = _scored(spark, ctx, weekly, order, tracker)
+    tracker.update("saving models, metrics and predictions", done=len(countries))
 
     with job("train+score: save models and metrics"):
         country_rows = output.where(F.col("record") == "country").select(*METRIC_COLUMNS, "model_text", "card_json")

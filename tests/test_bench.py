@@ -1,0 +1,103 @@
+"""The benchmark harness's own logic: event log reading, ratios, the document and its report (no timings)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.harness import finite_ratios, ideal_makespan, ratios, summarise
+from bench.measure import measured, stage_tasks
+
+DESCRIPTION = "train+score 2 countries"
+
+
+def test_ideal_makespan_is_the_longest_job_or_an_even_share_whichever_is_longer() -> None:
+    assert ideal_makespan([4.0, 1.0, 1.0], slots=2) == 4.0
+    assert ideal_makespan([3.0, 3.0, 3.0, 3.0], slots=2) == 6.0
+
+
+def _event(kind: str, **fields: Any) -> str:
+    return json.dumps({"Event": kind, **fields})
+
+
+def test_stage_tasks_reads_the_shuffle_stage_of_the_job_not_its_file_scan(tmp_path: Path) -> None:
+    def submitted(stage: int, parents: list[int], label: str = DESCRIPTION) -> str:
+        info = {"Stage ID": stage, "Number of Tasks": 2, "Parent IDs": parents}
+        properties = {"spark.job.description": label}
+        return _event("SparkListenerStageSubmitted", **{"Stage Info": info, "Properties": properties})
+
+    def ended(stage: int, index: int, launch: int, finish: int) -> str:
+        info = {"Index": index, "Launch Time": launch, "Finish Time": finish}
+        return _event("SparkListenerTaskEnd", **{"Stage ID": stage, "Task Info": info})
+
+    first, second = tmp_path / "events_1_app", tmp_path / "events_2_app"
+    # The scan (no parents), an earlier run of the shuffle stage, another job's stage, then the latest run.
+    first.write_text("\n".join([submitted(0, []), ended(0, 0, 0, 1), submitted(1, [0]), ended(1, 0, 0, 9000)]) + "\n")
+    lines = [submitted(2, [0], "other"), ended(2, 0, 0, 1), submitted(4, [3]), ended(4, 1, 2000, 3000)]
+    second.write_text("\n".join([*lines, ended(4, 0, 1000, 5000)]) + "\n")
+    tasks = stage_tasks([first, second], DESCRIPTION, 2)
+    assert tasks == [{"index": 0, "launch": 1.0, "finish": 5.0}, {"index": 1, "launch": 2.0, "finish": 3.0}]
+
+
+def _stage(seconds: float, rows: int) -> dict[str, float]:
+    memory = {"peak_driver_mb": 1.0, "peak_workers_mb": 2.0}
+    return {"seconds": seconds, "rows": rows, "rows_per_s": rows / seconds, **memory}
+
+
+def _figures(etl_rows_per_s: float) -> dict[str, Any]:
+    tasks = [{"country": "DEU", "index": 0, "launch": 0.0, "finish": 3.0}]
+    train = {**_stage(4.0, 100), "ideal_makespan_s": 3.0, "ideal_makespan_tasks_s": 3.5, "tasks": tasks}
+    publish = {**_stage(2.0, 50), "erp_write_s": 1.5, "raw_copy": _stage(0.5, 50), "spark_jdbc": _stage(20.0, 50)}
+    return {
+        "world": {"raw_rows": 1000},
+        "etl": _stage(1000 / etl_rows_per_s, 1000),
+        "train_score": train,
+        "train_score_name_order": {**train, "seconds": 5.0},
+        "joblib": _stage(3.2, 100),
+        "publish": publish,
+        "probes": {"cases": [_probe(1000, 1, 210.0), _probe(3000, 1, 230.0), _probe(3000, 2, 900.0)]},
+    }
+
+
+def _probe(rows: int, threads: int, peak_mb: float) -> dict[str, float]:
+    return {"rows": rows, "threads": threads, "peak_mb": peak_mb, "peak_virtual_mb": peak_mb + 1000}
+
+
+def test_ratios_compare_figures_of_the_same_run() -> None:
+    found = ratios(_figures(500.0))
+    assert math.isclose(found["train_score_vs_ideal_makespan"], 4.0 / 3.0)
+    assert math.isclose(found["end_to_end_vs_joblib"], 4.0 / 3.2)
+    assert math.isclose(found["publish_vs_raw_copy"], 0.25)
+    assert math.isclose(found["publish_vs_spark_jdbc"], 10.0)
+    assert math.isclose(found["largest_first_vs_name_order"], 0.8)
+
+
+def test_summary_and_report_carry_every_ratio(tmp_path: Path) -> None:
+    runs = {"small": _figures(500.0), "medium": _figures(450.0)}
+    sizes = {name: {**figures, **ratios(figures)} for name, figures in runs.items()}
+    document = summarise(sizes)
+    assert math.isclose(document["etl_per_row_scaling"], 0.9)
+    assert finite_ratios(document)
+    report.write(document, tmp_path, "2026-11-23")
+    text = (tmp_path / "latest.md").read_text()
+    assert all(f"`{key}`" in text for key in [*report.RATIOS, "etl_per_row_scaling"])
+    assert {path.name for path in tmp_path.glob("*.png")} >= {"latest-stages.png", "latest-train_tasks.png"}
+    sizes["small"]["publish_vs_raw_copy"] = math.nan
+    assert not finite_ratios(document)
+
+
+def test_measured_times_the_block_and_sees_this_process() -> None:
+    with measured(poll_s=0.01) as sample:
+        block = bytearray(50 * 1024 * 1024)
+    assert sample.seconds > 0 and sample.driver_mb >= 50 and len(block)
+
+
+def test_memory_model_fits_one_threaded_probes_and_gives_the_largest_country_per_limit() -> None:
+    model = report.memory_model({"sizes": {"small": _figures(500.0)}})
+    assert math.isclose(model["resident_mb_per_million_rows"], 10_000.0)  # 20 MB per 2000 rows
+    assert math.isclose(model["resident_base_mb"], 200.0)
+    assert math.isclose(model["virtual_base_mb"], 1200.0)
+    assert math.isclose(report.largest_country_rows(model, "virtual", 1300.0), 10_000.0)
+    assert report.largest_country_rows(model, "virtual", 1000.0) == 0.0
