@@ -31,7 +31,7 @@ from bench import report
 from bench.measure import MB, BenchErp, Sample, bench_erp, measured, stage_tasks
 from markdown_pricing.config import ModelParams, RunRules, ScheduleSettings, load_config, with_paths
 from markdown_pricing.country_udf import country_function, largest_first
-from markdown_pricing.model import train_and_recommend
+from markdown_pricing.model import train_country
 from markdown_pricing.sample import generate_sample
 from markdown_pricing.schemas import PREDICTION_COLUMNS, PREDICTIONS
 from markdown_pricing.spark import build_session
@@ -166,14 +166,14 @@ def _probe_country(weekly: str, country: str, params: ModelParams, rules: RunRul
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     frame = pd.read_parquet(weekly, filters=[("country", "==", country)])
     frame["country"] = frame["country"].astype(str)
-    result = train_and_recommend(frame, params, rules, num_threads=threads)
+    result = train_country(frame, params, rules, num_threads=threads)
     return {
         "rows": len(frame),
         "frame_mb": frame.memory_usage(deep=True).sum() / MB,
         "baseline_mb": before,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_virtual_mb": _peak_virtual_mb(),
-        "fit_seconds": result.metrics["fit_seconds"],
+        "fit_seconds": result.metrics.get("fit_seconds"),
     }
 
 
