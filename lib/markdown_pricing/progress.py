@@ -128,8 +128,8 @@ class StageProgress:
 class SparkTaskWatcher:
     """Polls Spark's status tracker in a driver thread for the running stages of one job group.
 
-    Countries finish inside Spark tasks, one country to a task but among some empty partitions (see
-    country_udf.task_count), so the driver reports tasks done of tasks in the running stages, not countries.
+    Countries finish inside Spark tasks, one country to a task (country_udf.by_task), and the running stages
+    include the scan before the shuffle, so the driver reports tasks done of tasks in those stages, not countries.
     """
 
     def __init__(self, sc: SparkContext, progress: StageProgress, doing: str, poll_s: float = POLL_S) -> None:
