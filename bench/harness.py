@@ -31,7 +31,7 @@ from bench import report
 from bench.measure import MB, BenchErp, Sample, bench_erp, measured, stage_tasks
 from markdown_pricing.config import ModelParams, RunRules, ScheduleSettings, load_config, with_paths
 from markdown_pricing.country_udf import country_function, largest_first
-from markdown_pricing.model import train_country
+from markdown_pricing.model import train_country, train_pooled
 from markdown_pricing.sample import generate_sample
 from markdown_pricing.schemas import PREDICTION_COLUMNS, PREDICTIONS
 from markdown_pricing.spark import build_session
@@ -131,14 +131,28 @@ def run_train(spark: SparkSession, ctx: RunContext, order: str, rows: dict[str, 
     }
 
 
-def _peer_country(weekly: str, out: Path, country: str, params: ModelParams, rules: RunRules) -> float:
-    """One country of the joblib peer: read its curated rows, the same per-country function, write its predictions."""
+def _peer_country(
+    weekly: str, out: Path, country: str, params: ModelParams, rules: RunRules
+) -> tuple[float, str | None]:
+    """One country of the joblib peer: read its curated rows, the same per-country function, write its predictions;
+    returns its seconds and, when it needs the pooled fallback, why."""
     started = time.perf_counter()
     frame = pd.read_parquet(weekly, filters=[("country", "==", country)])
     frame["country"] = frame["country"].astype(str)  # a Hive partition column comes back categorical
     output = country_function(params, rules)(frame)
     output.loc[output["record"] == "prediction", list(PREDICTION_COLUMNS)].to_parquet(out / f"{country}.parquet")
-    return time.perf_counter() - started
+    record = output[output["record"] == "country"].iloc[0]
+    return time.perf_counter() - started, record["fallback_reason"] if record["status"] == "needs_fallback" else None
+
+
+def _peer_pooled(weekly: str, out: Path, fallback: dict[str, str], params: ModelParams, rules: RunRules) -> None:
+    """The peer's fallback pass: like the stage's, one pooled model over every country's rows in one process."""
+    frame = pd.read_parquet(weekly)
+    frame = frame[~frame["is_future"] | frame["country"].isin(list(fallback))].assign(
+        country=lambda rows: rows["country"].astype(str)
+    )
+    for result in train_pooled(frame, fallback, params, rules, num_threads=1):
+        result.predictions.loc[:, list(PREDICTION_COLUMNS)].to_parquet(out / f"{result.country}.parquet")
 
 
 def joblib_peer(ctx: RunContext, order: list[str], processes: int, rows: int) -> dict[str, Any]:
@@ -147,9 +161,13 @@ def joblib_peer(ctx: RunContext, order: list[str], processes: int, rows: int) ->
     out.mkdir(parents=True, exist_ok=True)
     cfg = ctx.cfg
     with measured() as sample:
-        seconds = Parallel(n_jobs=processes, batch_size=1)(
+        outcomes = Parallel(n_jobs=processes, batch_size=1)(
             delayed(_peer_country)(ctx.layout.weekly, out, country, cfg.model, cfg.run) for country in order
         )
+        seconds, reasons = zip(*outcomes, strict=True)
+        fallback = {country: reason for country, reason in zip(order, reasons, strict=True) if reason}
+        if fallback:
+            _peer_pooled(ctx.layout.weekly, out, fallback, cfg.model, cfg.run)
     # joblib keeps its workers for the next call: they would count as Python workers in the stages measured later.
     get_reusable_executor().shutdown(wait=True)
     return {**stage_figures(sample, rows), "country_seconds": dict(zip(order, seconds, strict=True))}
