@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 
 from bench import report
 from bench.measure import MB, BenchErp, Sample, bench_erp, measured, stage_tasks
+from markdown_pricing import erp
 from markdown_pricing.config import ModelParams, RunRules, ScheduleSettings, load_config, with_paths
 from markdown_pricing.country_udf import country_function, largest_first
 from markdown_pricing.model import train_country, train_pooled
@@ -228,18 +229,14 @@ def publish(spark: SparkSession, ctx: RunContext, server: BenchErp) -> dict[str,
     with measured() as copy:
         server.psql(f"\\copy {table} FROM '{rows_file}' WITH (FORMAT csv)")
     server.psql(f"TRUNCATE {table}")
+    # The columns the publish stage copies, in its order; the three it adds itself are computed the same way.
+    added = {
+        "valid_from": F.lit(ctx.run_date),
+        "run_id": F.lit(ctx.run_id),
+        "model_version": F.concat(F.lit(f"{ctx.run_id}/"), "country"),
+    }
     predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).select(
-        "country",
-        "article_id",
-        F.lit(ctx.run_date).alias("valid_from"),
-        "current_price",
-        "recommended_discount",
-        "recommended_price",
-        "predicted_units_next_week",
-        "expected_revenue",
-        "expected_sell_through",
-        F.lit(ctx.run_id).alias("run_id"),
-        F.concat(F.lit(f"{ctx.run_id}/"), "country").alias("model_version"),
+        *(added[column].alias(column) if column in added else F.col(column) for column in erp.COPY_COLUMNS)
     )
     jdbc_rows = predictions.count()
     with measured() as jdbc:

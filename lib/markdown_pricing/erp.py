@@ -25,6 +25,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
 
+from markdown_pricing.backtest import FORECASTERS
 from markdown_pricing.config import ConfigError, ErpSettings
 from markdown_pricing.embedded_erp import describe_dsn
 
@@ -49,14 +50,12 @@ _FRAME_NUMERIC_COLUMNS = (
 )
 FRAME_COLUMNS = _FRAME_TEXT_COLUMNS + _FRAME_NUMERIC_COLUMNS
 # Order of the CSV fields and of the COPY column list.
-_COPY_COLUMNS = ("country", "article_id", "valid_from", *_FRAME_NUMERIC_COLUMNS, "run_id", "model_version")
+COPY_COLUMNS = ("country", "article_id", "valid_from", *_FRAME_NUMERIC_COLUMNS, "run_id", "model_version")
 # Quoted empty fields in these columns are NULL; in text columns they stay empty strings.
 _FORCE_NULL_COLUMNS = ("valid_from", *_FRAME_NUMERIC_COLUMNS)
 METRIC_KEYS = ("model_wape", "baseline_wape", "model_bias")
 # Which model scored the country and, for a fallback, why: text the ledger carries beside the metrics.
 MODEL_KEYS = ("model_kind", "fallback_reason")
-# model_metrics rows: one per (run, country, forecaster) of the backtest, comparable across runs in one query.
-BACKTEST_FORECASTERS = ("model", "recent_average", "same_price")
 _LEDGER_STATUS_CHECK = sql.SQL("CHECK (status IN ({}))").format(
     sql.SQL(", ").join(map(sql.Literal, (PUBLISHED, FAILED, BLOCKED)))
 )
@@ -345,7 +344,7 @@ def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: 
     text = frame.loc[:, list(_FRAME_TEXT_COLUMNS)].fillna("").astype(str)
     numbers = frame.loc[:, list(_FRAME_NUMERIC_COLUMNS)].astype("float64")
     constants = {"valid_from": run_date.isoformat(), "run_id": run_id, "model_version": model_version}
-    rows = pd.concat([text, numbers], axis=1).assign(**constants).loc[:, list(_COPY_COLUMNS)]
+    rows = pd.concat([text, numbers], axis=1).assign(**constants).loc[:, list(COPY_COLUMNS)]
     buffer = io.BytesIO()
     options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
     pacsv.write_csv(pa.Table.from_pandas(rows, preserve_index=False), buffer, options)
@@ -371,7 +370,7 @@ def record_metrics(
          *(_metric(result, f"{forecaster}_{measure}") for measure in ("wape", "bias", "rwape")),
          result.get("backtest_rows"))
         for country, result in sorted(results.items())
-        for forecaster in BACKTEST_FORECASTERS
+        for forecaster in FORECASTERS
         if result.get(f"{forecaster}_wape") is not None
     ]  # fmt: skip
     with _transaction(conn) as cur:
@@ -425,7 +424,7 @@ def publish_country(
             sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FORCE_NULL ({}))")
             .format(
                 predictions_table,
-                sql.SQL(", ").join(map(sql.Identifier, _COPY_COLUMNS)),
+                sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
                 sql.SQL(", ").join(map(sql.Identifier, _FORCE_NULL_COLUMNS)),
             )
             .as_string(conn),
