@@ -102,13 +102,13 @@ def run(spark: SparkSession, ctx: RunContext) -> int:
     retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
     with closing(erp.connect(dsn, settings.connect_timeout_s, **retries)) as conn, ExitStack() as held:
         erp.ensure_schema(conn, settings)
-        erp.record_metrics(conn, settings, run_id=ctx.run_id, run_date=ctx.run_date, results=results)
         # One publisher per run date, held from the ledger reads below to the last country's commit.
         try:
             held.enter_context(erp.publish_run_lock(conn, settings, ctx.run_date, erp.publisher_name(ctx.run_id)))
         except erp.PublishLockedError as err:
             log.error("nothing published: %s", err)
             return LOCKED_EXIT_CODE
+        erp.record_metrics(conn, settings, run_id=ctx.run_id, run_date=ctx.run_date, results=results)
         # The gate compares each country with what the ERP holds now: its last publish by another run.
         previous_rows = erp.last_published_rows(conn, settings, ctx.run_id)
         # A rerun leaves this run's rows alone: the gate judged them (or an operator overrode it) the first time.
