@@ -120,8 +120,10 @@ def pooled_scores(
     """Scores the fallback countries with one model over every country's history, in a single task: the pooled
     model needs all countries at once (and its memory: every history row, plus the fallback countries' future)."""
     rows = weekly.where(~F.col("is_future") | F.col("country").isin(list(fallback)))
-    pooled = rows.withColumn(POOL, F.lit(0)).groupBy(POOL)
-    return pooled.applyInPandas(pooled_function(fallback, params, rules, gpu_mode), TRAIN_SCORE_OUTPUT)
+    train_pooled_countries = pooled_function(fallback, params, rules, gpu_mode)
+    return rows.withColumn(POOL, F.lit(0)).groupBy(POOL).applyInPandas(
+        lambda frame: train_pooled_countries(frame.drop(columns=POOL)), TRAIN_SCORE_OUTPUT
+    )
 
 
 _MASK = 0xFFFFFFFF
