@@ -26,7 +26,7 @@ from markdown_pricing.sample import generate_sample
 from markdown_pricing.stages import RunContext, etl, train_score
 from markdown_pricing.storage import RunLayout, read_json
 from markdown_pricing.submit import spark_submit_command, submit_environment
-from servers import free_port
+from servers import free_port, stop
 
 RUN_DATE = dt.date(2026, 11, 23)
 RUN_ID = RUN_DATE.isoformat()
@@ -45,15 +45,6 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
     """Starts a daemon; spark-class execs java, so the PID is the JVM's."""
     with log.open("w") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def wait_for_workers(master_ui: str, count: int, logs: list[Path]) -> list[dict[str, Any]]:

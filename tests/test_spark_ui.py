@@ -24,7 +24,7 @@ from markdown_pricing.spark import ensure_local_event_log_dir, spark_job
 from markdown_pricing.storage import read_json
 from markdown_pricing.submit import main as submit_main
 from markdown_pricing.submit import spark_submit_command, submit_environment
-from servers import free_port
+from servers import free_port, stop
 
 RUN_DATE = dt.date(2026, 11, 23)
 RUN_ID = RUN_DATE.isoformat()
@@ -108,12 +108,7 @@ def etl_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtlApp]:
         app_id = wait_for_application(server_url, name, server_log)
         yield EtlApp(f"{server_url}/api/v1/applications/{app_id}", name, root / "raw", root / "work", sample.injected)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 def test_history_server_lists_the_etl_run_by_stage_and_run_date(etl_app: EtlApp) -> None:
