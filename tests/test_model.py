@@ -56,6 +56,15 @@ def test_candidate_discounts_start_at_current_and_never_go_back() -> None:
     assert model.candidate_discounts(0.7, LADDER) == [0.7]
 
 
+def test_holding_the_price_keeps_only_todays_discount_snapped_like_the_first_candidate() -> None:
+    future = pd.DataFrame({"article_id": ["A", "B"], "week_start": [RUN_DATE] * 2, "discount": [0.099, 0.15]})
+    held = model.candidate_weeks(future, LADDER, hold_price=True).set_index("article_id")["candidate"]
+    assert held.to_dict() == {"A": 0.1, "B": 0.15}
+    assert len(model.candidate_weeks(future, LADDER)) == len(model.candidate_discounts(0.099, LADDER)) + len(
+        model.candidate_discounts(0.15, LADDER)
+    )
+
+
 def test_simulate_season_caps_sales_at_stock_and_values_leftover_at_salvage() -> None:
     weeks = pd.DataFrame({
         "article_id": ["A"] * 4, "candidate": [0.0, 0.0, 0.5, 0.5],

@@ -160,13 +160,16 @@ def candidate_discounts(current: float, ladder: tuple[float, ...]) -> list[float
     return [snapped, *(step for step in ladder if step > snapped + LADDER_SNAP)]
 
 
-def candidate_weeks(future: pd.DataFrame, ladder: tuple[float, ...]) -> pd.DataFrame:
-    """Future weeks of each active article repeated once per candidate discount."""
+def candidate_weeks(future: pd.DataFrame, ladder: tuple[float, ...], hold_price: bool = False) -> pd.DataFrame:
+    """Future weeks of each active article repeated once per candidate discount (only today's, snapped to the
+    ladder like every first candidate, when holding the price)."""
     per_article = future.groupby("article_id")["discount"].first()
+    kept = 1 if hold_price else None
     candidates = pd.DataFrame(
-        [(article, step) for article, current in per_article.items() for step in candidate_discounts(current, ladder)],
+        [(article, step) for article, current in per_article.items()
+         for step in candidate_discounts(current, ladder)[:kept]],
         columns=["article_id", "candidate"],
-    )
+    )  # fmt: skip
     expanded = future.merge(candidates, on="article_id", how="inner")
     return expanded.assign(current_discount=expanded["discount"], discount=expanded["candidate"])
 
@@ -209,11 +212,11 @@ def recommend(season: pd.DataFrame) -> pd.DataFrame:
 
 
 def score(weekly: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray], rules: RunRules,
-          ladder: tuple[float, ...] | None = None) -> pd.DataFrame:
-    """Predicts every active article's future weeks at each candidate discount (the rules' ladder unless `ladder`
-    is given; an empty one holds today's price) and recommends the best markdown per article."""
+          hold_price: bool = False) -> pd.DataFrame:
+    """Predicts every active article's future weeks at each candidate discount (today's only when holding the
+    price) and recommends the best markdown per article."""
     future = weekly[weekly["is_future"]]
-    weeks = candidate_weeks(future, rules.ladder if ladder is None else ladder)
+    weeks = candidate_weeks(future, rules.ladder, hold_price)
     weeks["predicted_units"] = predict(weeks) if len(weeks) else []
     predictions = recommend(simulate_season(weeks, rules.salvage_value_share))
     predictions.insert(0, "country", weekly["country"].iloc[0])
@@ -352,7 +355,7 @@ def train_pooled(
             kind, model_text = "baseline", None
             reason += (f"; the pooled model loses too: WAPE {summary['model_wape']:.3f} >= "
                        f"{summary['baseline']} baseline {summary['baseline_wape']:.3f}, so today's prices hold")
-            predictions = score(rows, baseline_predictor(own, params.recent_average_weeks), rules, ladder=())
+            predictions = score(rows, baseline_predictor(own, params.recent_average_weeks), rules, hold_price=True)
         else:
             kind, model_text = "pooled", booster.model_to_string()
             predictions = score(rows, booster_predictor(booster, encoding), rules)
@@ -374,7 +377,7 @@ def rescore(weekly: pd.DataFrame, model_text: str | None, card: Mapping[str, Any
     usable = backtest.in_stock(weekly[~weekly["is_future"]])
     started = time.perf_counter()
     if card["model_kind"] == "baseline":
-        predictions = score(weekly, baseline_predictor(usable, params.recent_average_weeks), rules, ladder=())
+        predictions = score(weekly, baseline_predictor(usable, params.recent_average_weeks), rules, hold_price=True)
     else:
         encoding = Encoding(tuple(card["model"]["features"]), card["model"]["categories"])
         predictions = score(weekly, booster_predictor(lgb.Booster(model_str=model_text), encoding), rules)
