@@ -123,8 +123,28 @@ def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_fea
     changed_history, changed_usable = history_of(changed)
     train_again, test_again = backtest.split(changed_history, changed_usable, origin, 4)
     pd.testing.assert_frame_equal(train, train_again)
+    pd.testing.assert_frame_equal(
+        backtest.as_forecasts(history, train, 4), backtest.as_forecasts(changed_history, train_again, 4)
+    )
     features = list(model.FEATURES)
     pd.testing.assert_frame_equal(test[features], test_again[features])
+    assert test.groupby("week_start")["weeks_ahead"].unique().map(list).tolist() == [[0], [1], [2], [3]]
+
+
+def test_training_rows_read_popularity_as_a_forecast_made_weeks_ahead_earlier_would() -> None:
+    history, usable = history_of(elastic_world(articles=10, weeks=12))
+    history = history.assign(article_popularity=(history["week_start"] - pd.Timestamp(RUN_DATE)).dt.days / 7.0)
+    seen = backtest.as_forecasts(history, usable, 4)
+    assert set(seen["weeks_ahead"]) == {0, 1, 2, 3}
+    # The popularity the history holds weeks_ahead weeks before the row's week; none before the first week.
+    weeks_before_run = (seen["week_start"] - pd.Timestamp(RUN_DATE)).dt.days / 7
+    known_at = weeks_before_run - seen["weeks_ahead"]
+    expected = known_at.where(known_at >= -12)
+    pd.testing.assert_series_equal(seen["article_popularity"], expected, check_names=False)
+    assert seen["article_popularity"].isna().any()
+    # The same rows in another order are seen the same way.
+    shuffled = backtest.as_forecasts(history, usable.sample(frac=1.0, random_state=1), 4)
+    pd.testing.assert_frame_equal(shuffled.loc[seen.index], seen)
 
 
 def test_recent_average_and_same_price_baselines() -> None:
@@ -250,8 +270,7 @@ def test_trained_model_never_predicts_fewer_units_for_more_discount() -> None:
     ):  # fmt: skip
         booster = lgb.Booster(model_str=result.model_text)
         encoding = model.Encoding(tuple(result.card["model"]["features"]), result.card["model"]["categories"])
-        future = model.prepare(elastic_world(seed=1))
-        future = future[future["is_future"]].assign(country=result.country)
+        future = model.future_weeks(model.prepare(elastic_world(seed=1))).assign(country=result.country)
         by_step = [booster.predict(model.feature_frame(future.assign(discount=step), encoding)) for step in LADDER]
         assert (np.diff(np.vstack(by_step), axis=0) >= -1e-12).all()
 

@@ -24,6 +24,7 @@ FEATURES = (
     "article_popularity",
     "original_price",
     "category",
+    "weeks_ahead",
 )
 # The pooled model learns from every country at once; the country tells their levels apart.
 POOLED_FEATURES = (*FEATURES, "country")
@@ -110,14 +111,20 @@ def _dataset(rows: pd.DataFrame, encoding: Encoding, reference: lgb.Dataset | No
     )
 
 
-def fit(rows: pd.DataFrame, encoding: Encoding, settings: Mapping[str, Any], rounds: int) -> lgb.Booster:
-    """Trains one booster on weekly units."""
-    return lgb.train(dict(settings), _dataset(rows, encoding), num_boost_round=rounds)
+def fit(rows: pd.DataFrame, history: pd.DataFrame, encoding: Encoding, settings: Mapping[str, Any], rounds: int,
+        horizon_weeks: int) -> lgb.Booster:
+    """Trains one booster on weekly units, each row seen as a forecast up to horizon_weeks ahead
+    (backtest.as_forecasts reads the popularity known then from `history`)."""
+    training = _dataset(backtest.as_forecasts(history, rows, horizon_weeks), encoding)
+    return lgb.train(dict(settings), training, num_boost_round=rounds)
 
 
-def forecaster(encoding: Encoding, settings: Mapping[str, Any], rounds: int) -> backtest.Forecast:
+def forecaster(history: pd.DataFrame, encoding: Encoding, settings: Mapping[str, Any], rounds: int,
+               horizon_weeks: int) -> backtest.Forecast:
     """Fits on the training weeks and predicts the test weeks: the model as the backtest runs it."""
-    return lambda train, test: fit(train, encoding, settings, rounds).predict(feature_frame(test, encoding))
+    return lambda train, test: fit(train, history, encoding, settings, rounds, horizon_weeks).predict(
+        feature_frame(test, encoding)
+    )
 
 
 def tune(
@@ -136,7 +143,7 @@ def tune(
         candidate_settings = {**settings, **candidate}
         scores, rounds = [], []
         for _, train, test in backtest.folds(history, usable, fold_origins, params.backtest_horizon_weeks):
-            training = _dataset(train, encoding)
+            training = _dataset(backtest.as_forecasts(history, train, params.backtest_horizon_weeks), encoding)
             booster = lgb.train(
                 candidate_settings, training, num_boost_round=params.num_boost_round,
                 valid_sets=[_dataset(test, encoding, reference=training)],
@@ -211,12 +218,18 @@ def recommend(season: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def future_weeks(weekly: pd.DataFrame) -> pd.DataFrame:
+    """The weeks to forecast, each with its distance from the run date (the first of them): popularity in these
+    rows is frozen at the run date, as it is at a backtest origin."""
+    future = weekly[weekly["is_future"]]
+    return future.assign(weeks_ahead=backtest.weeks_ahead(future, future["week_start"].min()))
+
+
 def score(weekly: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray], rules: RunRules,
           hold_price: bool = False) -> pd.DataFrame:
     """Predicts every active article's future weeks at each candidate discount (today's only when holding the
     price) and recommends the best markdown per article."""
-    future = weekly[weekly["is_future"]]
-    weeks = candidate_weeks(future, rules.ladder, hold_price)
+    weeks = candidate_weeks(future_weeks(weekly), rules.ladder, hold_price)
     weeks["predicted_units"] = predict(weeks) if len(weeks) else []
     predictions = recommend(simulate_season(weeks, rules.salvage_value_share))
     predictions.insert(0, "country", weekly["country"].iloc[0])
@@ -293,8 +306,8 @@ def train_country(
     if params.tuning.enabled:
         settings, rounds, tuning = tune(history, usable, encoding, params, settings, origins[0])
     errors = backtest.backtest(
-        history, usable, forecaster(encoding, settings, rounds), origins_=origins,
-        horizon_weeks=params.backtest_horizon_weeks, recent_weeks=params.recent_average_weeks,
+        history, usable, forecaster(history, encoding, settings, rounds, params.backtest_horizon_weeks),
+        origins_=origins, horizon_weeks=params.backtest_horizon_weeks, recent_weeks=params.recent_average_weeks,
     )  # fmt: skip
     summary = backtest.summarize(errors)
     card |= {"model": _model_card(encoding, settings, rounds, tuning),
@@ -303,7 +316,7 @@ def train_country(
         reason = (f"the country model loses to its {summary['baseline']} baseline in the backtest: "
                   f"WAPE {summary['model_wape']:.3f} >= {summary['baseline_wape']:.3f}")  # fmt: skip
         return _needs_fallback(country, reason, usable, summary, card)
-    booster = fit(usable, encoding, settings, rounds)
+    booster = fit(usable, history, encoding, settings, rounds, params.backtest_horizon_weeks)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     predictions = score(weekly, booster_predictor(booster, encoding), rules)
@@ -337,11 +350,11 @@ def train_pooled(
     settings = lightgbm_params(params, num_threads, device, features=POOLED_FEATURES)
     rounds = params.num_boost_round
     errors = backtest.backtest(
-        history, usable, forecaster(encoding, settings, rounds),
+        history, usable, forecaster(history, encoding, settings, rounds, params.backtest_horizon_weeks),
         origins_=backtest.origins(usable, params.backtest_origins, params.backtest_horizon_weeks),
         horizon_weeks=params.backtest_horizon_weeks, recent_weeks=params.recent_average_weeks,
     )  # fmt: skip
-    booster = fit(usable, encoding, settings, rounds)
+    booster = fit(usable, history, encoding, settings, rounds, params.backtest_horizon_weeks)
     fit_seconds = time.perf_counter() - started
     model = _model_card(encoding, settings, rounds, None)
     results = []
