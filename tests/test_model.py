@@ -108,27 +108,34 @@ def test_backtest_origins_tile_the_last_weeks_and_refuse_too_short_history() -> 
         backtest.origins(short, 3, 4)
 
 
+def with_etl_popularity(world: pd.DataFrame) -> pd.DataFrame:
+    """Popularity as the ETL computes it: each article's mean units over the weeks before the row's."""
+    ordered = world.sort_values(["article_id", "week_start"], ignore_index=True)
+    by_article = ordered.groupby("article_id")["units"]
+    return ordered.assign(article_popularity=by_article.transform(lambda u: u.astype(float).expanding().mean().shift()))
+
+
 def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_features() -> None:
-    world = elastic_world()
-    history, usable = history_of(world)
+    world = with_etl_popularity(elastic_world())
+    history, _ = history_of(world)
+    usable = model.training_rows(history, PARAMS)
     origin = backtest.history_weeks(usable)[-8]
     train, test = backtest.split(history, usable, origin, 4)
     assert train["week_start"].max() < origin <= test["week_start"].min()
-    assert test["week_start"].nunique() == 4
+    assert test.groupby("week_start")["weeks_ahead"].unique().map(list).tolist() == [[0], [1], [2], [3]]
     # Popularity is frozen at the origin: the value the origin's own row carries (mean of the weeks before it).
     at_origin = history[history["week_start"] == origin].set_index("article_id")["article_popularity"]
     assert (test["article_popularity"].to_numpy() == test["article_id"].map(at_origin).to_numpy()).all()
     # Changing every week from the origin on changes neither the training rows nor the test features.
     changed = world.assign(units=np.where(pd.to_datetime(world["week_start"]) >= origin, 999, world["units"]))
-    changed_history, changed_usable = history_of(changed)
-    train_again, test_again = backtest.split(changed_history, changed_usable, origin, 4)
-    pd.testing.assert_frame_equal(train, train_again)
-    pd.testing.assert_frame_equal(
-        backtest.as_forecasts(history, train, 4), backtest.as_forecasts(changed_history, train_again, 4)
+    changed_history, _ = history_of(with_etl_popularity(changed))
+    train_again, test_again = backtest.split(
+        changed_history, model.training_rows(changed_history, PARAMS), origin, 4
     )
+    assert not changed_history["article_popularity"].equals(history["article_popularity"])
+    pd.testing.assert_frame_equal(train, train_again)
     features = list(model.FEATURES)
     pd.testing.assert_frame_equal(test[features], test_again[features])
-    assert test.groupby("week_start")["weeks_ahead"].unique().map(list).tolist() == [[0], [1], [2], [3]]
 
 
 def test_training_rows_read_popularity_as_a_forecast_made_weeks_ahead_earlier_would() -> None:
@@ -195,6 +202,7 @@ def test_model_card_says_what_was_trained_on_what() -> None:
     assert card["model"]["categories"] == {"category": ["jeans", "tops"]}
     assert card["model"]["lightgbm_params"]["monotone_constraints"][0] == 1
     assert card["model"]["num_boost_round"] == PARAMS.num_boost_round
+    assert card["model"]["forecast_horizon_weeks"] == PARAMS.backtest_horizon_weeks
     assert card["training_window"] == {"first_week": "2026-04-27", "last_week": "2026-11-16", "weeks": 30}
     assert card["rows"] == {"input": len(world), "train": 40 * 30, "articles": 40, "scored_articles": 40}
     assert len(card["data_fingerprint"]) == 64

@@ -111,20 +111,20 @@ def _dataset(rows: pd.DataFrame, encoding: Encoding, reference: lgb.Dataset | No
     )
 
 
-def fit(rows: pd.DataFrame, history: pd.DataFrame, encoding: Encoding, settings: Mapping[str, Any], rounds: int,
-        horizon_weeks: int) -> lgb.Booster:
-    """Trains one booster on weekly units, each row seen as a forecast up to horizon_weeks ahead
-    (backtest.as_forecasts reads the popularity known then from `history`)."""
-    training = _dataset(backtest.as_forecasts(history, rows, horizon_weeks), encoding)
-    return lgb.train(dict(settings), training, num_boost_round=rounds)
+def fit(rows: pd.DataFrame, encoding: Encoding, settings: Mapping[str, Any], rounds: int) -> lgb.Booster:
+    """Trains one booster on weekly units."""
+    return lgb.train(dict(settings), _dataset(rows, encoding), num_boost_round=rounds)
 
 
-def forecaster(history: pd.DataFrame, encoding: Encoding, settings: Mapping[str, Any], rounds: int,
-               horizon_weeks: int) -> backtest.Forecast:
+def forecaster(encoding: Encoding, settings: Mapping[str, Any], rounds: int) -> backtest.Forecast:
     """Fits on the training weeks and predicts the test weeks: the model as the backtest runs it."""
-    return lambda train, test: fit(train, history, encoding, settings, rounds, horizon_weeks).predict(
-        feature_frame(test, encoding)
-    )
+    return lambda train, test: fit(train, encoding, settings, rounds).predict(feature_frame(test, encoding))
+
+
+def training_rows(history: pd.DataFrame, params: ModelParams) -> pd.DataFrame:
+    """The in-stock past weeks, each seen as a forecast made up to the backtest horizon earlier
+    (backtest.as_forecasts): the rows every model trains on, and the backtest and tuning split."""
+    return backtest.as_forecasts(history, backtest.in_stock(history), params.backtest_horizon_weeks)
 
 
 def tune(
@@ -143,7 +143,7 @@ def tune(
         candidate_settings = {**settings, **candidate}
         scores, rounds = [], []
         for _, train, test in backtest.folds(history, usable, fold_origins, params.backtest_horizon_weeks):
-            training = _dataset(backtest.as_forecasts(history, train, params.backtest_horizon_weeks), encoding)
+            training = _dataset(train, encoding)
             booster = lgb.train(
                 candidate_settings, training, num_boost_round=params.num_boost_round,
                 valid_sets=[_dataset(test, encoding, reference=training)],
@@ -273,10 +273,12 @@ def _metrics(status: str, kind: str | None, reason: str | None, usable: pd.DataF
             **summary, **timings}  # fmt: skip
 
 
-def _model_card(encoding: Encoding, settings: Mapping[str, Any], rounds: int, tuning: Any) -> dict[str, Any]:
+def _model_card(encoding: Encoding, settings: Mapping[str, Any], rounds: int, params: ModelParams,
+                tuning: Any) -> dict[str, Any]:
     # Thread count and device are how it ran, not what it is.
     shown = {k: v for k, v in settings.items() if k not in ("num_threads", "device_type", "gpu_device_id")}
-    return {**encoding.as_dict(), "lightgbm_params": shown, "num_boost_round": rounds, "tuning": tuning}
+    return {**encoding.as_dict(), "lightgbm_params": shown, "num_boost_round": rounds,
+            "forecast_horizon_weeks": params.backtest_horizon_weeks, "tuning": tuning}  # fmt: skip
 
 
 def train_country(
@@ -292,7 +294,7 @@ def train_country(
     weekly = prepare(weekly)
     country = weekly["country"].iloc[0]
     history = weekly[~weekly["is_future"]]
-    usable = backtest.in_stock(history)
+    usable = training_rows(history, params)
     card = {"country": country, **data_card(weekly, usable)}
     weeks = card["training_window"]["weeks"]
     if weeks < params.min_history_weeks:
@@ -306,17 +308,17 @@ def train_country(
     if params.tuning.enabled:
         settings, rounds, tuning = tune(history, usable, encoding, params, settings, origins[0])
     errors = backtest.backtest(
-        history, usable, forecaster(history, encoding, settings, rounds, params.backtest_horizon_weeks),
-        origins_=origins, horizon_weeks=params.backtest_horizon_weeks, recent_weeks=params.recent_average_weeks,
+        history, usable, forecaster(encoding, settings, rounds), origins_=origins,
+        horizon_weeks=params.backtest_horizon_weeks, recent_weeks=params.recent_average_weeks,
     )  # fmt: skip
     summary = backtest.summarize(errors)
-    card |= {"model": _model_card(encoding, settings, rounds, tuning),
+    card |= {"model": _model_card(encoding, settings, rounds, params, tuning),
              "backtest": {**summary, "by_origin": backtest.by_origin(errors)}}  # fmt: skip
     if summary["model_wape"] >= summary["baseline_wape"]:
         reason = (f"the country model loses to its {summary['baseline']} baseline in the backtest: "
                   f"WAPE {summary['model_wape']:.3f} >= {summary['baseline_wape']:.3f}")  # fmt: skip
         return _needs_fallback(country, reason, usable, summary, card)
-    booster = fit(usable, history, encoding, settings, rounds, params.backtest_horizon_weeks)
+    booster = fit(usable, encoding, settings, rounds)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     predictions = score(weekly, booster_predictor(booster, encoding), rules)
@@ -344,19 +346,19 @@ def train_pooled(
     today's prices, as the baseline sees them."""
     weekly = prepare(weekly)
     history = weekly[~weekly["is_future"]]
-    usable = backtest.in_stock(history)
+    usable = training_rows(history, params)
     started = time.perf_counter()
     encoding = Encoding.of(weekly, POOLED_FEATURES)
     settings = lightgbm_params(params, num_threads, device, features=POOLED_FEATURES)
     rounds = params.num_boost_round
     errors = backtest.backtest(
-        history, usable, forecaster(history, encoding, settings, rounds, params.backtest_horizon_weeks),
+        history, usable, forecaster(encoding, settings, rounds),
         origins_=backtest.origins(usable, params.backtest_origins, params.backtest_horizon_weeks),
         horizon_weeks=params.backtest_horizon_weeks, recent_weeks=params.recent_average_weeks,
     )  # fmt: skip
-    booster = fit(usable, history, encoding, settings, rounds, params.backtest_horizon_weeks)
+    booster = fit(usable, encoding, settings, rounds)
     fit_seconds = time.perf_counter() - started
-    model = _model_card(encoding, settings, rounds, None)
+    model = _model_card(encoding, settings, rounds, params, None)
     results = []
     for country, reason in sorted(fallback.items()):
         started = time.perf_counter()
