@@ -42,21 +42,25 @@ def origins(history: pd.DataFrame, count: int, horizon_weeks: int, *, before: An
     return [weeks[len(weeks) - k * horizon_weeks] for k in range(count, 0, -1)]
 
 
-def popularity_at(history: pd.DataFrame, origin: Any) -> pd.Series:
-    """Each (country, article)'s popularity as known at the origin: its mean weekly units before that week."""
-    at_origin = history[history["week_start"] == origin]
-    return at_origin.set_index(["country", "article_id"])["article_popularity"]
-
-
 def weeks_ahead(rows: pd.DataFrame, origin: Any) -> pd.Series:
     """How many weeks after the origin each row's week starts: 0 for the origin's own week."""
     return ((rows["week_start"] - origin) // WEEK).astype("int64")
 
 
+def seen_ahead(history: pd.DataFrame, rows: pd.DataFrame, ahead: pd.Series) -> pd.DataFrame:
+    """`rows` as a forecast made `ahead` weeks before each row's week sees them: with that `weeks_ahead` and the
+    popularity the history's row of that earlier week carries (the mean of the weeks before it; NaN when the
+    article had no row then). Only weeks up to each row's own are read."""
+    known_at = rows["week_start"].to_numpy() - ahead.to_numpy() * WEEK
+    popularity = history.set_index(["country", "article_id", "week_start"])["article_popularity"]
+    known = popularity.reindex(pd.MultiIndex.from_arrays([rows["country"], rows["article_id"], known_at]))
+    return rows.assign(weeks_ahead=ahead.to_numpy(), article_popularity=known.to_numpy())
+
+
 def split(history: pd.DataFrame, usable: pd.DataFrame, origin: Any, horizon_weeks: int
           ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training rows before the origin and test rows in its horizon, with popularity frozen at the origin and
-    each test week's distance from it (`weeks_ahead`).
+    """Training rows before the origin and test rows in its horizon, seen from the origin: popularity frozen
+    there and each test week's distance from it (`weeks_ahead`).
 
     `history` is every past week (popularity is read there, out-of-stock weeks included); `usable` the in-stock
     weeks that are trained on and scored. An article first seen after the origin has no known popularity (NaN).
@@ -64,9 +68,7 @@ def split(history: pd.DataFrame, usable: pd.DataFrame, origin: Any, horizon_week
     end = origin + horizon_weeks * WEEK
     train = usable[usable["week_start"] < origin]
     test = usable[(usable["week_start"] >= origin) & (usable["week_start"] < end)]
-    keys = pd.MultiIndex.from_frame(test[["country", "article_id"]])
-    frozen = popularity_at(history, origin).reindex(keys).to_numpy()
-    return train, test.assign(article_popularity=frozen, weeks_ahead=weeks_ahead(test, origin))
+    return train, seen_ahead(history, test, weeks_ahead(test, origin))
 
 
 def as_forecasts(history: pd.DataFrame, rows: pd.DataFrame, horizon_weeks: int) -> pd.DataFrame:
@@ -74,16 +76,12 @@ def as_forecasts(history: pd.DataFrame, rows: pd.DataFrame, horizon_weeks: int) 
 
     A forecast reads popularity frozen at its origin (the backtest's, or the run date when scoring), so a model
     trained only on popularity as of the week before learns that a young article's low early mean means a weak
-    article, and under-forecasts every week after the origin. Here each row gets a `weeks_ahead` and the popularity
-    known that many weeks earlier (NaN when the article had no weeks before then); `weeks_ahead` is a hash of the
-    row's keys, so the same rows give the same training set in any order. Only weeks up to the row's own are read.
+    article, and under-forecasts every week after the origin. Here each row is seen_ahead by a `weeks_ahead`
+    that is a hash of the row's keys, so the same rows give the same training set in any order.
     """
     keys = rows[["country", "article_id", "week_start"]]
-    ahead = (pd.util.hash_pandas_object(keys, index=False).to_numpy() % np.uint64(horizon_weeks)).astype("int64")
-    known_at = rows["week_start"].to_numpy() - ahead * WEEK
-    popularity = history.set_index(["country", "article_id", "week_start"])["article_popularity"]
-    known = popularity.reindex(pd.MultiIndex.from_arrays([rows["country"], rows["article_id"], known_at]))
-    return rows.assign(weeks_ahead=ahead, article_popularity=known.to_numpy())
+    ahead = pd.util.hash_pandas_object(keys, index=False) % np.uint64(horizon_weeks)
+    return seen_ahead(history, rows, ahead.astype("int64"))
 
 
 def _per_article_mean(rows: pd.DataFrame) -> pd.Series:
