@@ -9,7 +9,7 @@ DEMO_WORK ?= .demo/work
 DEMO_TRUTH ?= .demo/truth
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench erp-stop clean check-java check-jdbc evaluate
+.PHONY: demo test test-fast lint bench erp-stop clean check-java check-jdbc evaluate
 
 $(BIN)/markdown-pricing: setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ WORLD_B_SAMPLE ?= --countries 16 --articles 500 --weeks 80 --seed 23
 EVALUATION ?= docs/evaluation.md
 EVALUATION_PARTS ?= .demo/evaluation
 # $(call train_score,RAW,WORK,RUN_DATE); Luigi exits 0 on a failed task unless told otherwise.
-train_score = LUIGI_CONFIG_PATH=conf/luigi.cfg $(BIN)/luigi --module markdown_pricing.tasks TrainScore \
+train_score = LUIGI_CONFIG_PATH=conf/luigi.cfg $(BIN)/luigi --module markdown_pricing.orchestrate.tasks TrainScore \
   --local-scheduler --retcode-task-failed 1 --retcode-missing-data 1 --run-date $(3) --raw-uri $(1) --work-uri $(2)
 evaluate: check-java $(BIN)/markdown-pricing
 	@test -f $(DEMO_RAW)/sales/_SUCCESS -a -f $(DEMO_TRUTH)/_SUCCESS || $(DEMO_SAMPLE)
@@ -69,8 +69,21 @@ evaluate: check-java $(BIN)/markdown-pricing
 	  cat $(EVALUATION_PARTS)/world-a.md; echo; cat $(EVALUATION_PARTS)/world-b.md; } > $(EVALUATION)
 	@echo "wrote $(EVALUATION)"
 
-test: check-java check-chromium $(BIN)/markdown-pricing
+# Style, import contracts (.importlinter) and types (mypy.ini): checks only, they change no file.
+LINTED = lib tests bench jobs setup.py
+lint: $(BIN)/markdown-pricing
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# Everything: the lint, then every test (pytest.ini names the markers).
+test: check-java check-chromium lint $(BIN)/markdown-pricing
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# The lane for a quick loop while coding: no whole runs, no spark-submit, no clusters (under two minutes).
+test-fast: check-java check-chromium lint $(BIN)/markdown-pricing
+	$(BIN)/python -m pytest tests -m "not slow and not cluster" $(PYTEST_ARGS)
 
 # The benchmark (README "Performance"): worlds of each size, every stage against its floor and its peer. Results go
 # to bench/results (JSON, Markdown, PNG); worlds, runs and the bench's own PostgreSQL to $(BENCH_WORK), reused.

@@ -1,4 +1,5 @@
 """Installs the markdown_pricing package and its `markdown-pricing` console script."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,9 +32,19 @@ setup(
         "matplotlib==3.10.9",
     ],
     extras_require={
-        "test": ["pytest==8.4.2", "chispa==0.12.0", "pyyaml==6.0.3"],
+        "test": [
+            "pytest==8.4.2",
+            "chispa==0.12.0",
+            "pyyaml==6.0.3",
+            # `make lint`, run by `make test`: style, import contracts and types.
+            "ruff==0.14.14",
+            "import-linter==2.17",
+            "mypy==2.4.1",
+            "pandas-stubs==2.3.3.251219",
+            "types-psycopg2==2.9.21.20261008",
+        ],
         # `make bench`: the single-machine peer of the train stage (psutil, for peak memory, comes with luigi).
         "bench": ["joblib==1.6.0", "psutil==7.2.2"],
     },
-    entry_points={"console_scripts": ["markdown-pricing=markdown_pricing.cli:main"]},
+    entry_points={"console_scripts": ["markdown-pricing=markdown_pricing.orchestrate.cli:main"]},
 )

@@ -3,6 +3,7 @@
 Writes bench/results/<date>.json and latest.json, a Markdown table and PNG plots (bench/report.py). Each ratio is
 measured in the same run on the same data; the README's Performance section says what each one compares.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,18 +30,20 @@ from pyspark.sql import functions as F
 
 from bench import report
 from bench.measure import MB, BenchErp, Sample, bench_erp, measured, stage_tasks
-from markdown_pricing import erp
-from markdown_pricing.config import ModelParams, RunRules, ScheduleSettings, load_config, with_paths
-from markdown_pricing.country_udf import country_function, largest_first
-from markdown_pricing.model import train_country, train_pooled
-from markdown_pricing.sample import generate_sample
-from markdown_pricing.schemas import PREDICTION_COLUMNS, PREDICTIONS
-from markdown_pricing.spark import build_session
-from markdown_pricing.stages import RunContext
-from markdown_pricing.stages import etl as etl_stage
-from markdown_pricing.stages import publish as publish_stage
-from markdown_pricing.stages import train_score as train_stage
-from markdown_pricing.storage import read_json
+from markdown_pricing.core.config import Config, ModelParams, RunRules, ScheduleSettings
+from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.contract import PREDICTION_COLUMNS
+from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.core.session import build_session
+from markdown_pricing.core.storage import read_json
+from markdown_pricing.erp import writer
+from markdown_pricing.model.country import train_country
+from markdown_pricing.model.fallback import train_pooled
+from markdown_pricing.stages import etl_job as etl_stage
+from markdown_pricing.stages import publish_job as publish_stage
+from markdown_pricing.stages import train_score_job as train_stage
+from markdown_pricing.stages.per_country import country_function, largest_first
+from markdown_pricing.synthetic.sample import generate_sample
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def _event_log(spark: SparkSession, work: Path) -> list[Path]:
 
 
 def _import_model(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    import markdown_pricing.country_udf  # noqa: F401  (pandas, LightGBM)
+    import markdown_pricing.stages.per_country  # noqa: F401  (pandas, LightGBM)
 
     yield from batches
 
@@ -108,15 +111,17 @@ def warm_python_workers(spark: SparkSession, slots: int) -> None:
     spark.range(slots, numPartitions=slots).mapInPandas(_import_model, "id long").collect()
 
 
-def run_train(spark: SparkSession, ctx: RunContext, order: str, rows: dict[str, int], slots: int) -> dict[str, Any]:
+def run_train(
+    spark: SparkSession, ctx: RunContext, cfg: Config, order: str, rows: dict[str, int], slots: int
+) -> dict[str, Any]:
     """The train+score stage with one start order: wall time against the ideal makespan and the task launch order."""
-    ordered = replace(ctx, cfg=replace(ctx.cfg, schedule=ScheduleSettings(start_order=order)))
+    ordered = replace(cfg, schedule=ScheduleSettings(start_order=order))
     with measured() as sample:
-        train_stage.run(spark, ordered)
+        train_stage.run(spark, ctx, ordered)
     results = read_json(ctx.layout.country_results)
     # score_seconds arrives with a later model version; until then the function's time is its fit time.
     function_s = {c: r["fit_seconds"] + (r.get("score_seconds") or 0.0) for c, r in results.items()}
-    tasks = stage_tasks(_event_log(spark, Path(ctx.cfg.paths.work)), f"train+score {len(rows)} countries", len(rows))
+    tasks = stage_tasks(_event_log(spark, Path(ctx.work)), f"train+score {len(rows)} countries", len(rows))
     planned = largest_first(rows) if order == "largest_first" else sorted(rows)
     launched = [planned[task["index"]] for task in sorted(tasks, key=lambda task: (task["launch"], task["index"]))]
     task_s = [task["finish"] - task["launch"] for task in tasks]
@@ -156,11 +161,10 @@ def _peer_pooled(weekly: str, out: Path, fallback: dict[str, str], params: Model
         result.predictions.loc[:, list(PREDICTION_COLUMNS)].to_parquet(out / f"{result.country}.parquet")
 
 
-def joblib_peer(ctx: RunContext, order: list[str], processes: int, rows: int) -> dict[str, Any]:
+def joblib_peer(ctx: RunContext, cfg: Config, order: list[str], processes: int, rows: int) -> dict[str, Any]:
     """The train+score stage as a user would write it without Spark: a joblib loop over the countries."""
     out = Path(ctx.layout.run_dir) / "joblib_predictions"
     out.mkdir(parents=True, exist_ok=True)
-    cfg = ctx.cfg
     with measured() as sample:
         outcomes = Parallel(n_jobs=processes, batch_size=1)(
             delayed(_peer_country)(ctx.layout.weekly, out, country, cfg.model, cfg.run) for country in order
@@ -196,32 +200,32 @@ def _probe_country(weekly: str, country: str, params: ModelParams, rules: RunRul
     }
 
 
-def probes(ctx: RunContext, order: list[str], threads: int) -> dict[str, Any]:
+def probes(ctx: RunContext, cfg: Config, order: list[str], threads: int) -> dict[str, Any]:
     """Memory per country size (largest and smallest) and whether the largest fits faster with more threads."""
     cases = [(order[0], 1), (order[-1], 1), (order[0], threads)]
     found = []
     for country, count in cases:
         # A fresh process per case: a reused one would report the largest earlier peak as every later one's.
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            job = pool.submit(_probe_country, ctx.layout.weekly, country, ctx.cfg.model, ctx.cfg.run, count)
+            job = pool.submit(_probe_country, ctx.layout.weekly, country, cfg.model, cfg.run, count)
             found.append({"country": country, "threads": count, **job.result()})
     return {"cases": found, "largest_fit_speedup": found[0]["fit_seconds"] / found[2]["fit_seconds"]}
 
 
-def publish(spark: SparkSession, ctx: RunContext, server: BenchErp) -> dict[str, Any]:
+def publish(spark: SparkSession, ctx: RunContext, cfg: Config, server: BenchErp) -> dict[str, Any]:
     """The publish stage against a raw COPY of the same rows into the same table and Spark's JDBC writer."""
-    table = f"{ERP_SCHEMA}.{ctx.cfg.erp.predictions_table}"
+    table = f"{ERP_SCHEMA}.{cfg.erp.predictions_table}"
     server.psql(f"DROP SCHEMA IF EXISTS {ERP_SCHEMA} CASCADE")
     # Every country published, as the peers write every row: the gate judges models, this measures throughput.
     countries = tuple(read_json(ctx.layout.country_results))
     with measured() as sample:
-        publish_stage.run(spark, replace(ctx, gate_overrides=countries))
+        publish_stage.run(spark, replace(ctx, gate_overrides=countries), cfg)
     with measured() as read:
         spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
     with psycopg2.connect(server.dsn) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT count(*) FROM {table}")
         published = int(cur.fetchone()[0])
-        cur.execute(f"SELECT count(*) FROM {ERP_SCHEMA}.{ctx.cfg.erp.ledger_table} WHERE status = 'published'")
+        cur.execute(f"SELECT count(*) FROM {ERP_SCHEMA}.{cfg.erp.ledger_table} WHERE status = 'published'")
         published_countries = int(cur.fetchone()[0])
     rows_file = Path(ctx.layout.run_dir) / "published_rows.csv"
     server.psql(f"\\copy (SELECT * FROM {table}) TO '{rows_file}' WITH (FORMAT csv)")
@@ -235,8 +239,10 @@ def publish(spark: SparkSession, ctx: RunContext, server: BenchErp) -> dict[str,
         "run_id": F.lit(ctx.run_id),
         "model_version": F.concat(F.lit(f"{ctx.run_id}/"), "country"),
     }
-    predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).select(
-        *(added[column].alias(column) if column in added else F.col(column) for column in erp.COPY_COLUMNS)
+    predictions = (
+        spark.read.schema(PREDICTIONS)
+        .parquet(ctx.layout.predictions)
+        .select(*(added[column].alias(column) if column in added else F.col(column) for column in writer.COPY_COLUMNS))
     )
     jdbc_rows = predictions.count()
     with measured() as jdbc:
@@ -254,23 +260,24 @@ def publish(spark: SparkSession, ctx: RunContext, server: BenchErp) -> dict[str,
     }
 
 
-def _world_run(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> tuple[RunContext, SparkSession]:
+def _world_run(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> tuple[RunContext, Config, SparkSession]:
     """The run context of one size's world and a session of its own (event log under its work folder)."""
     raw, work = root / name / "raw", root / name / "work"
-    cfg = with_paths(load_config("local"), raw=str(raw), work=str(work))
+    ctx = RunContext(RUN_DATE, f"bench-{name}", raw=str(raw), work=str(work))
+    cfg = load_run_config(ctx)
     cfg = replace(cfg, erp=replace(cfg.erp, dsn=server.dsn, schema=ERP_SCHEMA))
     # Uncompressed, so the harness reads task launch times without a zstd library.
     conf = {"spark.jars": jdbc_jar, "spark.eventLog.compress": "false"}
     spark = build_session(cfg, f"bench-{name}", RUN_DATE.isoformat(), extra_conf=conf)
-    return RunContext(cfg=cfg, run_date=RUN_DATE, run_id=f"bench-{name}"), spark
+    return ctx, cfg, spark
 
 
 def warm_up(root: Path, server: BenchErp, jdbc_jar: str) -> None:
     """Runs the ETL on the tiny world first: the JVM's start and JIT would otherwise count against the first size."""
     ensure_world(root / "tiny" / "raw", SIZES["tiny"])
-    ctx, spark = _world_run("tiny", root, server, jdbc_jar)
+    ctx, cfg, spark = _world_run("tiny", root, server, jdbc_jar)
     try:
-        etl_stage.run(spark, ctx)
+        etl_stage.run(spark, ctx, cfg)
     finally:
         spark.stop()
 
@@ -279,21 +286,21 @@ def bench_size(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> dict[s
     """Every stage of one world size, its floors and its peers."""
     with measured() as generated:
         ensure_world(root / name / "raw", SIZES[name])
-    ctx, spark = _world_run(name, root, server, jdbc_jar)
+    ctx, cfg, spark = _world_run(name, root, server, jdbc_jar)
     try:
         slots = spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus"))
         with measured() as etl:
-            etl_stage.run(spark, ctx)
+            etl_stage.run(spark, ctx, cfg)
         rows_in = sum(dataset["rows"] for dataset in read_json(ctx.layout.etl_record).values())
         rows = dict(spark.read.parquet(ctx.layout.weekly).groupBy("country").count().collect())
         weekly_rows = sum(rows.values())
         # Both orders train the same models (fixed seed, one thread each); largest first runs first, so any warm-up
         # left over helps the alphabetical order it is compared with.
         warm_python_workers(spark, slots)
-        train = {order: run_train(spark, ctx, order, rows, slots) for order in ("largest_first", "name")}
-        peer = joblib_peer(ctx, largest_first(rows), slots, weekly_rows)
-        probe = probes(ctx, largest_first(rows), slots)
-        published = publish(spark, ctx, server)
+        train = {order: run_train(spark, ctx, cfg, order, rows, slots) for order in ("largest_first", "name")}
+        peer = joblib_peer(ctx, cfg, largest_first(rows), slots, weekly_rows)
+        probe = probes(ctx, cfg, largest_first(rows), slots)
+        published = publish(spark, ctx, cfg, server)
     finally:
         spark.stop()
     figures = {

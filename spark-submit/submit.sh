@@ -5,4 +5,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${MARKDOWN_PYTHON:-$here/.venv/bin/python}"
 export MARKDOWN_HOME="${MARKDOWN_HOME:-$here}"
-exec "$python" -m markdown_pricing.submit "$@"
+exec "$python" -m markdown_pricing.orchestrate.submit "$@"

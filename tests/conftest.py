@@ -1,4 +1,5 @@
 """Shared fixtures: one local SparkSession and one embedded PostgreSQL for the whole test session."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,9 +13,9 @@ import pytest
 from psycopg2 import sql
 from pyspark.sql import SparkSession
 
-from markdown_pricing import embedded_erp, erp
-from markdown_pricing.config import ErpSettings, load_config
-from markdown_pricing.spark import build_session
+from markdown_pricing.core.config import ErpSettings, load_config
+from markdown_pricing.core.session import build_session
+from markdown_pricing.erp import connection, embedded
 
 
 def schema_of_its_own(dsn: str, *, connect_attempts: int = 2, connect_backoff_s: float = 0.05) -> ErpSettings:
@@ -47,9 +48,9 @@ def erp_dsn() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="markdown-tests-erp-"))
     pgdata = folder / "pgdata"
     try:
-        yield embedded_erp.ensure_running(pgdata)
+        yield embedded.ensure_running(pgdata)
     finally:
-        embedded_erp.stop(pgdata)
+        embedded.stop(pgdata)
         shutil.rmtree(folder)
 
 
@@ -58,5 +59,5 @@ def erp_settings(erp_dsn: str) -> Iterator[ErpSettings]:
     """ERP settings with a schema of the test's own, dropped afterwards."""
     settings = schema_of_its_own(erp_dsn)
     yield settings
-    with closing(erp.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
+    with closing(connection.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
         cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.schema)))

@@ -1,4 +1,5 @@
 """Servers the tests start on 127.0.0.1 and stop by PID: free ports, and a real luigid with its API."""
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,21 @@ def running_luigid(folder: Path, port: int | None = None, env: Mapping[str, str]
     """A real luigid on 127.0.0.1, ready to answer; ended by its PID afterwards."""
     port = port or free_port()
     server = subprocess.Popen(
-        [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port),
-         "--state-path", str(folder / "luigid-state.pickle"), "--logdir", str(folder)],
-        env=dict(env) if env is not None else None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(BIN / "luigid"),
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state-path",
+            str(folder / "luigid-state.pickle"),
+            "--logdir",
+            str(folder),
+        ],
+        env=dict(env) if env is not None else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -2,6 +2,7 @@
 
 Most cases run at the validation layer on the shared SparkSession; two go through a whole `markdown-pricing run`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,14 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from markdown_pricing import erp
-from markdown_pricing.config import load_config, with_paths
-from markdown_pricing.country_udf import country_function
-from markdown_pricing.etl import RawSchemaError, RejectedShareError
-from markdown_pricing.sample import generate_sample
-from markdown_pricing.stages import RunContext
-from markdown_pricing.stages import etl as etl_stage
-from markdown_pricing.storage import read_json
+from markdown_pricing.core.config import load_config
+from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.storage import read_json
+from markdown_pricing.erp import connection
+from markdown_pricing.etl.transforms import RawSchemaError, RejectedShareError
+from markdown_pricing.stages import etl_job as etl_stage
+from markdown_pricing.stages.per_country import country_function
+from markdown_pricing.synthetic.sample import generate_sample
 
 RUN_DATE = dt.date(2026, 11, 23)
 BIN = Path(sys.executable).parent
@@ -45,10 +46,13 @@ def raw(clean_raw: tuple[Path, dict[str, int]], tmp_path: Path) -> Path:
     return Path(shutil.copytree(clean_raw[0], tmp_path / "raw"))
 
 
-def context(raw: Path, tmp_path: Path, **run_rules: float) -> RunContext:
-    cfg = with_paths(load_config("local"), raw=str(raw), work=str(tmp_path / "work"))
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run_rules))
-    return RunContext(cfg=cfg, run_date=RUN_DATE, run_id="bad-input")
+def context(raw: Path, tmp_path: Path) -> RunContext:
+    return RunContext(RUN_DATE, "bad-input", raw=str(raw), work=str(tmp_path / "work"))
+
+
+def run_etl(spark: SparkSession, ctx: RunContext, **run_rules: float) -> int:
+    cfg = load_run_config(ctx)
+    return etl_stage.run(spark, ctx, dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run_rules)))
 
 
 def test_read_raw_names_dataset_without_success_marker(spark: SparkSession, raw: Path, tmp_path: Path) -> None:
@@ -69,18 +73,19 @@ def test_read_raw_names_mistyped_column_before_any_work(spark: SparkSession, raw
         etl_stage.read_raw(spark, context(raw, tmp_path), "prices")
 
 
+@pytest.mark.slow
 def test_etl_names_a_corrupt_parquet_file(spark: SparkSession, raw: Path, tmp_path: Path) -> None:
     broken = raw / "sales" / "country=DEU" / "part-broken.parquet"
     broken.write_bytes(b"this is not parquet")
     with pytest.raises(etl_stage.CorruptInputError, match=rf"dataset 'sales': cannot read .*{broken.name}"):
-        etl_stage.run(spark, context(raw, tmp_path))
+        run_etl(spark, context(raw, tmp_path))
 
 
 def test_etl_rejects_a_complete_but_empty_dataset(spark: SparkSession, raw: Path, tmp_path: Path) -> None:
     for part in (raw / "stock").glob("*.parquet"):
         part.unlink()
     with pytest.raises(etl_stage.EmptyInputError, match="dataset 'stock' at .* holds no Parquet files"):
-        etl_stage.run(spark, context(raw, tmp_path))
+        run_etl(spark, context(raw, tmp_path))
 
 
 def test_etl_rejects_a_dataset_with_zero_rows(spark: SparkSession, raw: Path, tmp_path: Path) -> None:
@@ -90,15 +95,16 @@ def test_etl_rejects_a_dataset_with_zero_rows(spark: SparkSession, raw: Path, tm
     pq.write_table(table.slice(0, 0), raw / "articles" / "part-0.parquet")
     (raw / "articles" / "_SUCCESS").touch()
     with pytest.raises(etl_stage.EmptyInputError, match="dataset 'articles' .* holds no rows"):
-        etl_stage.run(spark, context(raw, tmp_path))
+        run_etl(spark, context(raw, tmp_path))
 
 
+@pytest.mark.slow
 def test_etl_quarantines_each_injected_bad_row_with_its_reason(
     spark: SparkSession, clean_raw: tuple[Path, dict[str, int]], tmp_path: Path
 ) -> None:
     raw, injected = clean_raw
     ctx = context(raw, tmp_path)
-    assert etl_stage.run(spark, ctx) == 0
+    assert run_etl(spark, ctx) == 0
     record = read_json(ctx.layout.etl_record)
     assert record["sales"]["rejected_by_reason"] == {
         "null key": injected["sales_null_article_id"],
@@ -114,21 +120,33 @@ def test_etl_quarantines_each_injected_bad_row_with_its_reason(
     )
 
 
+@pytest.mark.slow
 def test_etl_fails_when_rejected_share_passes_threshold(spark: SparkSession, raw: Path, tmp_path: Path) -> None:
     message = r"dataset 'sales': \d+ of \d+ rows rejected .* above the threshold of 0.00%"
     with pytest.raises(RejectedShareError, match=message):
-        etl_stage.run(spark, context(raw, tmp_path, max_rejected_share=0.0))
+        run_etl(spark, context(raw, tmp_path), max_rejected_share=0.0)
 
 
 def test_country_with_one_article_and_two_weeks_asks_for_a_fallback_not_raised() -> None:
     weeks = [RUN_DATE - dt.timedelta(weeks=2), RUN_DATE - dt.timedelta(weeks=1), RUN_DATE]
-    tiny = pd.DataFrame({
-        "country": "LUX", "article_id": "A1", "week_start": weeks, "is_future": [False, False, True],
-        "units": [3, 2, None], "stock_on_hand": 10, "price": 20.0, "original_price": 20.0,
-        "season_end": RUN_DATE + dt.timedelta(weeks=4), "category": "tops", "discount": 0.0,
-        "weeks_since_launch": [0, 1, 2], "weeks_to_season_end": [6, 5, 4],
-        "article_popularity": [None, 3.0, 2.5],
-    })  # fmt: skip
+    tiny = pd.DataFrame(
+        {
+            "country": "LUX",
+            "article_id": "A1",
+            "week_start": weeks,
+            "is_future": [False, False, True],
+            "units": [3, 2, None],
+            "stock_on_hand": 10,
+            "price": 20.0,
+            "original_price": 20.0,
+            "season_end": RUN_DATE + dt.timedelta(weeks=4),
+            "category": "tops",
+            "discount": 0.0,
+            "weeks_since_launch": [0, 1, 2],
+            "weeks_to_season_end": [6, 5, 4],
+            "article_popularity": [None, 3.0, 2.5],
+        }
+    )
     cfg = load_config("local")
     record = country_function(cfg.model, cfg.run)(tiny)
     assert record[["record", "country", "status"]].values.tolist() == [["country", "LUX", "needs_fallback"]]
@@ -138,14 +156,28 @@ def test_country_with_one_article_and_two_weeks_asks_for_a_fallback_not_raised()
 def run_cli(raw: Path, work: Path, erp_dsn: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "PATH": f"{BIN}:{os.environ['PATH']}"}
     return subprocess.run(
-        [str(BIN / "markdown-pricing"), "run", "--run-date", RUN_DATE.isoformat(), "--run-id", "bad-input-cli",
-         "--raw", str(raw), "--work", str(work), *extra],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(BIN / "markdown-pricing"),
+            "run",
+            "--run-date",
+            RUN_DATE.isoformat(),
+            "--run-id",
+            "bad-input-cli",
+            "--raw",
+            str(raw),
+            "--work",
+            str(work),
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def published_runs(erp_dsn: str) -> list[str]:
-    with closing(erp.connect(erp_dsn, 5)) as conn, conn.cursor() as cur:
+    with closing(connection.connect(erp_dsn, 5)) as conn, conn.cursor() as cur:
         cur.execute("SELECT to_regclass('markdown.publish_ledger') IS NOT NULL")
         if not cur.fetchone()[0]:
             return []
@@ -153,6 +185,7 @@ def published_runs(erp_dsn: str) -> list[str]:
         return [row[0] for row in cur.fetchall()]
 
 
+@pytest.mark.slow
 def test_run_without_waiting_names_the_missing_dataset(raw: Path, tmp_path: Path, erp_dsn: str) -> None:
     (raw / "sales" / "_SUCCESS").unlink()
     result = run_cli(raw, tmp_path / "work", erp_dsn, "--wait-for-inputs", "0")
@@ -162,12 +195,14 @@ def test_run_without_waiting_names_the_missing_dataset(raw: Path, tmp_path: Path
     assert not (tmp_path / "work" / "runs").exists()
 
 
+@pytest.mark.slow
 def test_run_with_mistyped_column_exits_non_zero_naming_it(raw: Path, tmp_path: Path, erp_dsn: str) -> None:
     table = pq.read_table(raw / "stock")
     shutil.rmtree(raw / "stock")
     (raw / "stock").mkdir()
-    pq.write_table(table.set_column(3, "units_on_hand", table["units_on_hand"].cast(pa.string())),
-                   raw / "stock" / "part-0.parquet")  # fmt: skip
+    pq.write_table(
+        table.set_column(3, "units_on_hand", table["units_on_hand"].cast(pa.string())), raw / "stock" / "part-0.parquet"
+    )
     (raw / "stock" / "_SUCCESS").touch()
     result = run_cli(raw, tmp_path / "work", erp_dsn)
     output = result.stderr + result.stdout

@@ -1,4 +1,5 @@
 """The benchmark harness's own logic: event log reading, ratios, the document and its report (no timings)."""
+
 from __future__ import annotations
 
 import json

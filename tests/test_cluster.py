@@ -2,6 +2,7 @@
 two GPUs through a discovery script. The ETL and train+score jobs are submitted with the `standalone` profile;
 their predictions must equal a local-mode run's, and every country must have trained in a task that held a GPU
 address of its own, falling back to CPU because the workers have no OpenCL device."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,12 +22,17 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from markdown_pricing.config import Config, GpuSettings, load_config, with_paths
-from markdown_pricing.sample import generate_sample
-from markdown_pricing.stages import RunContext, etl, train_score
-from markdown_pricing.storage import RunLayout, read_json
-from markdown_pricing.submit import spark_submit_command, submit_environment
+from markdown_pricing.core.config import Config, GpuSettings, load_config, with_paths
+from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.storage import RunLayout, read_json
+from markdown_pricing.orchestrate.submit import job_command, submit_environment
+from markdown_pricing.stages import etl_job as etl
+from markdown_pricing.stages import train_score_job as train_score
+from markdown_pricing.synthetic.sample import generate_sample
 from servers import free_port, stop
+
+# A Spark standalone master and two workers of its own.
+pytestmark = pytest.mark.cluster
 
 RUN_DATE = dt.date(2026, 11, 23)
 RUN_ID = RUN_DATE.isoformat()
@@ -67,27 +73,62 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     root = tmp_path_factory.mktemp("standalone")
     # No OpenCL runtime for the cluster's processes, so `auto` falls back to CPU even on a machine with one.
     (root / "no-opencl").mkdir()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "SPARK_LOCAL_IP": "127.0.0.1",
-           "OCL_ICD_VENDORS": str(root / "no-opencl")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "OCL_ICD_VENDORS": str(root / "no-opencl"),
+    }
     port, ui_port = free_port(), free_port()
     master_url, master_ui = f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}"
     logs = [root / "master.log"]
-    processes = [start([str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                        "--port", str(port), "--webui-port", str(ui_port)], env, logs[0])]  # fmt: skip
+    processes = [
+        start(
+            [
+                str(BIN / "spark-class"),
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui_port),
+            ],
+            env,
+            logs[0],
+        )
+    ]
     try:
         for index, addresses in enumerate(WORKER_GPUS):
             script = root / f"gpus-{index}.sh"
             script.write_text(f"#!/bin/sh\necho '{json.dumps({'name': 'gpu', 'addresses': list(addresses)})}'\n")
             script.chmod(0o755)
-            worker_opts = (f"-Dspark.worker.resource.gpu.amount={len(addresses)} "
-                           f"-Dspark.worker.resource.gpu.discoveryScript={script}")  # fmt: skip
+            worker_opts = (
+                f"-Dspark.worker.resource.gpu.amount={len(addresses)} "
+                f"-Dspark.worker.resource.gpu.discoveryScript={script}"
+            )
             logs.append(root / f"worker-{index}.log")
-            processes.append(start(
-                [str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
-                 "--cores", "2", "--memory", "1g", "--webui-port", str(free_port()),
-                 "--work-dir", str(root / f"worker-{index}")],
-                {**env, "SPARK_WORKER_OPTS": worker_opts}, logs[-1],
-            ))  # fmt: skip
+            processes.append(
+                start(
+                    [
+                        str(BIN / "spark-class"),
+                        "org.apache.spark.deploy.worker.Worker",
+                        master_url,
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "2",
+                        "--memory",
+                        "1g",
+                        "--webui-port",
+                        str(free_port()),
+                        "--work-dir",
+                        str(root / f"worker-{index}"),
+                    ],
+                    {**env, "SPARK_WORKER_OPTS": worker_opts},
+                    logs[-1],
+                )
+            )
         workers = wait_for_workers(master_ui, len(WORKER_GPUS), logs)
         yield {"master": master_url, "workers": workers, "root": root, "env": env, "logs": logs}
     finally:
@@ -128,16 +169,14 @@ def runs(cluster: dict[str, Any], spark: SparkSession) -> dict[str, Path]:
     # This interpreter runs the driver and the executors' Python workers: it has the package and LightGBM.
     env = {**submit_environment(cfg), **cluster["env"], "PYSPARK_PYTHON": sys.executable, "MARKDOWN_GPU_MODE": "auto"}
     for job in ("etl", "train_score"):
-        args = ["--run-date", RUN_ID, "--raw", str(raw), "--work", cfg.paths.work, "--env", "standalone"]
-        result = subprocess.run(spark_submit_command(cfg, job, args, RUN_ID), env=env, capture_output=True,
-                                text=True, timeout=300)  # fmt: skip
+        ctx = RunContext(RUN_DATE, RUN_ID, raw=str(raw), work=cfg.paths.work, env="standalone")
+        result = subprocess.run(job_command(cfg, job, ctx), env=env, capture_output=True, text=True, timeout=300)
         logs = "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in cluster["logs"])
         assert result.returncode == 0, f"{job}: {result.stderr[-4000:]}\n{logs}"
 
-    local = RunContext(cfg=with_paths(load_config("local"), raw=str(raw), work=str(root / "local-work")),
-                       run_date=RUN_DATE, run_id=RUN_ID)  # fmt: skip
-    assert etl.run(spark, local) == 0
-    assert train_score.run(spark, local) == 0
+    local = RunContext(RUN_DATE, RUN_ID, raw=str(raw), work=str(root / "local-work"))
+    assert etl.run(spark, local, load_run_config(local)) == 0
+    assert train_score.run(spark, local, load_run_config(local)) == 0
     return {"cluster": Path(cfg.paths.work), "local": root / "local-work"}
 
 

@@ -1,4 +1,5 @@
 """The config loader and the spark-submit command lines built from it."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from markdown_pricing.config import ConfigError, load_config, project_root, with_paths
-from markdown_pricing.submit import spark_submit_command, submit_environment
+from markdown_pricing.core.config import ConfigError, load_config, project_root, with_paths
+from markdown_pricing.orchestrate.submit import spark_submit_command, submit_environment
 
 ROOT = project_root()
 
@@ -79,8 +80,14 @@ def test_submit_environment_pins_python_and_loopback_for_local() -> None:
 def test_submit_script_dry_run_prints_yarn_command() -> None:
     result = subprocess.run(
         [str(ROOT / "spark-submit" / "submit.sh"), "etl", "--env", "yarn", "--dry-run", "--run-date", "2026-11-23"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = result.stdout.strip()
     assert "--master yarn" in line and "spark.yarn.queue=markdown" in line
-    assert line.endswith("jobs/etl.py --run-date 2026-11-23 --env yarn")
+    # The job gets the whole run, with the yarn environment's configured paths filled in.
+    paths = load_config("yarn").paths
+    assert line.endswith(
+        f"jobs/etl.py --run-date 2026-11-23 --run-id 2026-11-23 --raw {paths.raw} --work {paths.work} --env yarn"
+    )

@@ -1,4 +1,5 @@
 """docker/ without a Docker engine: the image's pins match setup.py, the dev cluster matches conf/yarn.toml."""
+
 from __future__ import annotations
 
 import ast
@@ -10,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from markdown_pricing.config import load_config, project_root
+from markdown_pricing.core.config import load_config, project_root
 
 ROOT = project_root()
 DOCKER = ROOT / "docker"

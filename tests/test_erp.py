@@ -1,4 +1,5 @@
 """The ERP writer and the embedded server against a real PostgreSQL: no mocks."""
+
 from __future__ import annotations
 
 import threading
@@ -18,8 +19,10 @@ import pytest
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from markdown_pricing import embedded_erp, erp
-from markdown_pricing.config import ConfigError, ErpSettings
+from markdown_pricing.core.config import ConfigError, ErpSettings
+from markdown_pricing.erp import embedded, ledger, writer
+from markdown_pricing.erp.connection import ErpUnavailableError, connect, describe_dsn, running_dsn, start_dsn
+from markdown_pricing.erp.schema import ensure_current, is_current, migrate
 
 RUN_DATE = date(2024, 3, 4)
 METRICS = {"model_wape": 0.21, "baseline_wape": 0.35, "model_bias": -0.02}
@@ -28,8 +31,8 @@ WAIT_S = 10
 
 @pytest.fixture
 def conn(erp_settings: ErpSettings) -> Iterator[Connection]:
-    with closing(erp.connect(erp_settings.dsn, 5)) as connection:
-        erp.ensure_schema(connection, erp_settings)
+    with closing(connect(erp_settings.dsn, 5)) as connection:
+        migrate(connection, erp_settings)
         yield connection
 
 
@@ -60,7 +63,7 @@ def _publish(conn: Connection, settings: ErpSettings, run_id: str, frame: pd.Dat
     }
     if "country" not in arguments:
         arguments["country"] = frame["country"].iloc[0]
-    return erp.publish_country(conn, settings, **arguments)
+    return writer.publish_country(conn, settings, **arguments)
 
 
 def _rows(conn: Connection, settings: ErpSettings, table: str, order: str) -> list[tuple[Any, ...]]:
@@ -102,17 +105,17 @@ class _PausingConnection(psycopg2.extensions.connection):
         super().commit()
 
 
-def test_ensure_schema_is_idempotent(conn: Connection, erp_settings: ErpSettings) -> None:
+def test_migrate_is_idempotent(conn: Connection, erp_settings: ErpSettings) -> None:
     _publish(conn, erp_settings, "r1", _predictions("DE", "a1"))
 
-    erp.ensure_schema(conn, erp_settings)
-    erp.ensure_schema(conn, erp_settings)
+    migrate(conn, erp_settings)
+    migrate(conn, erp_settings)
 
     assert [row[1] for row in _predictions_table(conn, erp_settings)] == ["a1"]
-    assert erp.ledger(conn, erp_settings, "r1") == {"DE": "published"}
+    assert ledger.run_statuses(conn, erp_settings, "r1") == {"DE": "published"}
 
 
-def test_ensure_schema_creates_contract_columns(conn: Connection, erp_settings: ErpSettings) -> None:
+def test_migrate_creates_contract_columns(conn: Connection, erp_settings: ErpSettings) -> None:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT column_name, data_type, numeric_precision, numeric_scale FROM information_schema.columns "
@@ -144,10 +147,10 @@ def test_ensure_schema_creates_contract_columns(conn: Connection, erp_settings: 
     assert primary_key == ["article_id", "country"]
 
 
-def test_ensure_schema_concurrent_calls_all_succeed(erp_settings: ErpSettings) -> None:
+def test_migrate_concurrent_calls_all_succeed(erp_settings: ErpSettings) -> None:
     def create() -> None:
-        with closing(erp.connect(erp_settings.dsn, 5)) as connection:
-            erp.ensure_schema(connection, erp_settings)
+        with closing(connect(erp_settings.dsn, 5)) as connection:
+            migrate(connection, erp_settings)
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         for future in [pool.submit(create) for _ in range(6)]:
@@ -199,8 +202,8 @@ def test_publish_country_new_run_replaces_country_rows(conn: Connection, erp_set
 
     assert status == "published"
     assert _articles(conn, erp_settings, "DE") == [("a3", "r2"), ("a4", "r2")]
-    assert erp.ledger(conn, erp_settings, "r1") == {"DE": "published"}
-    assert erp.ledger(conn, erp_settings, "r2") == {"DE": "published"}
+    assert ledger.run_statuses(conn, erp_settings, "r1") == {"DE": "published"}
+    assert ledger.run_statuses(conn, erp_settings, "r2") == {"DE": "published"}
 
 
 def test_publish_country_leaves_other_countries_untouched(conn: Connection, erp_settings: ErpSettings) -> None:
@@ -233,7 +236,7 @@ def test_publish_country_failure_mid_transaction_keeps_old_rows(
         _publish(conn, erp_settings, "r2", frame)
 
     assert _predictions_table(conn, erp_settings) == table
-    assert erp.ledger(conn, erp_settings, "r2") == {}
+    assert ledger.run_statuses(conn, erp_settings, "r2") == {}
 
 
 @pytest.mark.parametrize(
@@ -249,7 +252,7 @@ def test_publish_country_failure_mid_transaction_keeps_old_rows(
 def test_publish_country_rejects_bad_frame_before_touching_database(
     erp_settings: ErpSettings, frame: pd.DataFrame
 ) -> None:
-    with closing(erp.connect(erp_settings.dsn, 5)) as closed:
+    with closing(connect(erp_settings.dsn, 5)) as closed:
         pass
 
     # A closed connection raises InterfaceError on first use, so a ValueError proves the DB was never reached.
@@ -282,19 +285,19 @@ def test_publish_country_stores_sql_looking_text_verbatim(conn: Connection, erp_
 
     assert sorted(_articles(conn, erp_settings, country)) == sorted((article, "run'1") for article in nasty)
     assert {row[10] for row in _predictions_table(conn, erp_settings)} == {"v\\1; DELETE FROM x"}
-    assert erp.ledger(conn, erp_settings, "run'1") == {country: "published"}
+    assert ledger.run_statuses(conn, erp_settings, "run'1") == {country: "published"}
 
 
 def test_record_not_published_keeps_rows_and_records_failure(conn: Connection, erp_settings: ErpSettings) -> None:
     _publish(conn, erp_settings, "r1", _predictions("DE", "a1", "a2"))
     table = _predictions_table(conn, erp_settings)
 
-    erp.record_not_published(
+    writer.record_not_published(
         conn, erp_settings, run_id="r2", run_date=RUN_DATE, country="DE", message="WAPE check failed", metrics=METRICS
     )
 
     assert _predictions_table(conn, erp_settings) == table
-    assert erp.ledger(conn, erp_settings, "r2") == {"DE": "failed"}
+    assert ledger.run_statuses(conn, erp_settings, "r2") == {"DE": "failed"}
     assert [row[:10] for row in _ledger_table(conn, erp_settings) if row[0] == "r2"] == [
         ("r2", "DE", RUN_DATE, "failed", None, None, 0.21, 0.35, -0.02, "WAPE check failed")
     ]
@@ -304,7 +307,7 @@ def test_record_not_published_never_downgrades_published(conn: Connection, erp_s
     _publish(conn, erp_settings, "r1", _predictions("DE", "a1"))
     ledger_rows = _ledger_table(conn, erp_settings)
 
-    erp.record_not_published(
+    writer.record_not_published(
         conn, erp_settings, run_id="r1", run_date=RUN_DATE, country="DE", message="late failure", metrics={}
     )
 
@@ -313,7 +316,7 @@ def test_record_not_published_never_downgrades_published(conn: Connection, erp_s
 
 
 def test_publish_country_after_recorded_failure_publishes(conn: Connection, erp_settings: ErpSettings) -> None:
-    erp.record_not_published(
+    writer.record_not_published(
         conn, erp_settings, run_id="r1", run_date=RUN_DATE, country="DE", message="first try failed", metrics={}
     )
 
@@ -326,9 +329,11 @@ def test_publish_country_after_recorded_failure_publishes(conn: Connection, erp_
 def test_ledger_lists_only_the_run(conn: Connection, erp_settings: ErpSettings) -> None:
     _publish(conn, erp_settings, "r1", _predictions("DE", "a1"))
     _publish(conn, erp_settings, "r2", _predictions("FR", "a1"))
-    erp.record_not_published(conn, erp_settings, run_id="r2", run_date=RUN_DATE, country="IT", message="x", metrics={})
+    writer.record_not_published(
+        conn, erp_settings, run_id="r2", run_date=RUN_DATE, country="IT", message="x", metrics={}
+    )
 
-    assert erp.ledger(conn, erp_settings, "r2") == {"FR": "published", "IT": "failed"}
+    assert ledger.run_statuses(conn, erp_settings, "r2") == {"FR": "published", "IT": "failed"}
 
 
 @pytest.mark.parametrize(
@@ -341,13 +346,13 @@ def test_ledger_lists_only_the_run(conn: Connection, erp_settings: ErpSettings) 
         {"ledger_table": "x" * 64},
     ],
 )
-def test_ensure_schema_rejects_invalid_identifier(
+def test_migrate_rejects_invalid_identifier(
     conn: Connection, erp_settings: ErpSettings, override: dict[str, str]
 ) -> None:
     settings = replace(erp_settings, **override)
 
     with pytest.raises(ConfigError, match="not a valid identifier"):
-        erp.ensure_schema(conn, settings)
+        migrate(conn, settings)
     with pytest.raises(ConfigError, match="not a valid identifier"):
         _publish(conn, settings, "r1", _predictions("DE", "a1"))
 
@@ -365,7 +370,7 @@ def test_publish_country_reader_sees_old_set_until_commit(conn: Connection, erp_
         assert writer.before_commit.wait(WAIT_S)
 
         during = _articles(conn, erp_settings, "DE")
-        ledger_during = erp.ledger(conn, erp_settings, "r2")
+        ledger_during = ledger.run_statuses(conn, erp_settings, "r2")
         writer.proceed.set()
         assert publishing.result(timeout=WAIT_S) == "published"
 
@@ -385,7 +390,7 @@ def _waits_on_lock(conn: Connection, pid: int) -> bool:
 def test_publish_country_serialises_publishers_of_one_country(conn: Connection, erp_settings: ErpSettings) -> None:
     with (
         closing(psycopg2.connect(erp_settings.dsn, connection_factory=_PausingConnection)) as first,
-        closing(erp.connect(erp_settings.dsn, 5)) as second,
+        closing(connect(erp_settings.dsn, 5)) as second,
         ThreadPoolExecutor(max_workers=2) as pool,
     ):
         assert isinstance(first, _PausingConnection)
@@ -406,8 +411,8 @@ def test_publish_country_serialises_publishers_of_one_country(conn: Connection, 
 def test_connect_unreachable_names_target_without_password() -> None:
     dsn = "postgresql://alice:s3cret@/erp?host=/nonexistent-socket-dir&port=5999"
 
-    with pytest.raises(erp.ErpUnavailableError) as raised:
-        erp.connect(dsn, 2)
+    with pytest.raises(ErpUnavailableError) as raised:
+        connect(dsn, 2)
 
     assert "/nonexistent-socket-dir" in str(raised.value)
     assert "s3cret" not in str(raised.value)
@@ -432,66 +437,74 @@ def _erp_settings(dsn: str = "") -> ErpSettings:
     )
 
 
-def test_resolve_dsn_configured_dsn_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_start_dsn_configured_dsn_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PGHOST", "erp.example.com")
 
-    assert embedded_erp.resolve_dsn(_erp_settings("host=erp.internal dbname=erp"), str(tmp_path)) == (
-        "host=erp.internal dbname=erp"
-    )
+    assert start_dsn(_erp_settings("host=erp.internal dbname=erp"), str(tmp_path)) == "host=erp.internal dbname=erp"
     assert not (tmp_path / "erp").exists()
 
 
 @pytest.mark.parametrize("variable", ["PGHOST", "PGSERVICE"])
-def test_resolve_dsn_pg_environment_gives_empty_dsn(
+def test_start_dsn_pg_environment_gives_empty_dsn(
     monkeypatch: pytest.MonkeyPatch, no_libpq_target: None, tmp_path: Path, variable: str
 ) -> None:
     monkeypatch.setenv(variable, "erp")
 
-    assert embedded_erp.resolve_dsn(_erp_settings(), str(tmp_path)) == ""
+    assert start_dsn(_erp_settings(), str(tmp_path)) == ""
     assert not (tmp_path / "erp").exists()
 
 
 @pytest.mark.parametrize("scheme", ["", "file://"])
-def test_resolve_dsn_unconfigured_starts_embedded_under_work(
+def test_start_dsn_unconfigured_starts_embedded_under_work_and_running_dsn_finds_it(
     no_libpq_target: None, tmp_path: Path, scheme: str
 ) -> None:
     pgdata = tmp_path / "work" / "erp" / "pgdata"
+    work = f"{scheme}{tmp_path / 'work'}"
     try:
-        dsn = embedded_erp.resolve_dsn(_erp_settings(), f"{scheme}{tmp_path / 'work'}")
-        with closing(psycopg2.connect(dsn)) as connection, connection.cursor() as cur:
+        start_dsn(_erp_settings(), work)
+        with closing(psycopg2.connect(running_dsn(_erp_settings(), work))) as conn, conn.cursor() as cur:
             cur.execute("SHOW data_directory")
             data_directory = cur.fetchone()
     finally:
-        embedded_erp.stop(pgdata)
+        embedded.stop(pgdata)
 
     assert data_directory == (str(pgdata),)
+    with pytest.raises(ErpUnavailableError):
+        running_dsn(_erp_settings(), work)
 
 
-def test_resolve_dsn_non_local_work_without_erp_is_refused(no_libpq_target: None) -> None:
+def test_running_dsn_starts_nothing_and_says_how_to_start(no_libpq_target: None, tmp_path: Path) -> None:
+    with pytest.raises(ErpUnavailableError, match="markdown-pricing erp start"):
+        running_dsn(_erp_settings(), str(tmp_path / "work"))
+
+    assert not (tmp_path / "work").exists()
+
+
+def test_start_dsn_non_local_work_without_erp_is_refused(no_libpq_target: None) -> None:
     with pytest.raises(ConfigError, match="MARKDOWN_ERP_DSN"):
-        embedded_erp.resolve_dsn(_erp_settings(), "hdfs://namenode:8020/markdown/work")
+        start_dsn(_erp_settings(), "hdfs://namenode:8020/markdown/work")
 
 
 def test_embedded_erp_stop_and_restart(tmp_path: Path) -> None:
     pgdata = tmp_path / "nested" / "pgdata"
-    assert embedded_erp.stop(pgdata) is False
+    assert embedded.stop(pgdata) is False
 
     try:
-        first = embedded_erp.ensure_running(pgdata)
-        assert embedded_erp.ensure_running(pgdata) == first
-        assert embedded_erp.stop(pgdata) is True
-        assert embedded_erp.stop(pgdata) is False
+        first = embedded.ensure_running(pgdata)
+        assert embedded.ensure_running(pgdata) == first
+        assert embedded.stop(pgdata) is True
+        assert embedded.stop(pgdata) is False
         with pytest.raises(psycopg2.OperationalError):
             psycopg2.connect(first, connect_timeout=2).close()
-        with closing(psycopg2.connect(embedded_erp.ensure_running(pgdata))) as connection:
+        with closing(psycopg2.connect(embedded.ensure_running(pgdata))) as connection:
             assert connection.info.server_version >= 180000
     finally:
-        embedded_erp.stop(pgdata)
+        embedded.stop(pgdata)
 
 
 def test_embedded_erp_refuses_path_with_space(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="spaces"):
-        embedded_erp.ensure_running(tmp_path / "my work" / "pgdata")
+        embedded.ensure_running(tmp_path / "my work" / "pgdata")
 
 
 @pytest.mark.parametrize(
@@ -503,7 +516,7 @@ def test_embedded_erp_refuses_path_with_space(tmp_path: Path) -> None:
     ],
 )
 def test_describe_dsn_strips_password(dsn: str) -> None:
-    described = embedded_erp.describe_dsn(dsn)
+    described = describe_dsn(dsn)
 
     assert "s3cret" not in described
     assert "host=erp.example.com" in described
@@ -511,21 +524,21 @@ def test_describe_dsn_strips_password(dsn: str) -> None:
 
 
 def test_describe_dsn_hides_unparseable_dsn() -> None:
-    assert "s3cret" not in embedded_erp.describe_dsn("host=erp password='s3cret")
+    assert "s3cret" not in describe_dsn("host=erp password='s3cret")
 
 
 def test_describe_dsn_empty_shows_pg_environment_without_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGHOST", "erp.example.com")
     monkeypatch.setenv("PGPASSWORD", "s3cret")
 
-    described = embedded_erp.describe_dsn("")
+    described = describe_dsn("")
 
     assert "host=erp.example.com" in described
     assert "s3cret" not in described
 
 
-def test_ensure_schema_migrates_a_ledger_from_before_the_quality_gate(erp_settings: ErpSettings) -> None:
-    with closing(erp.connect(erp_settings.dsn, 5)) as connection:
+def test_migrate_migrates_a_ledger_from_before_the_quality_gate(erp_settings: ErpSettings) -> None:
+    with closing(connect(erp_settings.dsn, 5)) as connection:
         with connection, connection.cursor() as cur:
             schema = sql.Identifier(erp_settings.schema)
             cur.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
@@ -546,21 +559,29 @@ def test_ensure_schema_migrates_a_ledger_from_before_the_quality_gate(erp_settin
                 (RUN_DATE,),
             )
 
-        erp.ensure_schema(connection, erp_settings)
-        erp.ensure_schema(connection, erp_settings)
-        erp.record_not_published(
-            connection, erp_settings, run_id="r2", run_date=RUN_DATE, country="DE", message="blocked: x",
-            metrics=METRICS, status=erp.BLOCKED,
-        )  # fmt: skip
+        assert not is_current(connection, erp_settings)
+        ensure_current(connection, erp_settings)
+        assert is_current(connection, erp_settings)
+        migrate(connection, erp_settings)
+        writer.record_not_published(
+            connection,
+            erp_settings,
+            run_id="r2",
+            run_date=RUN_DATE,
+            country="DE",
+            message="blocked: x",
+            metrics=METRICS,
+            status=ledger.BLOCKED,
+        )
 
-        assert erp.ledger(connection, erp_settings, "r2") == {"DE": "blocked"}
+        assert ledger.run_statuses(connection, erp_settings, "r2") == {"DE": "blocked"}
         assert [(row[0], row[3], row[11]) for row in _ledger_table(connection, erp_settings)] == [
             ("r1", "published", False),
             ("r2", "blocked", False),
         ]
 
 
-def test_ensure_schema_ledger_refuses_an_unknown_status(conn: Connection, erp_settings: ErpSettings) -> None:
+def test_migrate_ledger_refuses_an_unknown_status(conn: Connection, erp_settings: ErpSettings) -> None:
     with pytest.raises(psycopg2.IntegrityError), conn.cursor() as cur:
         cur.execute(
             sql.SQL("INSERT INTO {}.{} (run_id, country, run_date, status) VALUES ('r1', 'DE', %s, 'maybe')").format(
@@ -584,10 +605,16 @@ def test_publish_country_records_a_gate_override(conn: Connection, erp_settings:
 
 
 def test_publish_country_after_a_blocked_run_clears_the_block(conn: Connection, erp_settings: ErpSettings) -> None:
-    erp.record_not_published(
-        conn, erp_settings, run_id="r1", run_date=RUN_DATE, country="DE", message="blocked by the quality gate: x",
-        metrics=METRICS, status=erp.BLOCKED,
-    )  # fmt: skip
+    writer.record_not_published(
+        conn,
+        erp_settings,
+        run_id="r1",
+        run_date=RUN_DATE,
+        country="DE",
+        message="blocked by the quality gate: x",
+        metrics=METRICS,
+        status=ledger.BLOCKED,
+    )
 
     _publish(conn, erp_settings, "r1", _predictions("DE", "a1"), gate_override=True, message="gate overridden: x")
 
@@ -598,10 +625,16 @@ def test_publish_country_after_a_blocked_run_clears_the_block(conn: Connection, 
 
 def test_record_not_published_refuses_an_unknown_status(conn: Connection, erp_settings: ErpSettings) -> None:
     with pytest.raises(ValueError, match="'failed' or 'blocked', not 'published'"):
-        erp.record_not_published(
-            conn, erp_settings, run_id="r1", run_date=RUN_DATE, country="DE", message="x", metrics={},
+        writer.record_not_published(
+            conn,
+            erp_settings,
+            run_id="r1",
+            run_date=RUN_DATE,
+            country="DE",
+            message="x",
+            metrics={},
             status="published",
-        )  # fmt: skip
+        )
     assert _ledger_table(conn, erp_settings) == []
 
 
@@ -611,9 +644,12 @@ def test_last_published_rows_takes_each_countrys_latest_publish_by_another_run(
     _publish(conn, erp_settings, "r1", _predictions("DE", "a1", "a2", "a3"))
     _publish(conn, erp_settings, "r1", _predictions("FR", "a1"))
     _publish(conn, erp_settings, "r2", _predictions("DE", "a1", "a2"))
-    erp.record_not_published(conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="FR", message="x",
-                             metrics={}, status=erp.BLOCKED)  # fmt: skip
-    erp.record_not_published(conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="IT", message="x", metrics={})
+    writer.record_not_published(
+        conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="FR", message="x", metrics={}, status=ledger.BLOCKED
+    )
+    writer.record_not_published(
+        conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="IT", message="x", metrics={}
+    )
 
-    assert erp.last_published_rows(conn, erp_settings, "r3") == {"DE": 2, "FR": 1}
-    assert erp.last_published_rows(conn, erp_settings, "r2") == {"DE": 3, "FR": 1}
+    assert ledger.last_published_rows(conn, erp_settings, "r3") == {"DE": 2, "FR": 1}
+    assert ledger.last_published_rows(conn, erp_settings, "r2") == {"DE": 3, "FR": 1}

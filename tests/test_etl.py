@@ -1,4 +1,5 @@
 """ETL transformations on small inline DataFrames, compared with chispa."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from markdown_pricing import etl
-from markdown_pricing.schemas import RAW_DATASETS
+from markdown_pricing.core.schemas import RAW_DATASETS
+from markdown_pricing.etl import transforms
 
 RUN_DATE = dt.date(2026, 11, 23)
 D = dt.date
@@ -33,22 +34,27 @@ def articles(spark: SparkSession) -> DataFrame:
 
 
 def test_check_raw_schema_accepts_int32_for_integer_columns() -> None:
-    found = T.StructType([*(f for f in RAW_DATASETS["stock"].fields if f.name != "units_on_hand"),
-                          T.StructField("units_on_hand", T.IntegerType())])  # fmt: skip
-    etl.check_raw_schema("stock", found)
+    found = T.StructType(
+        [
+            *(f for f in RAW_DATASETS["stock"].fields if f.name != "units_on_hand"),
+            T.StructField("units_on_hand", T.IntegerType()),
+        ]
+    )
+    transforms.check_raw_schema("stock", found)
 
 
 def test_check_raw_schema_names_dataset_column_and_types() -> None:
-    found = T.StructType([f if f.name != "price" else T.StructField("price", T.StringType())
-                          for f in RAW_DATASETS["prices"].fields])  # fmt: skip
-    with pytest.raises(etl.RawSchemaError, match=r"'prices': column 'price' expected double, found string"):
-        etl.check_raw_schema("prices", found)
+    found = T.StructType(
+        [f if f.name != "price" else T.StructField("price", T.StringType()) for f in RAW_DATASETS["prices"].fields]
+    )
+    with pytest.raises(transforms.RawSchemaError, match=r"'prices': column 'price' expected double, found string"):
+        transforms.check_raw_schema("prices", found)
 
 
 def test_check_raw_schema_reports_missing_column() -> None:
     found = T.StructType([f for f in RAW_DATASETS["sales"].fields if f.name != "units"])
-    with pytest.raises(etl.RawSchemaError, match="column 'units' expected bigint, found missing"):
-        etl.check_raw_schema("sales", found)
+    with pytest.raises(transforms.RawSchemaError, match="column 'units' expected bigint, found missing"):
+        transforms.check_raw_schema("sales", found)
 
 
 def test_with_reject_reason_labels_each_contract_rule(spark: SparkSession, articles: DataFrame) -> None:
@@ -64,7 +70,9 @@ def test_with_reject_reason_labels_each_contract_rule(spark: SparkSession, artic
             ("DEU", "A1", D(2026, 11, 3), -1, -50.0),
         ],
     )
-    result = sales.transform(etl.with_known_article(articles)).transform(etl.with_reject_reason("sales", RUN_DATE))
+    result = sales.transform(transforms.with_known_article(articles)).transform(
+        transforms.with_reject_reason("sales", RUN_DATE)
+    )
     expected = spark.createDataFrame(
         [
             ("DEU", "A1", D(2026, 11, 2), None),
@@ -87,7 +95,9 @@ def test_with_reject_reason_rejects_non_positive_prices(spark: SparkSession, art
         "prices",
         [("DEU", "A1", D(2026, 11, 2), 45.0), ("DEU", "A1", D(2026, 11, 9), 0.0), ("DEU", "A1", D(2026, 11, 16), None)],
     )
-    result = prices.transform(etl.with_known_article(articles)).transform(etl.with_reject_reason("prices", RUN_DATE))
+    result = prices.transform(transforms.with_known_article(articles)).transform(
+        transforms.with_reject_reason("prices", RUN_DATE)
+    )
     assert sorted((r.valid_from, r.reject_reason) for r in result.collect()) == [
         (D(2026, 11, 2), None),
         (D(2026, 11, 9), "non-positive price"),
@@ -105,7 +115,7 @@ def test_with_reject_reason_rejects_conflicting_article_rows(spark: SparkSession
             ("A2", "jeans", "2026-SS", D(2026, 3, 2), D(2026, 7, 31), 80.0),
         ],
     )
-    result = articles.transform(etl.with_reject_reason("articles", RUN_DATE))
+    result = articles.transform(transforms.with_reject_reason("articles", RUN_DATE))
     assert sorted((r.article_id, r.original_price, r.reject_reason) for r in result.collect()) == [
         ("A1", 50.0, "conflicting article rows"),
         ("A1", 55.0, "conflicting article rows"),
@@ -115,20 +125,29 @@ def test_with_reject_reason_rejects_conflicting_article_rows(spark: SparkSession
 
 def test_quarantine_rows_keeps_reason_and_original_row(spark: SparkSession, articles: DataFrame) -> None:
     stock = frame(spark, "stock", [("DEU", "A1", D(2026, 11, 2), -4), ("DEU", "A1", D(2026, 11, 9), 7)])
-    tagged = stock.transform(etl.with_known_article(articles)).transform(etl.with_reject_reason("stock", RUN_DATE))
+    tagged = stock.transform(transforms.with_known_article(articles)).transform(
+        transforms.with_reject_reason("stock", RUN_DATE)
+    )
     expected = spark.createDataFrame(
-        [("stock", "negative stock",
-          '{"country":"DEU","article_id":"A1","snapshot_date":"2026-11-02","units_on_hand":-4}')],
+        [
+            (
+                "stock",
+                "negative stock",
+                '{"country":"DEU","article_id":"A1","snapshot_date":"2026-11-02","units_on_hand":-4}',
+            )
+        ],
         "dataset string, reason string, row_json string",
-    )  # fmt: skip
-    assert_df_equality(etl.quarantine_rows("stock")(tagged), expected, ignore_nullable=True)
-    assert [r.units_on_hand for r in etl.valid_rows("stock")(tagged).collect()] == [7]
+    )
+    assert_df_equality(transforms.quarantine_rows("stock")(tagged), expected, ignore_nullable=True)
+    assert [r.units_on_hand for r in transforms.valid_rows("stock")(tagged).collect()] == [7]
 
 
 def test_check_rejected_share_names_dataset_share_and_threshold() -> None:
-    etl.check_rejected_share({"sales": {"rows": 100, "rejected": 5}}, 0.05)
-    with pytest.raises(etl.RejectedShareError, match=r"'sales': 6 of 100 rows rejected \(6.00%\).*5.00%"):
-        etl.check_rejected_share({"prices": {"rows": 0, "rejected": 0}, "sales": {"rows": 100, "rejected": 6}}, 0.05)
+    transforms.check_rejected_share({"sales": {"rows": 100, "rejected": 5}}, 0.05)
+    with pytest.raises(transforms.RejectedShareError, match=r"'sales': 6 of 100 rows rejected \(6.00%\).*5.00%"):
+        transforms.check_rejected_share(
+            {"prices": {"rows": 0, "rejected": 0}, "sales": {"rows": 100, "rejected": 6}}, 0.05
+        )
 
 
 def test_weekly_units_sums_days_into_monday_weeks_with_returns(spark: SparkSession) -> None:
@@ -145,12 +164,12 @@ def test_weekly_units_sums_days_into_monday_weeks_with_returns(spark: SparkSessi
         [("DEU", "A1", D(2026, 11, 2), 5), ("DEU", "A1", D(2026, 11, 9), -1)],
         "country string, article_id string, week_start date, units long",
     )
-    assert_df_equality(etl.weekly_units(sales), expected, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(transforms.weekly_units(sales), expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_history_grid_runs_from_launch_week_to_week_before_run(spark: SparkSession, articles: DataFrame) -> None:
     pairs = spark.createDataFrame([("DEU", "A1"), ("FRA", "A2")], "country string, article_id string")
-    grid = etl.history_grid(pairs, articles, RUN_DATE)
+    grid = transforms.history_grid(pairs, articles, RUN_DATE)
     deu_weeks = sorted(r.week_start for r in grid.where(F.col("country") == "DEU").collect())
     assert deu_weeks == [D(2026, 10, 26), D(2026, 11, 2), D(2026, 11, 9), D(2026, 11, 16)]
     fra_weeks = sorted(r.week_start for r in grid.where(F.col("country") == "FRA").collect())
@@ -169,24 +188,18 @@ def test_active_articles_needs_stock_and_season_after_run(spark: SparkSession, a
             ("FRA", "A2", D(2026, 7, 27), 12),  # season over
         ],
     )
-    prices = frame(
-        spark, "prices", [("DEU", "A1", D(2026, 10, 28), 50.0), ("DEU", "A1", D(2026, 11, 16), 40.0)]
-    )
+    prices = frame(spark, "prices", [("DEU", "A1", D(2026, 10, 28), 50.0), ("DEU", "A1", D(2026, 11, 16), 40.0)])
     expected = spark.createDataFrame(
         [("DEU", "A1", 30, 40.0)], "country string, article_id string, stock_on_hand long, price double"
     )
-    assert_df_equality(
-        etl.active_articles(articles, prices, stock, RUN_DATE), expected, ignore_nullable=True
-    )
+    assert_df_equality(transforms.active_articles(articles, prices, stock, RUN_DATE), expected, ignore_nullable=True)
 
 
-def test_curated_weekly_fills_zero_weeks_and_carries_price_and_stock(
-    spark: SparkSession, articles: DataFrame
-) -> None:
+def test_curated_weekly_fills_zero_weeks_and_carries_price_and_stock(spark: SparkSession, articles: DataFrame) -> None:
     sales = frame(spark, "sales", [("DEU", "A1", D(2026, 10, 28), 2, 100.0), ("DEU", "A1", D(2026, 11, 10), 4, 160.0)])
     prices = frame(spark, "prices", [("DEU", "A1", D(2026, 10, 28), 50.0), ("DEU", "A1", D(2026, 11, 9), 40.0)])
     stock = frame(spark, "stock", [("DEU", "A1", D(2026, 10, 28), 20), ("DEU", "A1", D(2026, 11, 16), 14)])
-    curated = etl.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE)
+    curated = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE)
     history = curated.where(~F.col("is_future")).select(
         "week_start", "units", "price", "stock_on_hand", "discount", "article_popularity", "weeks_since_launch"
     )
@@ -209,7 +222,7 @@ def test_curated_weekly_future_weeks_reach_season_end_at_current_price(
     sales = frame(spark, "sales", [("DEU", "A1", D(2026, 11, 10), 6, 240.0)])
     prices = frame(spark, "prices", [("DEU", "A1", D(2026, 11, 9), 40.0)])
     stock = frame(spark, "stock", [("DEU", "A1", D(2026, 11, 16), 14)])
-    future = etl.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE).where(
+    future = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE).where(
         "is_future"
     )
     rows = sorted(future.collect(), key=lambda r: r.week_start)

@@ -1,4 +1,5 @@
 """Policy evaluation against a known truth, on hand-made frames (pandas only), and the `evaluate` command."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from markdown_pricing import cli
-from markdown_pricing.evaluation import (
+from markdown_pricing.orchestrate import cli
+from markdown_pricing.synthetic.evaluation import (
     OVERALL,
     accuracy_table,
     evaluation_table,
@@ -23,11 +24,16 @@ from markdown_pricing.evaluation import (
 def truth_frame() -> pd.DataFrame:
     """DEU: A1 is best at 10 % (120), A2 at its current 60 % (50). FRA: A3 is best at 20 % (30)."""
     rows = [
-        ("DEU", "A1", 0.0, 0.0, 100.0), ("DEU", "A1", 0.1, 0.0, 120.0), ("DEU", "A1", 0.2, 0.0, 90.0),
+        ("DEU", "A1", 0.0, 0.0, 100.0),
+        ("DEU", "A1", 0.1, 0.0, 120.0),
+        ("DEU", "A1", 0.2, 0.0, 90.0),
         ("DEU", "A1", 0.3, 0.0, 80.0),
-        ("DEU", "A2", 0.6, 0.6, 50.0), ("DEU", "A2", 0.7, 0.6, 40.0),
-        ("FRA", "A3", 0.0, 0.0, 10.0), ("FRA", "A3", 0.1, 0.0, 20.0), ("FRA", "A3", 0.2, 0.0, 30.0),
-    ]  # fmt: skip
+        ("DEU", "A2", 0.6, 0.6, 50.0),
+        ("DEU", "A2", 0.7, 0.6, 40.0),
+        ("FRA", "A3", 0.0, 0.0, 10.0),
+        ("FRA", "A3", 0.1, 0.0, 20.0),
+        ("FRA", "A3", 0.2, 0.0, 30.0),
+    ]
     truth = pd.DataFrame(rows, columns=["country", "article_id", "candidate", "current_discount", "expected_revenue"])
     best = truth.groupby(["country", "article_id"])["expected_revenue"].transform("max")
     return truth.assign(oracle=truth["expected_revenue"] == best)
@@ -87,10 +93,16 @@ def test_overall_regret_is_revenue_weighted() -> None:
 def test_accuracy_table_reads_old_and_new_country_results() -> None:
     results = {
         "DEU": {"status": "trained", "model_wape": 0.3, "baseline_wape": 0.4, "train_rows": 900},
-        "LUX": {"status": "trained", "model_kind": "pooled", "fallback_reason": "5 weeks of history",
-                "model_wape": 0.5, "recent_average_wape": 0.6, "same_price_wape": 0.55},
+        "LUX": {
+            "status": "trained",
+            "model_kind": "pooled",
+            "fallback_reason": "5 weeks of history",
+            "model_wape": 0.5,
+            "recent_average_wape": 0.6,
+            "same_price_wape": 0.55,
+        },
         "FRA": {"status": "failed", "error": "boom"},
-    }  # fmt: skip
+    }
     table = accuracy_table(results).set_index("country")
     assert table.loc["DEU", "model_kind"] == "country"
     assert table.loc["DEU", "improvement"] == pytest.approx(0.25)
@@ -110,8 +122,12 @@ def test_verdict_needs_the_improvement_in_own_model_countries_and_low_regret() -
     }
     table = evaluation_table(accuracy_table(results), regret)
     assert table["country"].tolist() == ["DEU", "FRA", OVERALL]
-    assert verdict(table) == {"own_model_countries": 1, "improvement_below_bar": [], "overall_regret": 0.0,
-                              "passed": True}
+    assert verdict(table) == {
+        "own_model_countries": 1,
+        "improvement_below_bar": [],
+        "overall_regret": 0.0,
+        "passed": True,
+    }
     results["DEU"]["model_wape"] = 0.35
     assert verdict(evaluation_table(accuracy_table(results), regret))["improvement_below_bar"] == ["DEU"]
     markdown = to_markdown(table, "world")
@@ -131,8 +147,21 @@ def test_evaluate_command_writes_markdown_and_json(tmp_path: Path, capsys: pytes
     (run / "country_results.json").write_text(json.dumps(results))
     out = tmp_path / "report" / "evaluation.md"
 
-    code = cli.main(["evaluate", "--work", str(tmp_path / "work"), "--run-id", "r1",
-                     "--truth", str(tmp_path / "truth.parquet"), "--title", "World T", "--out", str(out)])
+    code = cli.main(
+        [
+            "evaluate",
+            "--work",
+            str(tmp_path / "work"),
+            "--run-id",
+            "r1",
+            "--truth",
+            str(tmp_path / "truth.parquet"),
+            "--title",
+            "World T",
+            "--out",
+            str(out),
+        ]
+    )
 
     assert code == 0
     markdown = out.read_text()

@@ -3,6 +3,7 @@
 After every fault each country holds its complete old set or its complete new set, and a rerun completes the
 run exactly once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,12 +33,13 @@ from psycopg2.extensions import connection as Connection
 from pyspark.sql import SparkSession
 
 from conftest import schema_of_its_own
-from markdown_pricing import embedded_erp, erp
-from markdown_pricing.config import ErpSettings, load_config, with_paths
-from markdown_pricing.schemas import PREDICTIONS
-from markdown_pricing.stages import RunContext
-from markdown_pricing.stages import publish as publish_stage
-from markdown_pricing.storage import write_json
+from markdown_pricing.core.config import Config, ErpSettings
+from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.core.storage import write_json
+from markdown_pricing.erp import connection, embedded, locks, writer
+from markdown_pricing.erp.schema import migrate
+from markdown_pricing.stages import publish_job as publish_stage
 
 RUN_DATE = date(2026, 11, 23)
 METRICS = {"model_wape": 0.3, "baseline_wape": 0.4, "model_bias": 0.01}
@@ -52,10 +54,14 @@ POLL_S = 0.005
 # Publishes one country from a pickled job in a process of its own, so the test can SIGKILL it.
 _CHILD = """
 import pickle, sys
-from markdown_pricing import erp
+from markdown_pricing.erp import connection
+from markdown_pricing.erp import embedded
+from markdown_pricing.erp import locks
+from markdown_pricing.erp import schema
+from markdown_pricing.erp import writer
 job = pickle.loads(open(sys.argv[1], "rb").read())
-conn = erp.connect(job["settings"].dsn, 5)
-erp.publish_country(conn, job["settings"], **job["arguments"])
+conn = connection.connect(job["settings"].dsn, 5)
+writer.publish_country(conn, job["settings"], **job["arguments"])
 """
 
 
@@ -78,7 +84,7 @@ def predictions(country: str, articles: int, *, discount: float) -> pd.DataFrame
 
 
 def publish(conn: Connection, settings: ErpSettings, run_id: str, frame: pd.DataFrame) -> str:
-    return erp.publish_country(
+    return writer.publish_country(
         conn,
         settings,
         run_id=run_id,
@@ -91,7 +97,7 @@ def publish(conn: Connection, settings: ErpSettings, run_id: str, frame: pd.Data
 
 
 def query(dsn: str, statement: sql.Composable | str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with closing(erp.connect(dsn, 5)) as conn, conn.cursor() as cur:
+    with closing(connection.connect(dsn, 5)) as conn, conn.cursor() as cur:
         cur.execute(statement, parameters)
         return cur.fetchall()
 
@@ -158,13 +164,13 @@ def test_connect_unreachable_retries_with_backoff_then_names_target(caplog: pyte
     caplog.set_level(logging.WARNING, logger="markdown_pricing.erp")
     started = time.monotonic()
 
-    with pytest.raises(erp.ErpUnavailableError) as raised:
-        erp.connect(dsn, 2, attempts=3, backoff_s=0.2)
+    with pytest.raises(connection.ErpUnavailableError) as raised:
+        connection.connect(dsn, 2, attempts=3, backoff_s=0.2)
 
     assert time.monotonic() - started >= 0.2 + 0.4
     message = str(raised.value)
     assert "after 3 attempt(s)" in message and "/nonexistent-socket-dir" in message
-    retries = [record.getMessage() for record in caplog.records if record.name == erp.__name__]
+    retries = [record.getMessage() for record in caplog.records if record.name == connection.__name__]
     assert len(retries) == 2 and all("/nonexistent-socket-dir" in line for line in retries)
     assert "s3cret" not in message + "".join(retries)
 
@@ -177,24 +183,24 @@ def own_pgdata() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="markdown-faults-"))
     pgdata = folder / "pgdata"
     try:
-        embedded_erp.ensure_running(pgdata)
+        embedded.ensure_running(pgdata)
         yield pgdata
     finally:
-        embedded_erp.stop(pgdata)
+        embedded.stop(pgdata)
         shutil.rmtree(folder)
 
 
 def own_settings(pgdata: Path) -> ErpSettings:
-    return schema_of_its_own(embedded_erp.ensure_running(pgdata), connect_attempts=8, connect_backoff_s=0.1)
+    return schema_of_its_own(embedded.ensure_running(pgdata), connect_attempts=8, connect_backoff_s=0.1)
 
 
 def test_connect_waits_for_a_database_that_comes_back(own_pgdata: Path) -> None:
-    dsn = embedded_erp.ensure_running(own_pgdata)
-    embedded_erp.stop(own_pgdata)
-    restart = threading.Timer(0.5, embedded_erp.ensure_running, (own_pgdata,))
+    dsn = embedded.ensure_running(own_pgdata)
+    embedded.stop(own_pgdata)
+    restart = threading.Timer(0.5, embedded.ensure_running, (own_pgdata,))
     restart.start()
     try:
-        with closing(erp.connect(dsn, 5, attempts=8, backoff_s=0.1)) as conn, conn.cursor() as cur:
+        with closing(connection.connect(dsn, 5, attempts=8, backoff_s=0.1)) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
     finally:
@@ -205,12 +211,18 @@ def test_publisher_killed_mid_copy_keeps_old_set_and_rerun_publishes_once(
     erp_settings: ErpSettings, tmp_path: Path
 ) -> None:
     new = predictions("DEU", LARGE, discount=0.3)
-    with closing(erp.connect(erp_settings.dsn, 5)) as conn:
-        erp.ensure_schema(conn, erp_settings)
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn:
+        migrate(conn, erp_settings)
         publish(conn, erp_settings, "week-1", predictions("DEU", OLD, discount=0.1))
     job = tmp_path / "job.pickle"
-    arguments = {"run_id": "week-2", "run_date": RUN_DATE, "country": "DEU", "predictions": new,
-                 "model_version": "model-week-2", "metrics": METRICS}  # fmt: skip
+    arguments = {
+        "run_id": "week-2",
+        "run_date": RUN_DATE,
+        "country": "DEU",
+        "predictions": new,
+        "model_version": "model-week-2",
+        "metrics": METRICS,
+    }
     job.write_bytes(pickle.dumps({"settings": erp_settings, "arguments": arguments}))
 
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(job)], stderr=subprocess.PIPE, text=True)
@@ -235,7 +247,7 @@ def test_publisher_killed_mid_copy_keeps_old_set_and_rerun_publishes_once(
     assert country_state(erp_settings, "DEU") == (OLD, OLD, ("week-1",))
     assert ledger_rows(erp_settings, "week-2") == []
 
-    with closing(erp.connect(erp_settings.dsn, 5)) as conn:
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn:
         assert publish(conn, erp_settings, "week-2", new) == "published"
     assert country_state(erp_settings, "DEU") == (LARGE, LARGE, ("week-2",))
     assert [row[:3] for row in ledger_rows(erp_settings, "week-2")] == [("DEU", "published", LARGE)]
@@ -245,23 +257,23 @@ def test_publisher_killed_mid_copy_keeps_old_set_and_rerun_publishes_once(
 def test_database_restarted_mid_copy_fails_publisher_and_rerun_publishes_once(own_pgdata: Path, mode: str) -> None:
     settings = own_settings(own_pgdata)
     new = predictions("DEU", LARGE, discount=0.3)
-    with closing(erp.connect(settings.dsn, 5)) as conn:
-        erp.ensure_schema(conn, settings)
+    with closing(connection.connect(settings.dsn, 5)) as conn:
+        migrate(conn, settings)
         publish(conn, settings, "week-1", predictions("DEU", OLD, discount=0.1))
 
-    with closing(erp.connect(settings.dsn, 5)) as publisher, ThreadPoolExecutor(max_workers=1) as pool:
+    with closing(connection.connect(settings.dsn, 5)) as publisher, ThreadPoolExecutor(max_workers=1) as pool:
         publishing = pool.submit(publish, publisher, settings, "week-2", new)
         wait_for(lambda: copying_backend(settings.dsn, settings.schema), "the COPY")
         # "immediate" is a crash: the server recovers from its WAL on the next start.
-        embedded_erp.stop(own_pgdata, mode=mode)
+        embedded.stop(own_pgdata, mode=mode)
         with pytest.raises(psycopg2.OperationalError):
             publishing.result(timeout=WAIT_S)
-    restarted = dataclasses.replace(settings, dsn=embedded_erp.ensure_running(own_pgdata))
+    restarted = dataclasses.replace(settings, dsn=embedded.ensure_running(own_pgdata))
 
     assert country_state(restarted, "DEU") == (OLD, OLD, ("week-1",))
     assert ledger_rows(restarted, "week-2") == []
     with closing(
-        erp.connect(restarted.dsn, 5, attempts=restarted.connect_attempts, backoff_s=restarted.connect_backoff_s)
+        connection.connect(restarted.dsn, 5, attempts=restarted.connect_attempts, backoff_s=restarted.connect_backoff_s)
     ) as conn:
         assert publish(conn, restarted, "week-2", new) == "published"
     assert country_state(restarted, "DEU") == (LARGE, LARGE, ("week-2",))
@@ -270,8 +282,8 @@ def test_database_restarted_mid_copy_fails_publisher_and_rerun_publishes_once(ow
 
 def test_readers_see_complete_old_or_complete_new_set_during_large_publish(erp_settings: ErpSettings) -> None:
     old_rows, new_rows = LARGE // 2, LARGE
-    with closing(erp.connect(erp_settings.dsn, 5)) as conn:
-        erp.ensure_schema(conn, erp_settings)
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn:
+        migrate(conn, erp_settings)
         publish(conn, erp_settings, "week-1", predictions("DEU", old_rows, discount=0.1))
     # (whether the COPY was running just before, what a reader saw)
     seen: list[tuple[bool, tuple[int, int, tuple[str, ...]]]] = []
@@ -283,7 +295,7 @@ def test_readers_see_complete_old_or_complete_new_set_during_large_publish(erp_s
             copying = copying_backend(erp_settings.dsn, erp_settings.schema) is not None
             seen.append((copying, country_state(erp_settings, "DEU")))
 
-    with closing(erp.connect(erp_settings.dsn, 5)) as conn, ThreadPoolExecutor(max_workers=1) as pool:
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn, ThreadPoolExecutor(max_workers=1) as pool:
         reader = pool.submit(read)
         try:
             assert publish(conn, erp_settings, "week-2", predictions("DEU", new_rows, discount=0.3)) == "published"
@@ -302,9 +314,12 @@ def test_readers_see_complete_old_or_complete_new_set_during_large_publish(erp_s
 # The publish stage, as Luigi would run it: predictions written by Spark, one connection, one run lock.
 
 
-def context(tmp_path: Path, settings: ErpSettings, run_id: str) -> RunContext:
-    cfg = with_paths(load_config("local"), raw=str(tmp_path / "raw"), work=str(tmp_path / "work" / run_id))
-    return RunContext(cfg=dataclasses.replace(cfg, erp=settings), run_date=RUN_DATE, run_id=run_id)
+def context(tmp_path: Path, run_id: str) -> RunContext:
+    return RunContext(RUN_DATE, run_id, raw=str(tmp_path / "raw"), work=str(tmp_path / "work" / run_id))
+
+
+def config(ctx: RunContext, settings: ErpSettings) -> Config:
+    return dataclasses.replace(load_run_config(ctx), erp=settings)
 
 
 def stage_outputs(spark: SparkSession, ctx: RunContext, frames: list[pd.DataFrame]) -> None:
@@ -321,7 +336,7 @@ def publisher_backend(settings: ErpSettings, run_id: str) -> int | None:
     found = query(
         settings.dsn,
         "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
-        (f"{erp.APPLICATION_NAME} publish run={run_id} %",),
+        (f"{connection.APPLICATION_NAME} publish run={run_id} %",),
     )
     return found[0][0] if found else None
 
@@ -329,7 +344,7 @@ def publisher_backend(settings: ErpSettings, run_id: str) -> int | None:
 def test_publish_stage_failing_after_a_committed_country_is_retried_without_duplicates(
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
 ) -> None:
-    ctx = context(tmp_path, erp_settings, "week-1")
+    ctx = context(tmp_path, "week-1")
     # FRA is large so the stage is still preparing it when the test cuts the connection after DEU's commit.
     stage_outputs(spark, ctx, [predictions("DEU", OLD, discount=0.2), predictions("FRA", STAGE_LARGE, discount=0.3)])
 
@@ -342,13 +357,13 @@ def test_publish_stage_failing_after_a_committed_country_is_retried_without_dupl
     with ThreadPoolExecutor(max_workers=1) as pool:
         cutting = pool.submit(cut_after_first_country)
         with pytest.raises(psycopg2.OperationalError):
-            publish_stage.run(spark, ctx)
+            publish_stage.run(spark, ctx, config(ctx, erp_settings))
         cutting.result(timeout=WAIT_S)
     first_ledger, deu_versions = ledger_rows(erp_settings, "week-1"), row_versions(erp_settings, "DEU")
     assert [row[:3] for row in first_ledger] == [("DEU", "published", OLD)]
     assert country_state(erp_settings, "FRA") == (0, 0, ())
 
-    assert publish_stage.run(spark, ctx) == 0
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 0
 
     assert ledger_rows(erp_settings, "week-1")[0] == first_ledger[0]
     assert row_versions(erp_settings, "DEU") == deu_versions
@@ -363,15 +378,15 @@ def test_publish_stage_failing_after_a_committed_country_is_retried_without_dupl
 def test_publish_stage_exits_naming_the_holder_while_another_run_publishes_the_date(
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ctx = context(tmp_path, erp_settings, "week-1")
+    ctx = context(tmp_path, "week-1")
     stage_outputs(spark, ctx, [predictions("DEU", OLD, discount=0.2)])
     holder = "markdown-pricing publish run=other-run 4242@elsewhere"
-    with closing(erp.connect(erp_settings.dsn, 5)) as conn:
-        erp.ensure_schema(conn, erp_settings)
-        with erp.publish_run_lock(conn, erp_settings, RUN_DATE, holder):
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn:
+        migrate(conn, erp_settings)
+        with locks.publish_run_lock(conn, erp_settings, RUN_DATE, holder):
             caplog.set_level(logging.ERROR, logger=publish_stage.__name__)
 
-            assert publish_stage.run(spark, ctx) == publish_stage.LOCKED_EXIT_CODE
+            assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == publish_stage.LOCKED_EXIT_CODE
 
             logged = " ".join(record.getMessage() for record in caplog.records)
             assert holder in logged and str(RUN_DATE) in logged
@@ -380,21 +395,24 @@ def test_publish_stage_exits_naming_the_holder_while_another_run_publishes_the_d
             # Another run date is not held up.
             other = dataclasses.replace(ctx, run_date=date(2026, 11, 30), run_id="week-2")
             stage_outputs(spark, other, [predictions("FRA", OLD, discount=0.2)])
-            assert publish_stage.run(spark, other) == 0
+            assert publish_stage.run(spark, other, config(other, erp_settings)) == 0
 
-    assert publish_stage.run(spark, ctx) == 0
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 0
     assert country_state(erp_settings, "DEU") == (OLD, OLD, ("week-1",))
 
 
 def test_publish_run_lock_is_released_when_its_session_dies(erp_settings: ErpSettings) -> None:
-    with closing(erp.connect(erp_settings.dsn, 5)) as first, closing(erp.connect(erp_settings.dsn, 5)) as second:
-        with erp.publish_run_lock(first, erp_settings, RUN_DATE, "first"):
-            with pytest.raises(erp.PublishLockedError, match=f"backend pid {first.info.backend_pid} 'first'"):
-                with erp.publish_run_lock(second, erp_settings, RUN_DATE, "second"):
+    with (
+        closing(connection.connect(erp_settings.dsn, 5)) as first,
+        closing(connection.connect(erp_settings.dsn, 5)) as second,
+    ):
+        with locks.publish_run_lock(first, erp_settings, RUN_DATE, "first"):
+            with pytest.raises(locks.PublishLockedError, match=f"backend pid {first.info.backend_pid} 'first'"):
+                with locks.publish_run_lock(second, erp_settings, RUN_DATE, "second"):
                     pass
             query(erp_settings.dsn, "SELECT pg_terminate_backend(%s)", (first.info.backend_pid,))
             wait_for(lambda: backend_gone(erp_settings.dsn, first.info.backend_pid), "the first session to end")
-            with erp.publish_run_lock(second, erp_settings, RUN_DATE, "second"):
+            with locks.publish_run_lock(second, erp_settings, RUN_DATE, "second"):
                 pass
 
 
@@ -402,12 +420,12 @@ def test_concurrent_publishers_of_one_run_publish_each_country_exactly_once(
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
 ) -> None:
     # What speculation or a duplicated Luigi worker amounts to for this stage: the same run published twice at once.
-    ctx = context(tmp_path, erp_settings, "week-1")
+    ctx = context(tmp_path, "week-1")
     countries = ("DEU", "FRA", "ITA")
     stage_outputs(spark, ctx, [predictions(country, STAGE_LARGE // 2, discount=0.2) for country in countries])
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        codes = sorted(pool.map(lambda _: publish_stage.run(spark, ctx), range(2)))
+        codes = sorted(pool.map(lambda _: publish_stage.run(spark, ctx, config(ctx, erp_settings)), range(2)))
 
     # The loser either found the run date locked or came after the winner and found everything published.
     assert codes in ([0, 0], [0, publish_stage.LOCKED_EXIT_CODE])

@@ -1,5 +1,6 @@
 """GPU selection: what each mode does with the task's GPU addresses, with LightGBM's real OpenCL probe, and the
 grouped UDF reading its task's resources and CPUs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,12 +15,12 @@ from pyspark.resource import ResourceInformation
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing import model
-from markdown_pricing.config import load_config
-from markdown_pricing.country_udf import country_function, gpu_addresses, train_score
-from markdown_pricing.gpu import Device, GpuUnavailableError, device_settings, gpu_probe_error
-from markdown_pricing.schemas import WEEKLY
-from markdown_pricing.spark import task_cpus
+from markdown_pricing.core.config import load_config
+from markdown_pricing.core.schemas import WEEKLY
+from markdown_pricing.core.session import task_cpus
+from markdown_pricing.model import forecast
+from markdown_pricing.model.gpu import Device, GpuUnavailableError, device_settings, gpu_probe_error
+from markdown_pricing.stages.per_country import country_function, gpu_addresses, train_score
 
 CFG = load_config("local")
 PARAMS = dataclasses.replace(
@@ -40,11 +41,24 @@ def weekly_rows(country: str, seed: int, articles: int = 6, weeks: int = 12) -> 
             week = RUN_DATE + dt.timedelta(weeks=w)
             # Promotions on and off at random: only a model of the price response forecasts them.
             discount = 0.3 * (rng.random() < 0.5) if w < 0 else 0.0
-            rows.append((
-                country, f"A{a:02d}", week, w >= 0, None if w >= 0 else int(rng.poisson(5 * (1 - discount) ** -3)),
-                40, round(price * (1 - discount), 2), price, RUN_DATE + dt.timedelta(weeks=4),
-                "tops" if a % 2 else "jeans", discount, w + weeks, 4 - w, 5.0,
-            ))  # fmt: skip
+            rows.append(
+                (
+                    country,
+                    f"A{a:02d}",
+                    week,
+                    w >= 0,
+                    None if w >= 0 else int(rng.poisson(5 * (1 - discount) ** -3)),
+                    40,
+                    round(price * (1 - discount), 2),
+                    price,
+                    RUN_DATE + dt.timedelta(weeks=4),
+                    "tops" if a % 2 else "jeans",
+                    discount,
+                    w + weeks,
+                    4 - w,
+                    5.0,
+                )
+            )
     return rows
 
 
@@ -100,10 +114,10 @@ def test_device_settings_with_an_address_follow_lightgbms_real_opencl_probe() ->
 
 def test_lightgbm_params_take_the_device_settings() -> None:
     gpu = {"device_type": "gpu", "gpu_platform_id": 0, "gpu_device_id": 1}
-    params = model.lightgbm_params(PARAMS, 3, gpu)
+    params = forecast.lightgbm_params(PARAMS, 3, gpu)
     assert {key: params[key] for key in gpu} == gpu
     assert params["num_threads"] == 3
-    assert "device_type" not in model.lightgbm_params(PARAMS, 3)
+    assert "device_type" not in forecast.lightgbm_params(PARAMS, 3)
 
 
 def test_gpu_addresses_reads_the_tasks_gpu_resource() -> None:
@@ -132,9 +146,13 @@ def test_country_function_in_required_mode_fails_the_country_with_the_reason() -
 
 
 def test_task_cpus_is_the_spark_tasks_cpus(spark: SparkSession) -> None:
-    seen = spark.sparkContext.parallelize([0], 1).mapPartitions(
-        lambda _: [(task_cpus(default=99), TaskContext.get().cpus())]  # type: ignore[union-attr]
-    ).collect()
+    seen = (
+        spark.sparkContext.parallelize([0], 1)
+        .mapPartitions(
+            lambda _: [(task_cpus(default=99), TaskContext.get().cpus())]  # type: ignore[union-attr]
+        )
+        .collect()
+    )
     assert seen == [(int(spark.conf.get("spark.task.cpus")), int(spark.conf.get("spark.task.cpus")))]
 
 

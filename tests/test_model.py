@@ -1,4 +1,5 @@
 """The per-country model and season simulation, with pandas only (no Spark)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,15 +10,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from markdown_pricing import backtest, model
-from markdown_pricing.config import load_config
+from markdown_pricing.core.config import load_config
+from markdown_pricing.model import backtest, forecast, pricing
+from markdown_pricing.model.country import data_card, rescore, train_country
+from markdown_pricing.model.fallback import train_pooled
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 RULES = dataclasses.replace(load_config("local").run, ladder=LADDER, salvage_value_share=0.0)
 BASE_PARAMS = load_config("local").model
 # Untuned, so a test knows the settings a model was trained with; the tuning test turns it on.
 PARAMS = dataclasses.replace(
-    BASE_PARAMS, num_boost_round=150, num_leaves=15, min_data_in_leaf=10, seed=3, min_history_weeks=16,
+    BASE_PARAMS,
+    num_boost_round=150,
+    num_leaves=15,
+    min_data_in_leaf=10,
+    seed=3,
+    min_history_weeks=16,
     tuning=dataclasses.replace(BASE_PARAMS.tuning, enabled=False),
 )
 RUN_DATE = dt.date(2026, 11, 23)
@@ -36,43 +44,59 @@ def elastic_world(seed: int = 0, articles: int = 40, weeks: int = 30) -> pd.Data
             if not future and rng.random() < 0.15 and discount < 0.5:
                 discount = round(discount + 0.1, 1)
             demand = base * (1 - discount) ** -2.0 * np.exp(-(w + weeks) / 40)
-            rows.append({
-                "country": "DEU", "article_id": f"A{a:03d}", "week_start": week, "is_future": future,
-                "units": None if future else int(rng.poisson(demand)), "stock_on_hand": stock if future else 500,
-                "price": round(price * (1 - discount), 2), "original_price": price,
-                "season_end": RUN_DATE + dt.timedelta(weeks=8), "category": "tops" if a % 2 else "jeans",
-                "discount": discount, "weeks_since_launch": w + weeks,
-                "weeks_to_season_end": 8 - w, "article_popularity": base,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "country": "DEU",
+                    "article_id": f"A{a:03d}",
+                    "week_start": week,
+                    "is_future": future,
+                    "units": None if future else int(rng.poisson(demand)),
+                    "stock_on_hand": stock if future else 500,
+                    "price": round(price * (1 - discount), 2),
+                    "original_price": price,
+                    "season_end": RUN_DATE + dt.timedelta(weeks=8),
+                    "category": "tops" if a % 2 else "jeans",
+                    "discount": discount,
+                    "weeks_since_launch": w + weeks,
+                    "weeks_to_season_end": 8 - w,
+                    "article_popularity": base,
+                }
+            )
     world = pd.DataFrame(rows)
     world.loc[world["is_future"], "stock_on_hand"] = 60
     return world
 
 
 def test_candidate_discounts_start_at_current_and_never_go_back() -> None:
-    assert model.candidate_discounts(0.2, LADDER) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    assert model.candidate_discounts(0.2031, LADDER) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    assert model.candidate_discounts(0.15, LADDER) == [0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    assert model.candidate_discounts(0.7, LADDER) == [0.7]
+    assert pricing.candidate_discounts(0.2, LADDER) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert pricing.candidate_discounts(0.2031, LADDER) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert pricing.candidate_discounts(0.15, LADDER) == [0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert pricing.candidate_discounts(0.7, LADDER) == [0.7]
 
 
 def test_holding_the_price_keeps_only_todays_discount_snapped_like_the_first_candidate() -> None:
     future = pd.DataFrame({"article_id": ["A", "B"], "week_start": [RUN_DATE] * 2, "discount": [0.099, 0.15]})
-    held = model.candidate_weeks(future, LADDER, hold_price=True).set_index("article_id")["candidate"]
+    held = pricing.candidate_weeks(future, LADDER, hold_price=True).set_index("article_id")["candidate"]
     assert held.to_dict() == {"A": 0.1, "B": 0.15}
-    assert len(model.candidate_weeks(future, LADDER)) == len(model.candidate_discounts(0.099, LADDER)) + len(
-        model.candidate_discounts(0.15, LADDER)
+    assert len(pricing.candidate_weeks(future, LADDER)) == len(pricing.candidate_discounts(0.099, LADDER)) + len(
+        pricing.candidate_discounts(0.15, LADDER)
     )
 
 
 def test_simulate_season_caps_sales_at_stock_and_values_leftover_at_salvage() -> None:
-    weeks = pd.DataFrame({
-        "article_id": ["A"] * 4, "candidate": [0.0, 0.0, 0.5, 0.5],
-        "week_start": [RUN_DATE, RUN_DATE + dt.timedelta(weeks=1)] * 2,
-        "predicted_units": [3.0, 2.0, 8.0, 7.0], "stock_on_hand": [10] * 4, "original_price": [100.0] * 4,
-        "price": [100.0] * 4, "current_discount": [0.0] * 4,
-    })  # fmt: skip
-    season = model.simulate_season(weeks, salvage_value_share=0.1).set_index("candidate")
+    weeks = pd.DataFrame(
+        {
+            "article_id": ["A"] * 4,
+            "candidate": [0.0, 0.0, 0.5, 0.5],
+            "week_start": [RUN_DATE, RUN_DATE + dt.timedelta(weeks=1)] * 2,
+            "predicted_units": [3.0, 2.0, 8.0, 7.0],
+            "stock_on_hand": [10] * 4,
+            "original_price": [100.0] * 4,
+            "price": [100.0] * 4,
+            "current_discount": [0.0] * 4,
+        }
+    )
+    season = pricing.simulate_season(weeks, salvage_value_share=0.1).set_index("candidate")
     # Full price sells 5 of 10 (500) and salvages 5 at 10 each; half price sells all 10 at 50.
     assert season.loc[0.0, "expected_revenue"] == pytest.approx(5 * 100 + 5 * 10)
     assert season.loc[0.5, "expected_revenue"] == pytest.approx(10 * 50)
@@ -82,18 +106,22 @@ def test_simulate_season_caps_sales_at_stock_and_values_leftover_at_salvage() ->
 
 
 def test_recommend_takes_highest_revenue_and_breaks_ties_towards_higher_price() -> None:
-    season = pd.DataFrame({
-        "article_id": ["A", "A", "A", "B", "B"], "candidate": [0.0, 0.1, 0.2, 0.3, 0.4],
-        "expected_revenue": [100.0, 120.0, 110.0, 90.0, 90.0], "original_price": [50.0] * 5,
-    })  # fmt: skip
-    best = model.recommend(season).set_index("article_id")
+    season = pd.DataFrame(
+        {
+            "article_id": ["A", "A", "A", "B", "B"],
+            "candidate": [0.0, 0.1, 0.2, 0.3, 0.4],
+            "expected_revenue": [100.0, 120.0, 110.0, 90.0, 90.0],
+            "original_price": [50.0] * 5,
+        }
+    )
+    best = pricing.recommend(season).set_index("article_id")
     assert best.loc["A", "recommended_discount"] == 0.1
     assert best.loc["A", "recommended_price"] == 45.0
     assert best.loc["B", "recommended_discount"] == 0.3
 
 
 def history_of(world: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    weekly = model.prepare(world)
+    weekly = forecast.prepare(world)
     history = weekly[~weekly["is_future"]]
     return history, backtest.in_stock(history)
 
@@ -118,7 +146,7 @@ def with_etl_popularity(world: pd.DataFrame) -> pd.DataFrame:
 def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_features() -> None:
     world = with_etl_popularity(elastic_world())
     history, _ = history_of(world)
-    usable = model.training_rows(history, PARAMS)
+    usable = forecast.training_rows(history, PARAMS)
     origin = backtest.history_weeks(usable)[-8]
     train, test = backtest.split(history, usable, origin, 4)
     assert train["week_start"].max() < origin <= test["week_start"].min()
@@ -130,11 +158,11 @@ def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_fea
     changed = world.assign(units=np.where(pd.to_datetime(world["week_start"]) >= origin, 999, world["units"]))
     changed_history, _ = history_of(with_etl_popularity(changed))
     train_again, test_again = backtest.split(
-        changed_history, model.training_rows(changed_history, PARAMS), origin, 4
+        changed_history, forecast.training_rows(changed_history, PARAMS), origin, 4
     )
     assert not changed_history["article_popularity"].equals(history["article_popularity"])
     pd.testing.assert_frame_equal(train, train_again)
-    features = list(model.FEATURES)
+    features = list(forecast.FEATURES)
     pd.testing.assert_frame_equal(test[features], test_again[features])
 
 
@@ -155,10 +183,15 @@ def test_training_rows_read_popularity_as_a_forecast_made_weeks_ahead_earlier_wo
 
 
 def test_recent_average_and_same_price_baselines() -> None:
-    train = pd.DataFrame({
-        "country": "DEU", "article_id": ["A"] * 5 + ["B"] * 2, "category": ["tops"] * 5 + ["jeans"] * 2,
-        "discount": [0.0, 0.0, 0.0, 0.2, 0.2, 0.0, 0.0], "units": [10, 20, 30, 40, 60, 4, 6],
-    })  # fmt: skip
+    train = pd.DataFrame(
+        {
+            "country": "DEU",
+            "article_id": ["A"] * 5 + ["B"] * 2,
+            "category": ["tops"] * 5 + ["jeans"] * 2,
+            "discount": [0.0, 0.0, 0.0, 0.2, 0.2, 0.0, 0.0],
+            "units": [10, 20, 30, 40, 60, 4, 6],
+        }
+    )
     test = pd.DataFrame({"country": "DEU", "article_id": ["A", "B", "C"], "category": ["tops", "jeans", "tops"]})
     recent = backtest.recent_average(train, test, weeks=2)
     # A: mean of its last two weeks; B: of its two; C is new: the mean of its category's articles (A).
@@ -180,7 +213,7 @@ def test_wape_bias_and_revenue_weighted_wape() -> None:
 
 def test_train_country_beats_both_baselines_and_recommends_from_ladder() -> None:
     world = elastic_world()
-    result = model.train_country(world, PARAMS, RULES, num_threads=1)
+    result = train_country(world, PARAMS, RULES, num_threads=1)
     metrics, predictions = result.metrics, result.predictions
     assert (metrics["status"], metrics["model_kind"], metrics["fallback_reason"]) == ("trained", "country", None)
     assert metrics["backtest_origins"] == PARAMS.backtest_origins
@@ -196,9 +229,9 @@ def test_train_country_beats_both_baselines_and_recommends_from_ladder() -> None
 
 def test_model_card_says_what_was_trained_on_what() -> None:
     world = elastic_world()
-    card = model.train_country(world, PARAMS, RULES, num_threads=1).card
+    card = train_country(world, PARAMS, RULES, num_threads=1).card
     assert card["country"] == "DEU" and card["model_kind"] == "country"
-    assert card["model"]["features"] == list(model.FEATURES)
+    assert card["model"]["features"] == list(forecast.FEATURES)
     assert card["model"]["categories"] == {"category": ["jeans", "tops"]}
     assert card["model"]["lightgbm_params"]["monotone_constraints"][0] == 1
     assert card["model"]["num_boost_round"] == PARAMS.num_boost_round
@@ -209,15 +242,16 @@ def test_model_card_says_what_was_trained_on_what() -> None:
     assert [entry["origin"] for entry in card["backtest"]["by_origin"]] == ["2026-08-31", "2026-09-28", "2026-10-26"]
     # One changed unit is another fingerprint.
     changed = world.assign(units=world["units"].where(world.index != 0, world["units"].iloc[0] + 1))
-    assert model.data_card(changed, backtest.in_stock(changed[~changed["is_future"]]))["data_fingerprint"] != (
-        card["data_fingerprint"]
+    assert (
+        data_card(changed, backtest.in_stock(changed[~changed["is_future"]]))["data_fingerprint"]
+        != (card["data_fingerprint"])
     )
 
 
 def test_tuning_picks_a_candidate_by_time_series_cv_with_early_stopping() -> None:
     tuned = dataclasses.replace(PARAMS, tuning=dataclasses.replace(PARAMS.tuning, enabled=True))
     world = elastic_world(weeks=40)
-    card = model.train_country(world, tuned, RULES, num_threads=1).card
+    card = train_country(world, tuned, RULES, num_threads=1).card
     tuning = card["model"]["tuning"]
     # Two 4-week folds just before the first of the three 4-week backtest windows: the backtest stays unseen.
     weeks = backtest.history_weeks(history_of(world)[1])
@@ -230,7 +264,7 @@ def test_tuning_picks_a_candidate_by_time_series_cv_with_early_stopping() -> Non
 
 
 def test_a_country_with_too_little_history_needs_a_fallback() -> None:
-    result = model.train_country(elastic_world(weeks=10), PARAMS, RULES, num_threads=1)
+    result = train_country(elastic_world(weeks=10), PARAMS, RULES, num_threads=1)
     assert result.metrics["status"] == "needs_fallback"
     assert result.metrics["fallback_reason"] == "10 weeks of in-stock history, fewer than min_history_weeks = 16"
     assert result.predictions.empty and result.model_text is None
@@ -243,11 +277,11 @@ def steady_world(country: str) -> pd.DataFrame:
 
 
 def test_a_country_whose_model_loses_falls_back_and_the_baseline_holds_todays_price() -> None:
-    result = model.train_country(steady_world("DEU"), PARAMS, RULES, num_threads=1)
+    result = train_country(steady_world("DEU"), PARAMS, RULES, num_threads=1)
     assert result.metrics["status"] == "needs_fallback"
     assert result.metrics["fallback_reason"].startswith("the country model loses to its recent_average baseline")
     both = pd.concat([steady_world("DEU"), steady_world("AUT")], ignore_index=True)
-    [fallback] = model.train_pooled(both, {"DEU": "its model loses"}, PARAMS, RULES, num_threads=1)
+    [fallback] = train_pooled(both, {"DEU": "its model loses"}, PARAMS, RULES, num_threads=1)
     assert fallback.metrics["model_kind"] == "baseline" and fallback.model_text is None
     assert fallback.metrics["fallback_reason"].startswith("its model loses; the pooled model loses too")
     predictions = fallback.predictions
@@ -259,10 +293,10 @@ def test_pooled_model_scores_a_small_country_with_the_others_history() -> None:
     # A shop opened two weeks ago: in the backtest its baselines know nothing of it yet.
     small = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
     both = pd.concat([elastic_world(), small], ignore_index=True)
-    [fallback] = model.train_pooled(both, {"LUX": "too little history"}, PARAMS, RULES, num_threads=1)
+    [fallback] = train_pooled(both, {"LUX": "too little history"}, PARAMS, RULES, num_threads=1)
     assert fallback.country == "LUX"
     assert (fallback.metrics["status"], fallback.metrics["model_kind"]) == ("trained", "pooled")
-    assert fallback.card["model"]["features"] == list(model.POOLED_FEATURES)
+    assert fallback.card["model"]["features"] == list(forecast.POOLED_FEATURES)
     assert fallback.card["model"]["categories"]["country"] == ["DEU", "LUX"]
     assert sorted(fallback.predictions["article_id"]) == sorted(small["article_id"].unique())
     assert (fallback.predictions["country"] == "LUX").all()
@@ -270,25 +304,28 @@ def test_pooled_model_scores_a_small_country_with_the_others_history() -> None:
 
 def test_trained_model_never_predicts_fewer_units_for_more_discount() -> None:
     for result in (
-        model.train_country(elastic_world(seed=1), PARAMS, RULES, num_threads=1),
-        *model.train_pooled(
+        train_country(elastic_world(seed=1), PARAMS, RULES, num_threads=1),
+        *train_pooled(
             pd.concat([elastic_world(seed=1), elastic_world(seed=2).assign(country="AUT")], ignore_index=True),
-            {"AUT": "test"}, PARAMS, RULES, num_threads=1,
+            {"AUT": "test"},
+            PARAMS,
+            RULES,
+            num_threads=1,
         ),
-    ):  # fmt: skip
+    ):
         booster = lgb.Booster(model_str=result.model_text)
-        encoding = model.Encoding(tuple(result.card["model"]["features"]), result.card["model"]["categories"])
-        future = model.future_weeks(model.prepare(elastic_world(seed=1))).assign(country=result.country)
-        by_step = [booster.predict(model.feature_frame(future.assign(discount=step), encoding)) for step in LADDER]
+        encoding = forecast.Encoding(tuple(result.card["model"]["features"]), result.card["model"]["categories"])
+        future = pricing.future_weeks(forecast.prepare(elastic_world(seed=1))).assign(country=result.country)
+        by_step = [booster.predict(forecast.feature_frame(future.assign(discount=step), encoding)) for step in LADDER]
         assert (np.diff(np.vstack(by_step), axis=0) >= -1e-12).all()
 
 
 def test_train_country_is_reproducible_and_a_saved_model_rescores_the_same() -> None:
     world = elastic_world(seed=2)
-    first = model.train_country(world, PARAMS, RULES, num_threads=2)
-    second = model.train_country(world, PARAMS, RULES, num_threads=2)
+    first = train_country(world, PARAMS, RULES, num_threads=2)
+    second = train_country(world, PARAMS, RULES, num_threads=2)
     pd.testing.assert_frame_equal(first.predictions, second.predictions)
     assert first.model_text == second.model_text
-    rescored = model.rescore(world, first.model_text, first.card, PARAMS, RULES)
+    rescored = rescore(world, first.model_text, first.card, PARAMS, RULES)
     pd.testing.assert_frame_equal(rescored.predictions, first.predictions)
     assert rescored.metrics["model_wape"] == first.metrics["model_wape"]

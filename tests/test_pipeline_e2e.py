@@ -1,5 +1,6 @@
 """The whole weekly run: Luigi drives spark-submit in local mode on a generated raw root and publishes into
 a real embedded PostgreSQL. The ERP table is then checked against the contract from the raw data itself."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,10 +16,13 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from markdown_pricing import erp
-from markdown_pricing.config import load_config
-from markdown_pricing.sample import generate_sample
-from markdown_pricing.submit import package_version
+from markdown_pricing.core.config import load_config
+from markdown_pricing.core.version import package_version
+from markdown_pricing.erp import connection
+from markdown_pricing.synthetic.sample import generate_sample
+
+# Whole runs through `markdown-pricing run` and Luigi's command line.
+pytestmark = pytest.mark.slow
 
 RUN_DATE = dt.date(2026, 11, 23)
 BIN = Path(sys.executable).parent
@@ -46,16 +50,20 @@ def expected_active(raw: Path) -> pd.DataFrame:
 
 
 def erp_table(dsn: str) -> pd.DataFrame:
-    with closing(erp.connect(dsn, 5)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT country, article_id, valid_from, recommended_discount::float8, run_id, model_version "
-                    "FROM markdown.predictions ORDER BY country, article_id")  # fmt: skip
+    with closing(connection.connect(dsn, 5)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT country, article_id, valid_from, recommended_discount::float8, run_id, model_version "
+            "FROM markdown.predictions ORDER BY country, article_id"
+        )
         return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
 
 
 def ledger(dsn: str) -> pd.DataFrame:
-    with closing(erp.connect(dsn, 5)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT run_id, country, status, rows, model_kind, fallback_reason, model_version "
-                    "FROM markdown.publish_ledger ORDER BY run_id, country")  # fmt: skip
+    with closing(connection.connect(dsn, 5)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT run_id, country, status, rows, model_kind, fallback_reason, model_version "
+            "FROM markdown.publish_ledger ORDER BY run_id, country"
+        )
         return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
 
 
@@ -67,17 +75,21 @@ def world(tmp_path_factory: pytest.TempPathFactory, erp_dsn: str) -> Iterator[di
     summary = generate_sample(root / "raw", countries=4, articles=90, weeks=40, seed=11, run_date=RUN_DATE)
     env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "PATH": f"{BIN}:{os.environ['PATH']}"}
     yield {"raw": root / "raw", "work": root / "work", "env": env, "countries": summary.countries}
-    with closing(erp.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
+    with closing(connection.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
         cur.execute("DROP SCHEMA IF EXISTS markdown CASCADE")
 
 
-def run_pipeline(world: dict[str, object], *command: str, path_flags: tuple[str, str] = ("--raw", "--work")
-                 ) -> subprocess.CompletedProcess[str]:
+def run_pipeline(
+    world: dict[str, object], *command: str, path_flags: tuple[str, str] = ("--raw", "--work")
+) -> subprocess.CompletedProcess[str]:
     raw_flag, work_flag = path_flags
     result = subprocess.run(
         [*command, "--run-date", RUN_DATE.isoformat(), raw_flag, str(world["raw"]), work_flag, str(world["work"])],
-        env=world["env"], capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        env=world["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -126,8 +138,11 @@ def test_pipeline_publishes_one_row_per_active_article_by_contract(world: dict[s
 def test_runs_lists_each_countrys_error_against_both_baselines(world: dict[str, object], erp_dsn: str) -> None:
     shown = subprocess.run(
         [str(BIN / "markdown-pricing"), "runs", "--json", "--work", str(world["work"])],
-        env=world["env"], capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=world["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     rows = pd.DataFrame(json.loads(shown.stdout))
     this_run = rows[rows["run_id"] == RUN_DATE.isoformat()].set_index("country")
@@ -143,7 +158,7 @@ def test_pipeline_rerun_through_luigi_cli_is_idempotent_and_new_run_replaces_row
     world: dict[str, object], erp_dsn: str
 ) -> None:
     before = erp_table(erp_dsn)
-    luigi = [str(BIN / "luigi"), "--module", "markdown_pricing.tasks", "WeeklyRun", "--local-scheduler"]
+    luigi = [str(BIN / "luigi"), "--module", "markdown_pricing.orchestrate.tasks", "WeeklyRun", "--local-scheduler"]
     run_pipeline(world, *luigi, path_flags=LUIGI_PATH_FLAGS)
     pd.testing.assert_frame_equal(erp_table(erp_dsn), before)
 

@@ -2,6 +2,7 @@
 
 The Luigi test runs a real worker against a real `luigid` and a real child process that writes progress files.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,9 +21,10 @@ import pytest
 from luigi.execution_summary import LuigiStatusCode
 from pyspark.sql import SparkSession
 
-from markdown_pricing import progress, runlog
-from markdown_pricing.storage import RunLayout
-from markdown_pricing.tasks import MarkerTarget, SparkStage
+from markdown_pricing.core.storage import RunLayout
+from markdown_pricing.observe import logs, progress, spark_watch
+from markdown_pricing.observe.display import RunDisplay, elapsed_text, stage_line
+from markdown_pricing.orchestrate.tasks import MarkerTarget, SparkStage
 from servers import luigid_api as api
 from servers import running_luigid
 
@@ -37,8 +39,16 @@ def layout(tmp_path: Path) -> RunLayout:
 
 
 def document(**fields: Any) -> progress.Document:
-    base = {"stage": "publish", "state": "running", "done": 1, "total": 4, "unit": "countries", "message": "DEU ...",
-            "started_at": T0.isoformat(), "updated_at": (T0 + dt.timedelta(seconds=30)).isoformat()}  # fmt: skip
+    base = {
+        "stage": "publish",
+        "state": "running",
+        "done": 1,
+        "total": 4,
+        "unit": "countries",
+        "message": "DEU ...",
+        "started_at": T0.isoformat(),
+        "updated_at": (T0 + dt.timedelta(seconds=30)).isoformat(),
+    }
     return {**base, **fields}
 
 
@@ -104,29 +114,29 @@ def test_percentage_and_status_message(fields: dict[str, Any], percent: int | No
 
 @pytest.mark.parametrize(("seconds", "text"), [(7.9, "0:07"), (750, "12:30"), (3723, "1:02:03")])
 def test_elapsed_text(seconds: float, text: str) -> None:
-    assert progress.elapsed_text(seconds) == text
+    assert elapsed_text(seconds) == text
 
 
 def test_stage_line_shows_state_count_elapsed_and_message() -> None:
-    line = progress.stage_line("publish", document(), since=T0, now=T0 + dt.timedelta(seconds=75))
+    line = stage_line("publish", document(), since=T0, now=T0 + dt.timedelta(seconds=75))
     assert line == "publish      running  1/4 countries        1:15  DEU ..."
 
 
 def test_stage_line_uses_the_finish_time_once_done() -> None:
     done = document(state="done", done=4, finished_at=(T0 + dt.timedelta(seconds=42)).isoformat())
-    line = progress.stage_line("publish", done, since=T0, now=T0 + dt.timedelta(hours=1))
+    line = stage_line("publish", done, since=T0, now=T0 + dt.timedelta(hours=1))
     assert line.split()[:4] == ["publish", "done", "4/4", "countries"] and "0:42" in line
 
 
 def test_stage_line_tells_earlier_attempts_from_this_one() -> None:
     later = T0 + dt.timedelta(hours=1)
-    assert progress.stage_line("publish", None, since=T0, now=T0) == "publish      waiting"
-    assert progress.stage_line("publish", document(state="failed"), since=later, now=later) == "publish      waiting"
-    assert progress.stage_line("publish", document(state="done"), since=later, now=later).endswith("earlier run")
+    assert stage_line("publish", None, since=T0, now=T0) == "publish      waiting"
+    assert stage_line("publish", document(state="failed"), since=later, now=later) == "publish      waiting"
+    assert stage_line("publish", document(state="done"), since=later, now=later).endswith("earlier run")
 
 
 def write_progress(layout: RunLayout, stage: str, **fields: Any) -> None:
-    from markdown_pricing.storage import write_json
+    from markdown_pricing.core.storage import write_json
 
     stamp = dt.datetime.now(dt.timezone.utc).isoformat()
     fields = {"stage": stage, "started_at": stamp, "updated_at": stamp, **fields}
@@ -135,7 +145,7 @@ def write_progress(layout: RunLayout, stage: str, **fields: Any) -> None:
 
 def test_display_off_a_terminal_prints_plain_lines_only_when_something_changes(layout: RunLayout) -> None:
     out = io.StringIO()
-    display = progress.RunDisplay(layout, ["etl", "publish"], out)
+    display = RunDisplay(layout, ["etl", "publish"], out)
     assert not display.live
     display.refresh()
     write_progress(layout, "publish")
@@ -148,14 +158,17 @@ def test_display_off_a_terminal_prints_plain_lines_only_when_something_changes(l
     lines = out.getvalue().splitlines()
     assert "\x1b" not in out.getvalue()
     assert [line.split()[:3] for line in lines] == [
-        ["etl", "waiting"], ["publish", "waiting"], ["publish", "running", "1/4"],
-        ["2026-11-23", "06:00:00,000", "WARNING"], ["publish", "running", "2/4"],
-    ]  # fmt: skip
+        ["etl", "waiting"],
+        ["publish", "waiting"],
+        ["publish", "running", "1/4"],
+        ["2026-11-23", "06:00:00,000", "WARNING"],
+        ["publish", "running", "2/4"],
+    ]
 
 
 def test_display_on_a_terminal_redraws_its_lines_in_place_below_log_lines(layout: RunLayout) -> None:
     out = io.StringIO()
-    display = progress.RunDisplay(layout, ["etl", "train_score", "publish"], out, live=True)
+    display = RunDisplay(layout, ["etl", "train_score", "publish"], out, live=True)
     display.refresh()
     first = out.getvalue()
     display.write_above("a warning\n")
@@ -172,7 +185,7 @@ def test_display_on_a_terminal_redraws_its_lines_in_place_below_log_lines(layout
 
 def test_display_stream_hands_over_complete_lines_only(layout: RunLayout) -> None:
     out = io.StringIO()
-    display = progress.RunDisplay(layout, [], out)
+    display = RunDisplay(layout, [], out)
     display.stream.write("half a ")
     assert out.getvalue() == ""
     display.stream.write("line\nand more")
@@ -193,7 +206,7 @@ def test_display_stream_hands_over_complete_lines_only(layout: RunLayout) -> Non
     ],
 )
 def test_line_level_of_records_and_continuations(line: str, previous: int, level: int) -> None:
-    assert runlog.line_level(line, previous) == level
+    assert logs.line_level(line, previous) == level
 
 
 CHILD_OUTPUT = [
@@ -209,7 +222,7 @@ CHILD_OUTPUT = [
 @pytest.mark.parametrize(("show_all", "echoed"), [(False, CHILD_OUTPUT[2:]), (True, CHILD_OUTPUT)])
 def test_copy_output_files_everything_and_echoes_warnings_and_errors(show_all: bool, echoed: list[str]) -> None:
     log_file, shown = io.StringIO(), []
-    runlog.copy_output(iter(CHILD_OUTPUT), log_file, shown.append, show_all)
+    logs.copy_output(iter(CHILD_OUTPUT), log_file, shown.append, show_all)
     assert log_file.getvalue() == "".join(CHILD_OUTPUT)
     assert shown == echoed
 
@@ -219,12 +232,12 @@ def test_structured_lines_name_run_stage_and_country(tmp_path: Path) -> None:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        runlog.configure("2026-11-23", "publish", stream, logging.INFO, tmp_path / "logs" / "publish.log")
+        logs.configure("2026-11-23", "publish", stream, logging.INFO, tmp_path / "logs" / "publish.log")
         log = logging.getLogger("markdown_pricing.stages.publish")
         log.info("before any country")
-        runlog.set_country("DEU")
+        logs.set_country("DEU")
         log.info("country DEU: published")
-        runlog.set_country(None)
+        logs.set_country(None)
         log.warning("named explicitly", extra={"country": "FRA"})
     finally:
         for handler in root.handlers:
@@ -243,7 +256,7 @@ def test_structured_lines_name_run_stage_and_country(tmp_path: Path) -> None:
 
 def test_stage_log_of_an_hdfs_run_stays_on_the_local_machine() -> None:
     hdfs = RunLayout(raw="hdfs://nn:8020/raw", work="hdfs://nn:8020/work", run_id="r1")
-    path = runlog.stage_log_path(hdfs, "etl")
+    path = logs.stage_log_path(hdfs, "etl")
     assert path.parts[-5:] == ("markdown-pricing", "runs", "r1", "logs", "etl.log") and path.is_absolute()
 
 
@@ -263,7 +276,7 @@ def test_spark_task_watcher_reports_tasks_of_the_running_stage(spark: SparkSessi
     sc = spark.sparkContext
     sc.setJobGroup("watched", "watcher test")
     try:
-        watcher = progress.SparkTaskWatcher(sc, tracker, "training 2 countries", poll_s=0.1)
+        watcher = spark_watch.SparkTaskWatcher(sc, tracker, "training 2 countries", poll_s=0.1)
         watcher.start()
         # Two tasks, the second a good while longer: the watcher sees one done of two.
         sc.parallelize([0.2, 1.5], 2).foreach(time.sleep)
@@ -280,8 +293,11 @@ FAKE_STAGE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from markdown_pricing import progress
-    from markdown_pricing.storage import RunLayout
+    from markdown_pricing.observe import display
+    from markdown_pricing.observe import logs
+    from markdown_pricing.observe import progress
+    from markdown_pricing.observe import spark_watch
+    from markdown_pricing.core.storage import RunLayout
 
     work, out = sys.argv[1], Path(sys.argv[2])
     tracker = progress.StageProgress(RunLayout(raw="", work=work, run_id="progress"), "fake", total=4)
@@ -304,13 +320,13 @@ class FakeStage(SparkStage):
     poll_s = 0.2
 
     def command(self) -> list[str]:
-        script = Path(self.ctx.cfg.paths.work) / "fake_stage.py"
+        script = Path(self.ctx.work) / "fake_stage.py"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(FAKE_STAGE)
-        return [sys.executable, str(script), self.ctx.cfg.paths.work, str(Path(self.ctx.cfg.paths.work) / "out")]
+        return [sys.executable, str(script), self.ctx.work, str(Path(self.ctx.work) / "out")]
 
     def output(self) -> MarkerTarget:
-        return MarkerTarget(str(Path(self.ctx.cfg.paths.work) / "out"))
+        return MarkerTarget(str(Path(self.ctx.work) / "out"))
 
 
 @pytest.fixture()
@@ -347,7 +363,7 @@ def test_spark_stage_shows_progress_on_luigid_while_running_and_when_done(
     assert done["progress_percentage"] == 100
     assert done["status_message"] == "done - 4/4 countries - 4 published (last: ITA published)"
 
-    log_text = runlog.stage_log_path(task.ctx.layout, "fake").read_text()
+    log_text = logs.stage_log_path(task.ctx.layout, "fake").read_text()
     assert "country=ITA x: ITA done" in log_text and "WARN Fake: something to look at" in log_text
     terminal = capfd.readouterr().err
     assert "WARN Fake: something to look at" in terminal

@@ -1,4 +1,5 @@
 """The publish stage against a real embedded PostgreSQL: trained countries replace their rows, others keep theirs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,12 @@ import pytest
 from psycopg2 import sql
 from pyspark.sql import SparkSession
 
-from markdown_pricing import erp
-from markdown_pricing.config import ErpSettings, load_config, with_paths
-from markdown_pricing.schemas import PREDICTIONS
-from markdown_pricing.stages import RunContext
-from markdown_pricing.stages import publish as publish_stage
-from markdown_pricing.storage import write_json
+from markdown_pricing.core.config import Config, ErpSettings
+from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.core.storage import write_json
+from markdown_pricing.erp import connection, ledger
+from markdown_pricing.stages import publish_job as publish_stage
 
 RUN_DATE = dt.date(2026, 11, 23)
 METRICS = {"train_rows": 100, "holdout_rows": 10, "model_wape": 0.3, "model_bias": 0.01, "baseline_wape": 0.4}
@@ -26,9 +27,12 @@ def prediction(country: str, article: str, discount: float) -> tuple:
     return (country, article, 50.0, 0.0, discount, round(50.0 * (1 - discount), 2), 3.0, 120.0, 0.8, 10)
 
 
-def context(tmp_path: Path, settings: ErpSettings, run_id: str) -> RunContext:
-    cfg = with_paths(load_config("local"), raw=str(tmp_path / "raw"), work=str(tmp_path / "work"))
-    return RunContext(cfg=dataclasses.replace(cfg, erp=settings), run_date=RUN_DATE, run_id=run_id)
+def context(tmp_path: Path, run_id: str) -> RunContext:
+    return RunContext(RUN_DATE, run_id, raw=str(tmp_path / "raw"), work=str(tmp_path / "work"))
+
+
+def config(ctx: RunContext, settings: ErpSettings) -> Config:
+    return dataclasses.replace(load_run_config(ctx), erp=settings)
 
 
 def stage_outputs(spark: SparkSession, ctx: RunContext, rows: list[tuple], results: dict[str, dict]) -> None:
@@ -39,7 +43,7 @@ def stage_outputs(spark: SparkSession, ctx: RunContext, rows: list[tuple], resul
 
 
 def erp_rows(settings: ErpSettings) -> pd.DataFrame:
-    with closing(erp.connect(settings.dsn, 5)) as conn, conn.cursor() as cur:
+    with closing(connection.connect(settings.dsn, 5)) as conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL("SELECT country, article_id, recommended_discount::float8, run_id FROM {}.{} ORDER BY 1, 2").format(
                 sql.Identifier(settings.schema), sql.Identifier(settings.predictions_table)
@@ -51,46 +55,52 @@ def erp_rows(settings: ErpSettings) -> pd.DataFrame:
 def test_publish_run_keeps_rows_of_a_country_that_failed_and_reports_it(
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
 ) -> None:
-    first = context(tmp_path, erp_settings, "week-1")
+    first = context(tmp_path, "week-1")
     stage_outputs(
-        spark, first,
+        spark,
+        first,
         [prediction("DEU", "A1", 0.1), prediction("DEU", "A2", 0.2), prediction("FRA", "A1", 0.3)],
         {"DEU": {"status": "trained", **METRICS}, "FRA": {"status": "trained", **METRICS}},
-    )  # fmt: skip
-    assert publish_stage.run(spark, first) == 0
+    )
+    assert publish_stage.run(spark, first, config(first, erp_settings)) == 0
 
-    second = context(tmp_path, erp_settings, "week-2")
+    second = context(tmp_path, "week-2")
     stage_outputs(
-        spark, second,
+        spark,
+        second,
         [prediction("DEU", "A3", 0.4), prediction("DEU", "A4", 0.1)],
         {"DEU": {"status": "trained", **METRICS}, "FRA": {"status": "failed", "error": "ValueError: too short"}},
-    )  # fmt: skip
-    assert publish_stage.run(spark, second) == 1
+    )
+    assert publish_stage.run(spark, second, config(second, erp_settings)) == 1
 
     expected = pd.DataFrame(
         [("DEU", "A3", 0.4, "week-2"), ("DEU", "A4", 0.1, "week-2"), ("FRA", "A1", 0.3, "week-1")],
         columns=["country", "article_id", "discount", "run_id"],
     )
     pd.testing.assert_frame_equal(erp_rows(erp_settings), expected)
-    with closing(erp.connect(erp_settings.dsn, 5)) as conn:
-        assert erp.ledger(conn, erp_settings, "week-2") == {"DEU": "published", "FRA": "failed"}
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn:
+        assert ledger.run_statuses(conn, erp_settings, "week-2") == {"DEU": "published", "FRA": "failed"}
 
 
 def test_publish_run_treats_a_trained_country_without_predictions_as_not_published(
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
 ) -> None:
-    ctx = context(tmp_path, erp_settings, "week-1")
-    stage_outputs(spark, ctx, [prediction("DEU", "A1", 0.1)],
-                  {"DEU": {"status": "trained", **METRICS}, "ITA": {"status": "trained", **METRICS}})  # fmt: skip
-    assert publish_stage.run(spark, ctx) == 1
-    with closing(erp.connect(erp_settings.dsn, 5)) as conn:
-        assert erp.ledger(conn, erp_settings, "week-1") == {"DEU": "published", "ITA": "failed"}
+    ctx = context(tmp_path, "week-1")
+    stage_outputs(
+        spark,
+        ctx,
+        [prediction("DEU", "A1", 0.1)],
+        {"DEU": {"status": "trained", **METRICS}, "ITA": {"status": "trained", **METRICS}},
+    )
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 1
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn:
+        assert ledger.run_statuses(conn, erp_settings, "week-1") == {"DEU": "published", "ITA": "failed"}
     assert erp_rows(erp_settings)["country"].tolist() == ["DEU"]
 
 
 def ledger_rows(settings: ErpSettings, run_id: str) -> dict[str, tuple]:
     """Country -> (status, rows, gate_override, message) of one run."""
-    with closing(erp.connect(settings.dsn, 5)) as conn, conn.cursor() as cur:
+    with closing(connection.connect(settings.dsn, 5)) as conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL("SELECT country, status, rows, gate_override, message FROM {}.{} WHERE run_id = %s").format(
                 sql.Identifier(settings.schema), sql.Identifier(settings.ledger_table)
@@ -106,11 +116,11 @@ DROP_REASON = "recommendations dropped 20.0% (10 -> 8), more than the allowed 10
 
 def dropping_deu(spark: SparkSession, tmp_path: Path, settings: ErpSettings) -> RunContext:
     """Publishes week-1 (DEU 10 articles, FRA 2) and writes week-2's outputs, where DEU has only 8."""
-    first = context(tmp_path, settings, "week-1")
+    first = context(tmp_path, "week-1")
     rows = [prediction("DEU", f"A{i}", 0.1) for i in range(10)] + [prediction("FRA", f"A{i}", 0.3) for i in range(2)]
     stage_outputs(spark, first, rows, {"DEU": TRAINED, "FRA": TRAINED})
-    assert publish_stage.run(spark, first) == 0
-    second = context(tmp_path, settings, "week-2")
+    assert publish_stage.run(spark, first, config(first, settings)) == 0
+    second = context(tmp_path, "week-2")
     rows = [prediction("DEU", f"A{i}", 0.2) for i in range(8)] + [prediction("FRA", f"A{i}", 0.4) for i in range(2)]
     stage_outputs(spark, second, rows, {"DEU": TRAINED, "FRA": TRAINED})
     return second
@@ -121,7 +131,7 @@ def test_publish_run_blocks_a_country_whose_recommendations_drop_and_keeps_its_r
 ) -> None:
     second = dropping_deu(spark, tmp_path, erp_settings)
 
-    assert publish_stage.run(spark, second) == 1
+    assert publish_stage.run(spark, second, config(second, erp_settings)) == 1
 
     table = erp_rows(erp_settings)
     assert table.groupby("country")["run_id"].agg(set).to_dict() == {"DEU": {"week-1"}, "FRA": {"week-2"}}
@@ -137,10 +147,10 @@ def test_publish_run_with_an_override_publishes_a_blocked_country_and_records_it
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
 ) -> None:
     blocked = dropping_deu(spark, tmp_path, erp_settings)
-    assert publish_stage.run(spark, blocked) == 1
+    assert publish_stage.run(spark, blocked, config(blocked, erp_settings)) == 1
 
     overridden = dataclasses.replace(blocked, gate_overrides=("DEU",))
-    assert publish_stage.run(spark, overridden) == 0
+    assert publish_stage.run(spark, overridden, config(overridden, erp_settings)) == 0
 
     table = erp_rows(erp_settings)
     assert table.groupby("country")["run_id"].agg(set).to_dict() == {"DEU": {"week-2"}, "FRA": {"week-2"}}
@@ -148,38 +158,43 @@ def test_publish_run_with_an_override_publishes_a_blocked_country_and_records_it
     recorded = ("published", 8, True, f"gate overridden by operator: {DROP_REASON}")
     assert ledger_rows(erp_settings, "week-2")["DEU"] == recorded
     # A rerun without the override leaves the overridden publish as it is.
-    assert publish_stage.run(spark, blocked) == 0
+    assert publish_stage.run(spark, blocked, config(blocked, erp_settings)) == 0
     assert ledger_rows(erp_settings, "week-2")["DEU"] == recorded
 
 
 def test_publish_run_blocks_a_country_whose_model_loses_to_its_baseline(
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
 ) -> None:
-    ctx = context(tmp_path, erp_settings, "week-1")
+    ctx = context(tmp_path, "week-1")
     losing = {**TRAINED, "model_wape": 0.45, "baseline_wape": 0.4}
-    stage_outputs(spark, ctx, [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.1)],
-                  {"DEU": losing, "FRA": TRAINED})  # fmt: skip
+    stage_outputs(
+        spark, ctx, [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.1)], {"DEU": losing, "FRA": TRAINED}
+    )
 
-    assert publish_stage.run(spark, ctx) == 1
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 1
 
     assert erp_rows(erp_settings)["country"].tolist() == ["FRA"]
     assert ledger_rows(erp_settings, "week-1")["DEU"] == (
-        "blocked", None, False,
+        "blocked",
+        None,
+        False,
         "blocked by the quality gate: model loses to its baseline: model WAPE 0.450 >= baseline WAPE 0.400",
-    )  # fmt: skip
+    )
 
 
 def test_publish_run_blocks_a_country_with_a_discount_off_the_ladder(
     spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
 ) -> None:
-    ctx = context(tmp_path, erp_settings, "week-1")
+    ctx = context(tmp_path, "week-1")
     stage_outputs(spark, ctx, [prediction("DEU", "A1", 0.1), prediction("DEU", "A2", 0.15)], {"DEU": TRAINED})
 
-    assert publish_stage.run(spark, ctx) == 1
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 1
 
     assert erp_rows(erp_settings).empty
     assert ledger_rows(erp_settings, "week-1")["DEU"] == (
-        "blocked", None, False,
+        "blocked",
+        None,
+        False,
         "blocked by the quality gate: 1 of 2 rows recommend a discount off the ladder "
         "(e.g. A2: recommended_discount 0.15)",
-    )  # fmt: skip
+    )

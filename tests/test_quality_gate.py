@@ -1,4 +1,5 @@
 """The publish quality gate on small pandas frames: every rule blocks on its own, and a sound result passes."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from markdown_pricing.quality_gate import gate_reasons, not_publishable_because
-from markdown_pricing.schemas import PREDICTION_COLUMNS
+from markdown_pricing.core.contract import PREDICTION_COLUMNS
+from markdown_pricing.erp.gate import gate_reasons, not_publishable_because
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 TRAINED = {"status": "trained", "model_wape": 0.30, "baseline_wape": 0.40, "model_bias": 0.01}
@@ -147,8 +148,7 @@ def test_gate_reasons_pass_holding_an_off_ladder_current_discount() -> None:
 
 def test_gate_reasons_block_a_reversed_markdown() -> None:
     assert reasons(recommendations(current_discount=[0.3], recommended_discount=[0.1])) == [
-        "1 of 4 rows recommend less discount than today's "
-        "(e.g. A0: recommended_discount 0.1, current_discount 0.3)"
+        "1 of 4 rows recommend less discount than today's (e.g. A0: recommended_discount 0.1, current_discount 0.3)"
     ]
 
 

@@ -1,4 +1,5 @@
 """The run report: figure data from small frames, run ordering, and the page rendered in headless Chromium."""
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,10 @@ import pytest
 from PIL import Image
 from pyspark.sql import SparkSession
 
-from markdown_pricing import cli, report
-from markdown_pricing.schemas import PREDICTIONS
-from markdown_pricing.storage import RunLayout, write_json
+from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.core.storage import RunLayout, write_json
+from markdown_pricing.observe import run_report
+from markdown_pricing.orchestrate import cli
 
 UTC = dt.timezone.utc
 COUNTRIES = ("DEU", "FRA", "ITA")
@@ -41,17 +43,22 @@ def test_model_error_keeps_failed_countries_with_missing_metrics() -> None:
         "DEU": {"status": "failed", "error": "ValueError: too short", "model_wape": None, "baseline_wape": None},
     }
     expected = pd.DataFrame(
-        {"country": ["DEU", "FRA"], "status": ["failed", "trained"], "model_wape": [np.nan, 0.3],
-         "baseline_wape": [np.nan, 0.4], "model_bias": [np.nan, -0.02]}
-    )  # fmt: skip
-    pd.testing.assert_frame_equal(report.model_error(results), expected)
+        {
+            "country": ["DEU", "FRA"],
+            "status": ["failed", "trained"],
+            "model_wape": [np.nan, 0.3],
+            "baseline_wape": [np.nan, 0.4],
+            "model_bias": [np.nan, -0.02],
+        }
+    )
+    pd.testing.assert_frame_equal(run_report.model_error(results), expected)
 
 
 def test_discount_mix_gives_each_country_shares_per_discount() -> None:
     predictions = predictions_frame(
         [("DEU", "A1", 0.1), ("DEU", "A2", 0.1), ("DEU", "A3", 0.3), ("DEU", "A4", 0.0), ("FRA", "A1", 0.3)]
     )
-    mix = report.discount_mix(predictions)
+    mix = run_report.discount_mix(predictions)
     assert mix.index.tolist() == ["DEU", "FRA"]
     assert mix.columns.tolist() == [0.0, 0.1, 0.3]
     assert mix.to_numpy().tolist() == [[0.25, 0.5, 0.25], [0.0, 0.0, 1.0]]
@@ -61,7 +68,7 @@ def test_sell_through_gives_quantiles_of_articles_and_the_stock_weighted_share()
     predictions = predictions_frame([("DEU", f"A{i}", 0.1) for i in range(5)])
     predictions["expected_sell_through"] = [0.2, 0.4, 0.6, 0.8, 1.0]
     predictions["stock_on_hand"] = [10, 10, 10, 10, 60]
-    row = report.sell_through(predictions).loc["DEU"]
+    row = run_report.sell_through(predictions).loc["DEU"]
     assert row["articles"] == 5
     assert row[["p10", "p25", "median", "p75", "p90"]].tolist() == pytest.approx([0.28, 0.4, 0.6, 0.8, 0.92])
     # (2 + 4 + 6 + 8 + 60) units of 100 on hand.
@@ -70,14 +77,27 @@ def test_sell_through_gives_quantiles_of_articles_and_the_stock_weighted_share()
 
 def test_week_over_week_compares_articles_of_both_runs_and_ignores_float_noise() -> None:
     previous = predictions_frame(
-        [("DEU", "A1", 0.1), ("DEU", "A2", 0.3), ("DEU", "A3", 0.1 + 0.2), ("DEU", "A4", 0.2), ("DEU", "OLD", 0.5),
-         ("FRA", "A1", 0.0)]
-    )  # fmt: skip
+        [
+            ("DEU", "A1", 0.1),
+            ("DEU", "A2", 0.3),
+            ("DEU", "A3", 0.1 + 0.2),
+            ("DEU", "A4", 0.2),
+            ("DEU", "OLD", 0.5),
+            ("FRA", "A1", 0.0),
+        ]
+    )
     current = predictions_frame(
-        [("DEU", "A1", 0.2), ("DEU", "A2", 0.1), ("DEU", "A3", 0.3), ("DEU", "A4", 0.4), ("DEU", "NEW", 0.7),
-         ("FRA", "A1", 0.0), ("ITA", "A1", 0.1)]
-    )  # fmt: skip
-    changes = report.week_over_week(current, previous)
+        [
+            ("DEU", "A1", 0.2),
+            ("DEU", "A2", 0.1),
+            ("DEU", "A3", 0.3),
+            ("DEU", "A4", 0.4),
+            ("DEU", "NEW", 0.7),
+            ("FRA", "A1", 0.0),
+            ("ITA", "A1", 0.1),
+        ]
+    )
+    changes = run_report.week_over_week(current, previous)
     assert changes.index.tolist() == ["DEU", "FRA"]
     assert changes.loc["DEU", ["articles", "up", "same", "down"]].tolist() == [4, 0.5, 0.25, 0.25]
     # (+0.1 - 0.2 + 0 + 0.2) / 4
@@ -92,10 +112,14 @@ def test_rejected_rows_lists_reasons_with_rows_largest_first() -> None:
         "stock": {"rows": 50, "rejected_by_reason": {}},
     }
     expected = pd.DataFrame(
-        {"dataset": ["sales", "articles", "sales"], "reason": ["unknown article", "null key", "null key"],
-         "rows": [30, 2, 2], "share": [0.03, 0.02, 0.002]}
-    )  # fmt: skip
-    pd.testing.assert_frame_equal(report.rejected_rows(record), expected)
+        {
+            "dataset": ["sales", "articles", "sales"],
+            "reason": ["unknown article", "null key", "null key"],
+            "rows": [30, 2, 2],
+            "share": [0.03, 0.02, 0.002],
+        }
+    )
+    pd.testing.assert_frame_equal(run_report.rejected_rows(record), expected)
 
 
 def test_stage_timings_orders_stages_by_start_and_offsets_them_from_the_first() -> None:
@@ -105,32 +129,36 @@ def test_stage_timings_orders_stages_by_start_and_offsets_them_from_the_first() 
         "train_score": {"started_at": "2026-11-23T06:02:00+00:00", "seconds": 480.0, "exit_code": 0},
     }
     expected = pd.DataFrame(
-        {"stage": ["etl", "train_score", "publish"], "start_s": [0.0, 120.0, 630.0], "seconds": [90.0, 480.0, 12.5],
-         "exit_code": [0, 0, 1]}
-    )  # fmt: skip
-    pd.testing.assert_frame_equal(report.stage_timings(records), expected)
+        {
+            "stage": ["etl", "train_score", "publish"],
+            "start_s": [0.0, 120.0, 630.0],
+            "seconds": [90.0, 480.0, 12.5],
+            "exit_code": [0, 0, 1],
+        }
+    )
+    pd.testing.assert_frame_equal(run_report.stage_timings(records), expected)
 
 
 def test_run_date_of_reads_a_dated_run_id_else_the_day_it_was_trained() -> None:
     trained = dt.datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
-    assert report.run_date_of("2026-11-23", trained) == dt.date(2026, 11, 23)
-    assert report.run_date_of("2026-11-23-b", trained) == dt.date(2026, 11, 23)
-    assert report.run_date_of("backfill", trained) == dt.date(2026, 12, 2)
-    assert report.run_date_of("2026-13-45", trained) == dt.date(2026, 12, 2)
+    assert run_report.run_date_of("2026-11-23", trained) == dt.date(2026, 11, 23)
+    assert run_report.run_date_of("2026-11-23-b", trained) == dt.date(2026, 11, 23)
+    assert run_report.run_date_of("backfill", trained) == dt.date(2026, 12, 2)
+    assert run_report.run_date_of("2026-13-45", trained) == dt.date(2026, 12, 2)
 
 
 def test_previous_run_is_the_latest_run_sorting_before_the_current_one() -> None:
-    def run(run_id: str, day: int, hour: int) -> report.RunFolder:
-        return report.RunFolder(run_id, dt.date(2026, 11, day), dt.datetime(2026, 12, 1, hour, tzinfo=UTC))
+    def run(run_id: str, day: int, hour: int) -> run_report.RunFolder:
+        return run_report.RunFolder(run_id, dt.date(2026, 11, day), dt.datetime(2026, 12, 1, hour, tzinfo=UTC))
 
     week_1, week_2, rerun_2, week_3 = run("w1", 16, 9), run("w2", 23, 1), run("w2b", 23, 5), run("w3", 30, 2)
     runs = [week_3, rerun_2, week_1, week_2]
     # A later rerun of the same week follows the first run of that week; a backfill of an older week compares with
     # the week before it, not with whatever ran last.
-    assert report.previous_run(runs, week_3) == rerun_2
-    assert report.previous_run(runs, rerun_2) == week_2
-    assert report.previous_run(runs, week_2) == week_1
-    assert report.previous_run(runs, week_1) is None
+    assert run_report.previous_run(runs, week_3) == rerun_2
+    assert run_report.previous_run(runs, rerun_2) == week_2
+    assert run_report.previous_run(runs, week_2) == week_1
+    assert run_report.previous_run(runs, week_1) is None
 
 
 def write_predictions(layout: RunLayout, frame: pd.DataFrame) -> None:
@@ -156,40 +184,57 @@ def fabricate_run(work: Path, run_id: str, started: dt.datetime, shift: float, f
         for article in range(count):
             discount = round(min(0.7, base[article] + (shift if article % 3 == 0 else 0.0)), 1)
             rows.append((country, f"A{article:03d}", discount, float(sold[article]), int(stock[article])))
-    frame = pd.DataFrame(rows, columns=["country", "article_id", "recommended_discount", "expected_sell_through",
-                                        "stock_on_hand"])  # fmt: skip
+    frame = pd.DataFrame(
+        rows, columns=["country", "article_id", "recommended_discount", "expected_sell_through", "stock_on_hand"]
+    )
     frame["current_discount"] = (frame["recommended_discount"] - 0.1).clip(lower=0.0)
     write_predictions(layout, frame)
     results = {
         country: (
-            {"status": "failed", "error": "ValueError: too few history weeks", "model_wape": None,
-             "baseline_wape": None, "model_bias": None}
+            {
+                "status": "failed",
+                "error": "ValueError: too few history weeks",
+                "model_wape": None,
+                "baseline_wape": None,
+                "model_bias": None,
+            }
             if country in failed
-            else {"status": "trained", "model_wape": 0.28 + 0.03 * index, "baseline_wape": 0.35 + 0.02 * index,
-                  "model_bias": 0.01 * (index - 1)}
+            else {
+                "status": "trained",
+                "model_wape": 0.28 + 0.03 * index,
+                "baseline_wape": 0.35 + 0.02 * index,
+                "model_bias": 0.01 * (index - 1),
+            }
         )
         for index, country in enumerate(COUNTRIES)
-    }  # fmt: skip
+    }
     write_json(layout.country_results, results)
     write_json(
         layout.etl_record,
         {
             "articles": {"rows": 300, "rejected": 1, "rejected_by_reason": {"null key": 1}},
-            "sales": {"rows": 40000, "rejected": 420, "rejected_by_reason": {
-                "unknown article": 300, "sale on or after the run date": 100, "null key": 20}},
+            "sales": {
+                "rows": 40000,
+                "rejected": 420,
+                "rejected_by_reason": {"unknown article": 300, "sale on or after the run date": 100, "null key": 20},
+            },
             "prices": {"rows": 5000, "rejected": 12, "rejected_by_reason": {"non-positive price": 12}},
             "stock": {"rows": 9000, "rejected": 0, "rejected_by_reason": {}},
         },
-    )  # fmt: skip
+    )
     offset = 0.0
     for stage, seconds in (("etl", 74.2), ("train_score", 301.5), ("publish", 8.9)):
         begin = started + dt.timedelta(seconds=offset + 3)
         write_json(
             layout.stage_record(stage),
-            {"stage": stage, "started_at": begin.isoformat(),
-             "finished_at": (begin + dt.timedelta(seconds=seconds)).isoformat(), "seconds": seconds,
-             "exit_code": 1 if stage == "publish" and failed else 0},
-        )  # fmt: skip
+            {
+                "stage": stage,
+                "started_at": begin.isoformat(),
+                "finished_at": (begin + dt.timedelta(seconds=seconds)).isoformat(),
+                "seconds": seconds,
+                "exit_code": 1 if stage == "publish" and failed else 0,
+            },
+        )
         offset += seconds + 3
 
 
@@ -205,11 +250,24 @@ def chromium(*arguments: str, profile: Path) -> subprocess.CompletedProcess[str]
     if binary is None:
         pytest.fail("chromium is not installed: run `apt-get install -y chromium` (`make test` does it as root)")
     return subprocess.run(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         f"--user-data-dir={profile}", *arguments],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *arguments,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_report_command_writes_a_page_with_six_plots_that_chromium_renders(
@@ -225,7 +283,7 @@ def test_report_command_writes_a_page_with_six_plots_that_chromium_renders(
     assert capsys.readouterr().out.strip() == str(path)
     page = path.read_text()
     images = image_sources(page)
-    assert sorted(images) == sorted(report.PLOT_ALTS)
+    assert sorted(images) == sorted(run_report.PLOT_ALTS)
     for alt, data in images.items():
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "PNG" and image.width >= 1000 and image.height >= 250, alt
@@ -236,17 +294,18 @@ def test_report_command_writes_a_page_with_six_plots_that_chromium_renders(
     dom = chromium("--dump-dom", path.as_uri(), profile=tmp_path / "profile-dom")
     assert dom.returncode == 0, dom.stderr[-3000:]
     assert "<h1>Markdown pricing run 2026-11-23</h1>" in dom.stdout
-    assert sorted(re.findall(r'<img alt="([^"]+)"', dom.stdout)) == sorted(report.PLOT_ALTS)
+    assert sorted(re.findall(r'<img alt="([^"]+)"', dom.stdout)) == sorted(run_report.PLOT_ALTS)
 
     screenshot = tmp_path / "report.png"
-    shot = chromium(f"--screenshot={screenshot}", "--window-size=1400,3000", path.as_uri(),
-                    profile=tmp_path / "profile-shot")  # fmt: skip
+    shot = chromium(
+        f"--screenshot={screenshot}", "--window-size=1400,3000", path.as_uri(), profile=tmp_path / "profile-shot"
+    )
     assert shot.returncode == 0, shot.stderr[-3000:]
     with Image.open(screenshot) as image:
         assert image.size == (1400, 3000)
         # A blank or error page has a handful of colours; plots have thousands.
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 500
-    # To look at the page yourself: MARKDOWN_REPORT_SCREENSHOT=/tmp/report.png pytest tests/test_report.py
+    # To look at the page yourself: MARKDOWN_REPORT_SCREENSHOT=/tmp/run_report.png pytest tests/test_report.py
     if keep := os.environ.get("MARKDOWN_REPORT_SCREENSHOT"):
         shutil.copyfile(screenshot, keep)
 
@@ -257,24 +316,24 @@ def test_report_defaults_to_the_latest_written_run_and_says_when_there_is_nothin
     fabricate_run(work, "backfill", dt.datetime(2026, 11, 9, 5, 0, tzinfo=UTC), shift=0.1)
     os.utime(work / "runs" / "2026-11-23" / "country_results.json", (1, 1))
 
-    path = report.write_report(str(work), generated_at=dt.datetime(2026, 11, 24, 8, 0, tzinfo=UTC))
+    path = run_report.write_report(str(work), generated_at=dt.datetime(2026, 11, 24, 8, 0, tzinfo=UTC))
 
     assert path == work / "runs" / "backfill" / "report.html"
     page = path.read_text()
     # "backfill" was trained on 2026-11-09, so it sorts before 2026-11-23 and has no earlier run.
     assert "run date 2026-11-09" in page and "written 2026-11-24 08:00 UTC" in page
     assert "There is no earlier run with predictions in this work folder" in page
-    assert sorted(image_sources(page)) == sorted(set(report.PLOT_ALTS) - {report.WEEK_OVER_WEEK_ALT})
+    assert sorted(image_sources(page)) == sorted(set(run_report.PLOT_ALTS) - {run_report.WEEK_OVER_WEEK_ALT})
 
 
 def test_report_refuses_a_work_folder_that_is_not_local() -> None:
-    with pytest.raises(report.ReportError, match="needs a local work folder.*mounted"):
-        report.write_report("hdfs://namenode:8020/markdown/work")
+    with pytest.raises(run_report.ReportError, match="needs a local work folder.*mounted"):
+        run_report.write_report("hdfs://namenode:8020/markdown/work")
 
 
 def test_report_without_runs_says_so(tmp_path: Path) -> None:
-    with pytest.raises(report.ReportError, match="no run under .* has train-and-score results"):
-        report.write_report(str(tmp_path))
+    with pytest.raises(run_report.ReportError, match="no run under .* has train-and-score results"):
+        run_report.write_report(str(tmp_path))
 
 
 def test_read_predictions_reads_what_spark_writes(spark: SparkSession, tmp_path: Path) -> None:
@@ -285,10 +344,16 @@ def test_read_predictions_reads_what_spark_writes(spark: SparkSession, tmp_path:
     ]
     spark.createDataFrame(rows, PREDICTIONS).write.partitionBy("country").parquet(layout.predictions)
 
-    frame = report.read_predictions(layout.predictions)
+    frame = run_report.read_predictions(layout.predictions)
 
     expected = pd.DataFrame(
-        {"country": ["DEU", "FRA"], "article_id": ["A1", "A2"], "current_discount": [0.0, 0.1],
-         "recommended_discount": [0.1, 0.2], "expected_sell_through": [0.8, 0.5], "stock_on_hand": [10, 4]}
-    )  # fmt: skip
+        {
+            "country": ["DEU", "FRA"],
+            "article_id": ["A1", "A2"],
+            "current_discount": [0.0, 0.1],
+            "recommended_discount": [0.1, 0.2],
+            "expected_sell_through": [0.8, 0.5],
+            "stock_on_hand": [10, 4],
+        }
+    )
     pd.testing.assert_frame_equal(frame.sort_values("country", ignore_index=True), expected)

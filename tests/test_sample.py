@@ -1,4 +1,5 @@
 """Tests of the synthetic raw-data generator (pyarrow and pandas only, no Spark session)."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -13,8 +14,9 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from markdown_pricing import etl
-from markdown_pricing.sample import (
+from markdown_pricing.core.schemas import RAW_DATASETS
+from markdown_pricing.etl import transforms
+from markdown_pricing.synthetic.sample import (
     COUNTRY_CODES,
     EPOCH,
     SampleSummary,
@@ -22,7 +24,6 @@ from markdown_pricing.sample import (
     generate_sample,
     true_daily_demand,
 )
-from markdown_pricing.schemas import RAW_DATASETS
 
 RUN_DATE = date(2025, 6, 2)
 SMALL = {"countries": 4, "articles": 60, "weeks": 30}
@@ -142,12 +143,14 @@ def test_stock_drops_by_the_units_sold(sample: tuple[Path, SampleSummary]) -> No
 def test_sales_revenue_matches_shelf_price(sample: tuple[Path, SampleSummary]) -> None:
     root, summary = sample
     sales = read(root, "sales")
-    clean = (sales["country"].isin(summary.countries) & sales["article_id"].isin(read(root, "articles")["article_id"])
-             & (sales["sale_date"] < RUN_DATE))
+    clean = (
+        sales["country"].isin(summary.countries)
+        & sales["article_id"].isin(read(root, "articles")["article_id"])
+        & (sales["sale_date"] < RUN_DATE)
+    )
     sales = sales[clean].assign(day=lambda d: pd.to_datetime(d["sale_date"]))
     prices = read(root, "prices").query("price > 0").assign(day=lambda d: pd.to_datetime(d["valid_from"]))
-    joined = pd.merge_asof(sales.sort_values("day"), prices.sort_values("day"), on="day",
-                           by=["country", "article_id"])
+    joined = pd.merge_asof(sales.sort_values("day"), prices.sort_values("day"), on="day", by=["country", "article_id"])
     assert joined["price"].notna().all()
     assert np.allclose(joined["revenue"], joined["units"] * joined["price"], atol=0.011)
     assert (sales["units"] < 0).any()
@@ -215,11 +218,20 @@ def test_generate_sample_rejects_non_monday_run_date(tmp_path: Path) -> None:
 
 def test_true_daily_demand_zero_outside_season_and_rises_with_discount() -> None:
     def demand(since: int, to_end: int, discount: float) -> float:
-        return float(true_daily_demand(np.array([2.0]), np.array([since]), np.array([to_end]), np.array([0]),
-                                       np.array([100]), np.array([discount]), np.array([2.0]))[0])
+        return float(
+            true_daily_demand(
+                np.array([2.0]),
+                np.array([since]),
+                np.array([to_end]),
+                np.array([0]),
+                np.array([100]),
+                np.array([discount]),
+                np.array([2.0]),
+            )[0]
+        )
 
     assert demand(-1, 50, 0.0) == 0.0 and demand(30, -1, 0.0) == 0.0
-    assert demand(30, 50, 0.3) == pytest.approx(demand(30, 50, 0.0) * 0.7 ** -2.0)
+    assert demand(30, 50, 0.3) == pytest.approx(demand(30, 50, 0.0) * 0.7**-2.0)
     assert demand(14, 50, 0.0) > demand(2, 50, 0.0) and demand(14, 50, 0.0) > demand(100, 50, 0.0)
 
 
@@ -231,8 +243,14 @@ SALVAGE = 0.2
 @pytest.fixture(scope="module")
 def with_truth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, SampleSummary]:
     root = tmp_path_factory.mktemp("truth")
-    summary = generate_sample(root / "raw", run_date=TRUTH_RUN_DATE, inject_bad_rows=False, truth_dir=root / "truth",
-                              salvage_value_share=SALVAGE, **TRUTH_SHAPE)
+    summary = generate_sample(
+        root / "raw",
+        run_date=TRUTH_RUN_DATE,
+        inject_bad_rows=False,
+        truth_dir=root / "truth",
+        salvage_value_share=SALVAGE,
+        **TRUTH_SHAPE,
+    )
     return root / "raw", pd.read_parquet(root / "truth"), summary
 
 
@@ -253,8 +271,9 @@ def test_generate_sample_tiny_country_leaves_the_others_unchanged(
     with_truth: tuple[Path, pd.DataFrame, SampleSummary], tmp_path: Path
 ) -> None:
     raw, _, summary = with_truth
-    without = generate_sample(tmp_path, run_date=TRUTH_RUN_DATE, inject_bad_rows=False, tiny_country_weeks=0,
-                              **TRUTH_SHAPE)
+    without = generate_sample(
+        tmp_path, run_date=TRUTH_RUN_DATE, inject_bad_rows=False, tiny_country_weeks=0, **TRUTH_SHAPE
+    )
     assert without.tiny_country is None and without.countries == summary.countries[:-1]
     for name in ("sales", "prices", "stock"):
         rows = read(raw, name).astype({"country": str})
@@ -271,28 +290,39 @@ def test_true_outcomes_price_the_articles_etl_finds_active(
 ) -> None:
     raw, truth, summary = with_truth
     datasets = {name: spark.read.schema(RAW_DATASETS[name]).parquet(str(raw / name)) for name in DATASETS}
-    active = etl.active_articles(datasets["articles"], datasets["prices"], datasets["stock"], TRUTH_RUN_DATE)
+    active = transforms.active_articles(datasets["articles"], datasets["prices"], datasets["stock"], TRUTH_RUN_DATE)
     expected = {(row["country"], row["article_id"]) for row in active.collect()}
     assert set(truth[["country", "article_id"]].itertuples(index=False, name=None)) == expected
     assert summary.tiny_country in set(truth["country"])
 
 
 def test_true_outcomes_units_are_the_true_daily_means_over_the_future_weeks(
-    with_truth: tuple[Path, pd.DataFrame, SampleSummary]
+    with_truth: tuple[Path, pd.DataFrame, SampleSummary],
 ) -> None:
     _, truth, _ = with_truth
-    world = build_world(np.random.default_rng(TRUTH_SHAPE["seed"]), run_date=TRUTH_RUN_DATE,
-                        **{k: v for k, v in TRUTH_SHAPE.items() if k != "seed"})
+    world = build_world(
+        np.random.default_rng(TRUTH_SHAPE["seed"]),
+        run_date=TRUTH_RUN_DATE,
+        **{k: v for k, v in TRUTH_SHAPE.items() if k != "seed"},
+    )
     row = truth[(truth["candidate"] == truth["current_discount"]) & (truth["current_discount"] > 0)].iloc[0]
     c, a = world.countries.index(row["country"]), int(np.flatnonzero(world.article_id == row["article_id"])[0])
     launch, season_end = EPOCH + timedelta(days=int(world.launch[a])), EPOCH + timedelta(days=int(world.season_end[a]))
-    # etl.future_grid: weeks starting on the run date, every 7 days, the last one starting on or before season_end.
+    # future_grid (etl.transforms): weeks from the run date, every 7 days, the last starting on or before season_end.
     weeks = (season_end - TRUTH_RUN_DATE).days // 7 + 1
     days = [TRUTH_RUN_DATE + timedelta(days=i) for i in range(7 * weeks)]
     units = sum(
-        float(true_daily_demand(world.base_demand[a] * world.country_scale[c], (day - launch).days,
-                                (season_end - day).days, day.weekday(), day.timetuple().tm_yday,
-                                row["current_discount"], world.elasticity[a]))
+        float(
+            true_daily_demand(
+                world.base_demand[a] * world.country_scale[c],
+                (day - launch).days,
+                (season_end - day).days,
+                day.weekday(),
+                day.timetuple().tm_yday,
+                row["current_discount"],
+                world.elasticity[a],
+            )
+        )
         for day in days
     )
     assert row["expected_units"] == pytest.approx(units, rel=1e-9)
@@ -300,7 +330,7 @@ def test_true_outcomes_units_are_the_true_daily_means_over_the_future_weeks(
 
 
 def test_true_outcomes_revenue_and_stock_follow_the_season_simulation(
-    with_truth: tuple[Path, pd.DataFrame, SampleSummary]
+    with_truth: tuple[Path, pd.DataFrame, SampleSummary],
 ) -> None:
     raw, truth, _ = with_truth
     sold = np.minimum(truth["expected_units"], truth["stock_on_hand"])

@@ -4,6 +4,7 @@ The backfill runs the real pipeline (spark-submit in local mode, embedded Postgr
 127.0.0.1, whose API then tells each task's state. The kill test interrupts a real child process; the `yarn`
 command it calls is a small script that records its arguments, not YARN.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -24,11 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from markdown_pricing import erp, runlog
-from markdown_pricing.cli import parser
-from markdown_pricing.config import project_root
-from markdown_pricing.sample import generate_sample
-from markdown_pricing.storage import (
+from markdown_pricing.core.config import project_root
+from markdown_pricing.core.context import mondays
+from markdown_pricing.core.storage import (
     LocalFileSystem,
     RunLayout,
     WebHdfsFileSystem,
@@ -36,17 +35,12 @@ from markdown_pricing.storage import (
     has_success_marker,
     webhdfs_url,
 )
-from markdown_pricing.tasks import (
-    Etl,
-    LaunchedApplication,
-    Publish,
-    TrainScore,
-    WeeklyBackfill,
-    WeeklyRun,
-    kill_yarn_application,
-    mondays,
-    yarn_kill_command,
-)
+from markdown_pricing.erp import connection
+from markdown_pricing.observe import logs
+from markdown_pricing.orchestrate.cli import parser
+from markdown_pricing.orchestrate.launcher import LaunchedApplication, kill_yarn_application, yarn_kill_command
+from markdown_pricing.orchestrate.tasks import Etl, Publish, TrainScore, WeeklyBackfill, WeeklyRun
+from markdown_pricing.synthetic.sample import generate_sample
 from servers import free_port, running_luigid
 from servers import luigid_api as api
 
@@ -157,8 +151,11 @@ def test_cron_command_parses_with_the_cli_on_a_monday() -> None:
 def test_backfill_command_parses_a_range_of_mondays() -> None:
     args = parser().parse_args(["backfill", "--from", "2026-11-02", "--to", "2026-11-23", "--override-gate", "DEU"])
     assert (args.command, args.start, args.end, args.override_gate) == (
-        "backfill", dt.date(2026, 11, 2), dt.date(2026, 11, 23), ["DEU"]
-    )  # fmt: skip
+        "backfill",
+        dt.date(2026, 11, 2),
+        dt.date(2026, 11, 23),
+        ["DEU"],
+    )
     with pytest.raises(SystemExit):
         parser().parse_args(["backfill", "--from", "2026-11-03", "--to", "2026-11-23"])
 
@@ -198,8 +195,12 @@ def test_launched_application_reads_id_and_tracking_url_off_spark_submit_output(
 
 def test_yarn_kill_command_uses_the_configured_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MARKDOWN_YARN_BIN", "/opt/hadoop/bin/yarn")
-    assert yarn_kill_command("application_1_0001") == ["/opt/hadoop/bin/yarn", "application", "-kill",
-                                                       "application_1_0001"]  # fmt: skip
+    assert yarn_kill_command("application_1_0001") == [
+        "/opt/hadoop/bin/yarn",
+        "application",
+        "-kill",
+        "application_1_0001",
+    ]
     monkeypatch.delenv("MARKDOWN_YARN_BIN")
     monkeypatch.setenv("HADOOP_HOME", str(tmp_path))
     assert yarn_kill_command("application_1_0001")[0] == str(tmp_path / "bin" / "yarn")
@@ -218,14 +219,14 @@ FAKE_SUBMIT = textwrap.dedent(
     """
 )
 # Stands in for `yarn`: records its arguments.
-RECORD_ARGS = "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/yarn-argv\"\n"
+RECORD_ARGS = '#!/bin/sh\nprintf \'%s\\n\' "$@" > "$(dirname "$0")/yarn-argv"\n'
 # The worker: a Luigi build of one SparkStage that runs FAKE_SUBMIT, in a process of its own to be SIGTERMed.
 WORKER = textwrap.dedent(
     """
     import datetime as dt, sys
     from pathlib import Path
     import luigi
-    from markdown_pricing.tasks import SparkStage
+    from markdown_pricing.orchestrate.tasks import SparkStage
 
     class Sleeper(SparkStage):
         job = "sleeper"
@@ -261,10 +262,13 @@ def test_sigterm_to_the_worker_stops_the_job_group_and_kills_its_yarn_applicatio
     env = {**os.environ, "MARKDOWN_YARN_BIN": str(yarn), "LUIGI_CONFIG_PATH": str(CONF / "luigi.cfg")}
     worker = subprocess.Popen(
         [sys.executable, *(str(tmp_path / name) for name in ("worker.py", "submit.py", "grandchild.pid", "work"))],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        log = runlog.stage_log_path(RunLayout(raw="", work=str(tmp_path / "work"), run_id="2026-11-23"), "sleeper")
+        log = logs.stage_log_path(RunLayout(raw="", work=str(tmp_path / "work"), run_id="2026-11-23"), "sleeper")
         deadline = time.monotonic() + 60
         while not (log.exists() and "application_1234_0001" in log.read_text()):
             assert time.monotonic() < deadline and worker.poll() is None, worker.stdout.read()  # type: ignore[union-attr]
@@ -310,35 +314,53 @@ def central_config(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 
 
 def erp_rows(dsn: str, query: str) -> list[tuple[object, ...]]:
-    with closing(erp.connect(dsn, 5)) as conn, conn.cursor() as cur:
+    with closing(connection.connect(dsn, 5)) as conn, conn.cursor() as cur:
         cur.execute(query)
         return list(cur.fetchall())
 
 
 def drop_markdown_schema(dsn: str) -> None:
-    with closing(erp.connect(dsn, 5)) as conn, conn, conn.cursor() as cur:
+    with closing(connection.connect(dsn, 5)) as conn, conn, conn.cursor() as cur:
         cur.execute("DROP SCHEMA IF EXISTS markdown CASCADE")
 
 
+@pytest.mark.slow
 def test_backfill_of_two_weeks_through_luigid_publishes_each_week_oldest_first(
     central_config: tuple[Path, int], tmp_path: Path, erp_dsn: str
 ) -> None:
     config_path, port = central_config
     raw, work = tmp_path / "raw", tmp_path / "work"
     # Data up to the later week; the earlier week rejects the one week of sales on or after its run date (1/30).
-    summary = generate_sample(raw, countries=2, articles=40, weeks=30, seed=3, run_date=WEEKS[1],
-                              inject_bad_rows=False)  # fmt: skip
+    summary = generate_sample(raw, countries=2, articles=40, weeks=30, seed=3, run_date=WEEKS[1], inject_bad_rows=False)
     drop_markdown_schema(erp_dsn)
-    env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "LUIGI_CONFIG_PATH": str(config_path),
-           "PATH": f"{BIN}:{os.environ['PATH']}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MARKDOWN_ERP_DSN": erp_dsn,
+        "LUIGI_CONFIG_PATH": str(config_path),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
     # The gate compares the two weeks' recommendation counts; overriding keeps both weeks publishing on any sample.
     overrides = [part for country in summary.countries for part in ("--override-gate", country)]
     try:
         result = subprocess.run(
-            [str(BIN / "markdown-pricing"), "backfill", "--from", WEEKS[0].isoformat(), "--to", WEEKS[1].isoformat(),
-             "--raw", str(raw), "--work", str(work), *overrides],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                str(BIN / "markdown-pricing"),
+                "backfill",
+                "--from",
+                WEEKS[0].isoformat(),
+                "--to",
+                WEEKS[1].isoformat(),
+                "--raw",
+                str(raw),
+                "--work",
+                str(work),
+                *overrides,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
         ledger = erp_rows(
@@ -357,8 +379,10 @@ def test_backfill_of_two_weeks_through_luigid_publishes_each_week_oldest_first(
         drop_markdown_schema(erp_dsn)
 
     done = api(port, "task_list", status="DONE")
-    families = {family: sorted(t["params"]["run_date"] for t in done.values() if t["name"] == family)
-                for family in ("WeeklyRun", "Etl", "TrainScore", "Publish")}  # fmt: skip
+    families = {
+        family: sorted(t["params"]["run_date"] for t in done.values() if t["name"] == family)
+        for family in ("WeeklyRun", "Etl", "TrainScore", "Publish")
+    }
     assert families == {family: weeks for family in families}
     assert any(t["name"] == "WeeklyBackfill" for t in done.values())
     for status in ("PENDING", "RUNNING", "FAILED", "DISABLED"):

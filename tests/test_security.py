@@ -1,5 +1,6 @@
 """The ERP password never appears on a command line, in the job's output, or in Spark's event log (which is
 what the Spark UI and History Server show)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +10,17 @@ import subprocess
 from pathlib import Path
 from types import MappingProxyType
 
+import pytest
 from pyspark.sql import SparkSession
 
-from markdown_pricing.config import ErpSettings, load_config, with_paths
-from markdown_pricing.schemas import PREDICTIONS
-from markdown_pricing.stages import RunContext
-from markdown_pricing.storage import write_json
-from markdown_pricing.submit import spark_submit_command, submit_environment
+from markdown_pricing.core.config import ErpSettings, load_config, with_paths
+from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.core.storage import write_json
+from markdown_pricing.orchestrate.submit import job_command, submit_environment
+
+# The publish job through spark-submit.
+pytestmark = pytest.mark.slow
 
 RUN_DATE = dt.date(2026, 11, 23)
 SECRET = "s3cr3t-must-not-leak"
@@ -36,23 +41,24 @@ def test_publish_job_keeps_password_out_of_command_output_and_event_log(
         # A secret-looking setting, as an operator might pass one to YARN executors: it must show redacted.
         "spark.executorEnv.PGPASSWORD": SECRET,
     }
-    cfg = dataclasses.replace(
-        cfg, spark=dataclasses.replace(cfg.spark, conf=MappingProxyType(conf)), erp=erp_settings
-    )
-    ctx = RunContext(cfg=cfg, run_date=RUN_DATE, run_id="security")
-    spark.createDataFrame(
-        [("DEU", "A1", 50.0, 0.0, 0.1, 45.0, 3.0, 120.0, 0.8, 10)], PREDICTIONS
-    ).write.partitionBy("country").parquet(ctx.layout.predictions)
+    cfg = dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, conf=MappingProxyType(conf)), erp=erp_settings)
+    ctx = RunContext(RUN_DATE, "security", raw=cfg.paths.raw, work=cfg.paths.work)
+    spark.createDataFrame([("DEU", "A1", 50.0, 0.0, 0.1, 45.0, 3.0, 120.0, 0.8, 10)], PREDICTIONS).write.partitionBy(
+        "country"
+    ).parquet(ctx.layout.predictions)
     write_json(ctx.layout.country_results, {"DEU": {"status": "trained", **METRICS}})
 
-    run_args = ["--run-date", RUN_DATE.isoformat(), "--run-id", "security", "--raw", cfg.paths.raw,
-                "--work", cfg.paths.work]  # fmt: skip
-    command = spark_submit_command(dataclasses.replace(cfg, spark=load_config("local").spark), "publish", run_args)
+    command = job_command(dataclasses.replace(cfg, spark=load_config("local").spark), "publish", ctx)
     assert not any(SECRET in part for part in command)
-    command = spark_submit_command(cfg, "publish", run_args)
+    command = job_command(cfg, "publish", ctx)
     env = submit_environment(cfg)
-    env.update({"MARKDOWN_ERP_DSN": f"{erp_settings.dsn}&password={SECRET}", "PGPASSWORD": SECRET,
-                "MARKDOWN_HOME": str(cfg.project_root)})  # fmt: skip
+    env.update(
+        {
+            "MARKDOWN_ERP_DSN": f"{erp_settings.dsn}&password={SECRET}",
+            "PGPASSWORD": SECRET,
+            "MARKDOWN_HOME": str(cfg.project_root),
+        }
+    )
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,5 +1,6 @@
 """The Spark UI explains a run: a real ETL job is submitted, and its event log is read back through a History
 Server's REST API (what the History Server's pages show)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,12 +19,12 @@ import pyarrow.dataset as ds
 import pytest
 from pyspark.sql import SparkSession
 
-from markdown_pricing.config import load_config, with_paths
-from markdown_pricing.sample import generate_sample
-from markdown_pricing.spark import ensure_local_event_log_dir, spark_job
-from markdown_pricing.storage import read_json
-from markdown_pricing.submit import main as submit_main
-from markdown_pricing.submit import spark_submit_command, submit_environment
+from markdown_pricing.core.config import load_config, with_paths
+from markdown_pricing.core.session import ensure_local_event_log_dir, spark_job
+from markdown_pricing.core.storage import read_json
+from markdown_pricing.orchestrate.submit import main as submit_main
+from markdown_pricing.orchestrate.submit import spark_submit_command, submit_environment
+from markdown_pricing.synthetic.sample import generate_sample
 from servers import free_port, stop
 
 RUN_DATE = dt.date(2026, 11, 23)
@@ -85,23 +86,33 @@ def etl_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtlApp]:
     events = root / "work" / "spark-events"
     events.mkdir(parents=True)
     port = free_port()
-    history_opts = (f"-Dspark.history.fs.logDirectory={events.as_uri()} -Dspark.history.ui.port={port} "
-                    "-Dspark.history.fs.update.interval=1s")  # fmt: skip
+    history_opts = (
+        f"-Dspark.history.fs.logDirectory={events.as_uri()} -Dspark.history.ui.port={port} "
+        "-Dspark.history.fs.update.interval=1s"
+    )
     server_log = root / "history-server.log"
     with server_log.open("w") as log:
         # Started first so it is up by the time the job ends; spark-class execs java, so this is the server's PID.
         server = subprocess.Popen(
             [str(BIN / "spark-class"), "org.apache.spark.deploy.history.HistoryServer"],
-            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "SPARK_LOCAL_IP": "127.0.0.1",
-                 "SPARK_HISTORY_OPTS": history_opts},
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env={
+                **os.environ,
+                "PATH": f"{BIN}:{os.environ['PATH']}",
+                "SPARK_LOCAL_IP": "127.0.0.1",
+                "SPARK_HISTORY_OPTS": history_opts,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         run_args = ["--run-date", RUN_ID, "--raw", cfg.paths.raw, "--work", cfg.paths.work]
         result = subprocess.run(
             spark_submit_command(cfg, "etl", run_args, RUN_ID),
-            env=submit_environment(cfg), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            env=submit_environment(cfg),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         name = f"markdown-etl {RUN_ID}"
         server_url = f"http://127.0.0.1:{port}"
@@ -111,12 +122,14 @@ def etl_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtlApp]:
         stop(server)
 
 
+@pytest.mark.slow
 def test_history_server_lists_the_etl_run_by_stage_and_run_date(etl_app: EtlApp) -> None:
     app = get_json(etl_app.api)
     assert app["name"] == "markdown-etl 2026-11-23"
     assert app["attempts"][0]["completed"]
 
 
+@pytest.mark.slow
 def test_every_etl_job_carries_the_run_group_and_a_description(etl_app: EtlApp) -> None:
     jobs = etl_app.get("jobs")
     assert {job.get("jobGroup") for job in jobs} == {f"etl-{RUN_ID}"}
@@ -129,6 +142,7 @@ def test_every_etl_job_carries_the_run_group_and_a_description(etl_app: EtlApp) 
     assert all(job["status"] == "SUCCEEDED" for job in jobs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_read_stage_shows_the_rows_the_sample_wrote(etl_app: EtlApp, dataset: str) -> None:
     stages = etl_app.stages(f"ETL: read and check {dataset}")
@@ -138,6 +152,7 @@ def test_read_stage_shows_the_rows_the_sample_wrote(etl_app: EtlApp, dataset: st
     assert read_json(str(etl_app.work / "runs" / RUN_ID / "etl_record.json"))[dataset]["rows"] == scanned
 
 
+@pytest.mark.slow
 def test_quarantine_stage_shows_every_rejected_row(etl_app: EtlApp) -> None:
     written = sum(stage["outputRecords"] for stage in etl_app.stages("ETL: write quarantine"))
     bad_rows = sum(count for kind, count in etl_app.injected.items() if kind != "sales_duplicates")
@@ -146,6 +161,7 @@ def test_quarantine_stage_shows_every_rejected_row(etl_app: EtlApp) -> None:
     assert written == rows(etl_app.work / "runs" / RUN_ID / "quarantine")
 
 
+@pytest.mark.slow
 def test_curated_weekly_stage_shows_the_rows_written(etl_app: EtlApp) -> None:
     written = sum(stage["outputRecords"] for stage in etl_app.stages("ETL: write curated weekly"))
     assert written == rows(etl_app.work / "runs" / RUN_ID / "curated" / "weekly") > 0
@@ -187,6 +203,7 @@ def test_spark_submit_command_keeps_the_configured_yarn_event_log(tmp_path: Path
     assert "spark.yarn.historyServer.address=historyserver:18080" in command
 
 
+@pytest.mark.slow
 def test_submit_script_puts_the_event_log_in_the_work_folder_it_is_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

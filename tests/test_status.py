@@ -1,4 +1,5 @@
 """`markdown-pricing status` against a real embedded PostgreSQL: the last runs of the ledger, as a table and as JSON."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,13 @@ import pytest
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from markdown_pricing import cli, erp, status
-from markdown_pricing.config import Config, ErpSettings, load_config
+from markdown_pricing.core.config import Config, ErpSettings, load_config
+from markdown_pricing.erp import writer
+from markdown_pricing.erp.connection import connect
+from markdown_pricing.erp.ledger import BLOCKED, PUBLISHED
+from markdown_pricing.erp.schema import migrate
+from markdown_pricing.observe import status
+from markdown_pricing.orchestrate import cli
 
 UTC = dt.timezone.utc
 WEEK_1, WEEK_2 = dt.date(2026, 11, 16), dt.date(2026, 11, 23)
@@ -24,21 +30,35 @@ DROP = "blocked by the quality gate: recommendations dropped 25.0% (4 -> 3), mor
 
 @pytest.fixture
 def conn(erp_settings: ErpSettings) -> Iterator[Connection]:
-    with closing(erp.connect(erp_settings.dsn, 5)) as connection:
-        erp.ensure_schema(connection, erp_settings)
+    with closing(connect(erp_settings.dsn, 5)) as connection:
+        migrate(connection, erp_settings)
         yield connection
 
 
 def publish(conn: Connection, settings: ErpSettings, run_id: str, run_date: dt.date, country: str, rows: int) -> None:
     predictions = pd.DataFrame(
-        {"country": country, "article_id": [f"A{i}" for i in range(rows)], "current_price": 50.0,
-         "recommended_discount": 0.1, "recommended_price": 45.0, "predicted_units_next_week": 3.0,
-         "expected_revenue": 120.0, "expected_sell_through": 0.8}
-    )  # fmt: skip
-    result = erp.publish_country(conn, settings, run_id=run_id, run_date=run_date, country=country,
-                                 predictions=predictions, model_version=f"{run_id}/{country}",
-                                 metrics=METRICS)  # fmt: skip
-    assert result == erp.PUBLISHED
+        {
+            "country": country,
+            "article_id": [f"A{i}" for i in range(rows)],
+            "current_price": 50.0,
+            "recommended_discount": 0.1,
+            "recommended_price": 45.0,
+            "predicted_units_next_week": 3.0,
+            "expected_revenue": 120.0,
+            "expected_sell_through": 0.8,
+        }
+    )
+    result = writer.publish_country(
+        conn,
+        settings,
+        run_id=run_id,
+        run_date=run_date,
+        country=country,
+        predictions=predictions,
+        model_version=f"{run_id}/{country}",
+        metrics=METRICS,
+    )
+    assert result == PUBLISHED
 
 
 def three_runs(conn: Connection, settings: ErpSettings) -> None:
@@ -46,17 +66,33 @@ def three_runs(conn: Connection, settings: ErpSettings) -> None:
     publish(conn, settings, "2026-11-16", WEEK_1, "DEU", 4)
     publish(conn, settings, "2026-11-16", WEEK_1, "FRA", 4)
     publish(conn, settings, "2026-11-23", WEEK_2, "DEU", 5)
-    erp.record_not_published(conn, settings, run_id="2026-11-23", run_date=WEEK_2, country="FRA", message=DROP,
-                             metrics=METRICS, status=erp.BLOCKED)  # fmt: skip
-    erp.record_not_published(conn, settings, run_id="2026-11-23", run_date=WEEK_2, country="ITA",
-                             message="ValueError: too few history weeks", metrics={})  # fmt: skip
+    writer.record_not_published(
+        conn,
+        settings,
+        run_id="2026-11-23",
+        run_date=WEEK_2,
+        country="FRA",
+        message=DROP,
+        metrics=METRICS,
+        status=BLOCKED,
+    )
+    writer.record_not_published(
+        conn,
+        settings,
+        run_id="2026-11-23",
+        run_date=WEEK_2,
+        country="ITA",
+        message="ValueError: too few history weeks",
+        metrics={},
+    )
     # A status the writer does not know yet, as a later ledger may hold: the check constraint goes first.
     ledger = sql.SQL("{}.{}").format(sql.Identifier(settings.schema), sql.Identifier(settings.ledger_table))
     with conn, conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT publish_ledger_status_check").format(ledger))
         cur.execute(
-            sql.SQL("INSERT INTO {} (run_id, country, run_date, status, rows, message) VALUES (%s, %s, %s, %s, %s, %s)")
-            .format(ledger),
+            sql.SQL(
+                "INSERT INTO {} (run_id, country, run_date, status, rows, message) VALUES (%s, %s, %s, %s, %s, %s)"
+            ).format(ledger),
             ("2026-11-23-b", "FRA", WEEK_2, "fallback", 4, "previous model's rows kept"),
         )
 
@@ -80,7 +116,7 @@ def test_recent_runs_lists_the_last_runs_newest_first_with_each_country(
 
 
 def test_recent_runs_without_a_ledger_is_empty(erp_settings: ErpSettings) -> None:
-    with closing(erp.connect(erp_settings.dsn, 5)) as connection:
+    with closing(connect(erp_settings.dsn, 5)) as connection:
         assert status.recent_runs(connection, erp_settings, limit=5) == []
     assert status.format_status([]) == "no runs in the ledger yet"
 
@@ -89,14 +125,16 @@ def test_format_status_prints_a_table_per_run_with_unknown_statuses_after_known_
     moment = dt.datetime(2026, 11, 23, 6, 12, 3, tzinfo=UTC)
     later = moment + dt.timedelta(seconds=2)
     run = status.RunStatus(
-        "2026-11-23", WEEK_2, later,
+        "2026-11-23",
+        WEEK_2,
+        later,
         (
             status.CountryStatus("DEU", "published", 140, moment, False, None),
             status.CountryStatus("FRA", "fallback", 90, later, False, "previous model's rows kept"),
             status.CountryStatus("ITA", "blocked", None, later, False, DROP + "; model loses to its baseline: ..."),
             status.CountryStatus("POL", "failed", None, moment, False, "ValueError:\n  too few\nweeks"),
         ),
-    )  # fmt: skip
+    )
 
     assert status.format_status([run]) == (
         "run 2026-11-23  (run date 2026-11-23, last recorded 2026-11-23 06:12:05 UTC)  "
@@ -129,15 +167,22 @@ def test_status_command_prints_json_for_scripts(
     assert [run["run_id"] for run in document] == ["2026-11-23-b", "2026-11-23", "2026-11-16"]
     assert document[0]["counts"] == {"fallback": 1}
     assert document[0]["countries"] == [
-        {"country": "FRA", "status": "fallback", "rows": 4, "recorded_at": document[0]["recorded_at"],
-         "gate_override": False, "message": "previous model's rows kept"}
-    ]  # fmt: skip
+        {
+            "country": "FRA",
+            "status": "fallback",
+            "rows": 4,
+            "recorded_at": document[0]["recorded_at"],
+            "gate_override": False,
+            "message": "previous model's rows kept",
+        }
+    ]
     week_2 = document[1]
     assert (week_2["run_date"], week_2["counts"]) == ("2026-11-23", {"published": 1, "blocked": 1, "failed": 1})
     assert [(c["country"], c["status"], c["rows"], c["message"]) for c in week_2["countries"]] == [
-        ("DEU", "published", 5, None), ("FRA", "blocked", None, DROP), ("ITA", "failed", None,
-                                                                        "ValueError: too few history weeks"),
-    ]  # fmt: skip
+        ("DEU", "published", 5, None),
+        ("FRA", "blocked", None, DROP),
+        ("ITA", "failed", None, "ValueError: too few history weeks"),
+    ]
     for run in document:
         assert dt.datetime.fromisoformat(run["recorded_at"]).utcoffset() == dt.timedelta(0)
 
@@ -151,8 +196,10 @@ def test_status_command_prints_the_last_runs_as_a_table(
 
     out = capsys.readouterr().out
     headers = re.findall(r"^run (\S+)  \(run date (\S+), last recorded .* UTC\)  (.*)$", out, flags=re.MULTILINE)
-    assert headers == [("2026-11-23-b", "2026-11-23", "fallback 1"),
-                       ("2026-11-23", "2026-11-23", "published 1, blocked 1, failed 1")]  # fmt: skip
+    assert headers == [
+        ("2026-11-23-b", "2026-11-23", "fallback 1"),
+        ("2026-11-23", "2026-11-23", "published 1, blocked 1, failed 1"),
+    ]
     when = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
     assert re.search(rf"^  DEU     published        5  {when}$", out, flags=re.MULTILINE)
     assert re.search(rf"^  FRA     blocked          -  {when}  {re.escape(DROP)}$", out, flags=re.MULTILINE)

@@ -1,4 +1,5 @@
 """Skew-aware scheduling of the train stage: one country per task, the largest started first."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -6,7 +7,7 @@ from pyspark import TaskContext
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing.country_udf import TASK_KEY, by_task, largest_first, spark_int_hash, task_keys
+from markdown_pricing.stages.per_country import TASK_KEY, by_task, largest_first, spark_int_hash, task_keys
 
 COUNTRIES = ("AUT", "BEL", "CHE", "DEU", "DNK", "ESP", "FRA", "GBR", "ITA", "NLD", "POL", "SWE")
 TASK = "country string, task int, attempt bigint"

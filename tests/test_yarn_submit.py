@@ -1,6 +1,8 @@
 """Dry runs of the spark-submit commands for every profile: YARN shipping, deploy modes, GPUs and secrets."""
+
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -13,9 +15,11 @@ from pathlib import Path
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from markdown_pricing.config import Config, load_config, project_root
-from markdown_pricing.submit import main as submit_main
-from markdown_pricing.submit import package_version, spark_submit_command, submit_environment
+from markdown_pricing.core.config import Config, load_config, project_root
+from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.version import package_version
+from markdown_pricing.orchestrate.submit import main as submit_main
+from markdown_pricing.orchestrate.submit import spark_submit_command, submit_environment
 
 ROOT = project_root()
 RUN_DATE = "2026-11-23"
@@ -68,7 +72,8 @@ def test_dry_run_local_runs_in_process_and_ships_nothing(capsys: pytest.CaptureF
     assert (flag(command, "--master"), flag(command, "--deploy-mode")) == ("local[2]", "client")
     assert not {"--archives", "--py-files", "--files"} & set(command)
     assert not any(key.startswith("spark.executor.resource.") for key in confs(command))
-    assert command[-5:] == [str(ROOT / "jobs" / "etl.py"), "--run-date", RUN_DATE, "--env", "local"]
+    ctx = RunContext.create(dt.date.fromisoformat(RUN_DATE))
+    assert command[-len(ctx.to_args()) - 1 :] == [str(ROOT / "jobs" / "etl.py"), *ctx.to_args()]
 
 
 def test_dry_run_standalone_uses_the_spark_master_and_its_executors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,8 +201,11 @@ def test_discovery_script_prints_the_gpus_nvidia_smi_lists(tmp_path: Path) -> No
     fake.chmod(0o755)
     result = subprocess.run(
         [str(ROOT / "spark-submit" / "getGpusResources.sh")],
-        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(result.stdout) == {"name": "gpu", "addresses": ["0", "1"]}
 
 
@@ -211,11 +219,22 @@ def test_submit_environment_keeps_local_pythons_from_a_cluster_driver(monkeypatc
 
 def test_submit_script_prints_the_yarn_cluster_command() -> None:
     result = subprocess.run(
-        [str(ROOT / "spark-submit" / "submit.sh"), "etl", "--env", "yarn", "--deploy-mode", "cluster", "--dry-run",
-         "--run-date", RUN_DATE],
+        [
+            str(ROOT / "spark-submit" / "submit.sh"),
+            "etl",
+            "--env",
+            "yarn",
+            "--deploy-mode",
+            "cluster",
+            "--dry-run",
+            "--run-date",
+            RUN_DATE,
+        ],
         env={key: value for key, value in os.environ.items() if not key.startswith("PG")},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--master yarn --deploy-mode cluster" in result.stdout
     assert "#environment" in result.stdout
 

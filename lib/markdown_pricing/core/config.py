@@ -1,0 +1,218 @@
+"""The one config loader: conf/base.toml, overlaid by conf/<env>.toml, overlaid by MARKDOWN_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import tomllib
+
+ENVIRONMENTS = ("local", "standalone", "yarn")
+
+
+class ConfigError(ValueError):
+    """Raised when a configuration file or value is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    raw: str
+    work: str
+
+
+@dataclass(frozen=True)
+class RunRules:
+    ladder: tuple[float, ...]
+    salvage_value_share: float
+    max_rejected_share: float
+    max_recommendation_drop_share: float
+    wait_for_inputs_s: float
+    input_poll_s: float
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    enabled: bool
+    folds: int
+    early_stopping_rounds: int
+    # Each candidate overrides some of ModelParams' LightGBM settings (num_leaves, min_data_in_leaf, ...).
+    candidates: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    objective: str
+    num_boost_round: int
+    learning_rate: float
+    num_leaves: int
+    min_data_in_leaf: int
+    feature_fraction: float
+    seed: int
+    backtest_origins: int
+    backtest_horizon_weeks: int
+    recent_average_weeks: int
+    min_history_weeks: int
+    tuning: TuningSettings
+
+    def __post_init__(self) -> None:
+        backtested = self.backtest_origins * self.backtest_horizon_weeks
+        if self.min_history_weeks <= backtested:
+            raise ConfigError(
+                f"model.min_history_weeks ({self.min_history_weeks}) must exceed the backtested weeks "
+                f"(backtest_origins x backtest_horizon_weeks = {backtested}): the first origin needs weeks to train on"
+            )
+
+
+@dataclass(frozen=True)
+class ErpSettings:
+    dsn: str
+    schema: str
+    predictions_table: str
+    ledger_table: str
+    metrics_table: str
+    connect_timeout_s: int
+    connect_attempts: int
+    connect_backoff_s: float
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    app_name_prefix: str
+    master: str
+    deploy_mode: str
+    conf: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+GPU_MODES = ("off", "auto", "required")
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    mode: str
+    executor_amount: int
+    task_amount: float
+    discovery_script: str
+
+    def __post_init__(self) -> None:
+        if self.mode not in GPU_MODES:
+            raise ConfigError(f"gpu mode {self.mode!r} is not one of {', '.join(GPU_MODES)}")
+
+
+START_ORDERS = ("largest_first", "name")
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """How the train stage orders its per-country tasks (one country per task either way)."""
+
+    start_order: str = "largest_first"
+
+    def __post_init__(self) -> None:
+        if self.start_order not in START_ORDERS:
+            raise ConfigError(f"schedule start_order {self.start_order!r} is not one of {', '.join(START_ORDERS)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str
+    project_root: Path
+    paths: Paths
+    run: RunRules
+    model: ModelParams
+    erp: ErpSettings
+    spark: SparkSettings
+    gpu: GpuSettings
+    schedule: ScheduleSettings = ScheduleSettings()
+
+
+def project_root() -> Path:
+    """The folder that holds conf/ and jobs/: MARKDOWN_HOME, else the checkout this package lives in."""
+    if home := os.environ.get("MARKDOWN_HOME"):
+        return Path(home).resolve()
+    for candidate in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (candidate / "conf" / "base.toml").is_file():
+            return candidate
+    raise ConfigError("cannot find conf/base.toml: set MARKDOWN_HOME to the project folder")
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+
+
+def _resolve_path(value: str, root: Path) -> str:
+    """Keeps URIs as they are and makes bare relative paths absolute against the project root."""
+    if "://" in value or value.startswith("/"):
+        return value
+    return str((root / value).resolve())
+
+
+def load_config(env: str = "local", *, root: Path | None = None) -> Config:
+    """Loads the configuration of one environment."""
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"unknown environment {env!r}: expected one of {', '.join(ENVIRONMENTS)}")
+    root = root or project_root()
+    raw = _merge(_read_toml(root / "conf" / "base.toml"), _read_toml(root / "conf" / f"{env}.toml"))
+    try:
+        paths, run, model, erp, spark = raw["paths"], raw["run"], raw["model"], raw["erp"], raw["spark"]
+        tuning = model["tuning"]
+        return Config(
+            env=env,
+            project_root=root,
+            paths=Paths(
+                raw=_resolve_path(os.environ.get("MARKDOWN_RAW", paths["raw"]), root),
+                work=_resolve_path(os.environ.get("MARKDOWN_WORK", paths["work"]), root),
+            ),
+            run=RunRules(
+                ladder=tuple(sorted(float(step) for step in run["ladder"])),
+                salvage_value_share=float(run["salvage_value_share"]),
+                max_rejected_share=float(run["max_rejected_share"]),
+                max_recommendation_drop_share=float(run["max_recommendation_drop_share"]),
+                wait_for_inputs_s=float(run["wait_for_inputs_s"]),
+                input_poll_s=float(run["input_poll_s"]),
+            ),
+            model=ModelParams(
+                **{key: value for key, value in model.items() if key != "tuning"},
+                tuning=TuningSettings(**{**tuning, "candidates": tuple(dict(c) for c in tuning["candidates"])}),
+            ),
+            erp=ErpSettings(**{**erp, "dsn": os.environ.get("MARKDOWN_ERP_DSN", erp["dsn"])}),
+            spark=SparkSettings(
+                app_name_prefix=spark["app_name_prefix"],
+                master=spark["master"],
+                deploy_mode=spark["deploy_mode"],
+                conf=MappingProxyType({key: str(value) for key, value in spark.get("conf", {}).items()}),
+            ),
+            gpu=GpuSettings(**{**raw["gpu"], "mode": os.environ.get("MARKDOWN_GPU_MODE", raw["gpu"]["mode"])}),
+            schedule=ScheduleSettings(**raw.get("schedule", {})),
+        )
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"configuration for {env!r} is incomplete or has an unknown key: {err}") from err
+
+
+def with_paths(cfg: Config, *, raw: str | None = None, work: str | None = None) -> Config:
+    """Returns the config with the raw root and/or work folder replaced (command-line overrides)."""
+    return replace(
+        cfg,
+        paths=Paths(
+            raw=_resolve_path(raw, Path.cwd()) if raw else cfg.paths.raw,
+            work=_resolve_path(work, Path.cwd()) if work else cfg.paths.work,
+        ),
+    )

@@ -1,0 +1,107 @@
+"""Spark schemas of the raw contract (CONTRACTS.md section 1) and of the datasets the stages exchange."""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+from markdown_pricing.core.contract import PREDICTION_COLUMNS
+from markdown_pricing.core.results import RESULT_FIELDS
+
+RAW_DATASETS: dict[str, T.StructType] = {
+    "articles": T.StructType(
+        [
+            T.StructField("article_id", T.StringType()),
+            T.StructField("category", T.StringType()),
+            T.StructField("season", T.StringType()),
+            T.StructField("launch_date", T.DateType()),
+            T.StructField("season_end", T.DateType()),
+            T.StructField("original_price", T.DoubleType()),
+        ]
+    ),
+    "sales": T.StructType(
+        [
+            T.StructField("country", T.StringType()),
+            T.StructField("article_id", T.StringType()),
+            T.StructField("sale_date", T.DateType()),
+            T.StructField("units", T.LongType()),
+            T.StructField("revenue", T.DoubleType()),
+        ]
+    ),
+    "prices": T.StructType(
+        [
+            T.StructField("country", T.StringType()),
+            T.StructField("article_id", T.StringType()),
+            T.StructField("valid_from", T.DateType()),
+            T.StructField("price", T.DoubleType()),
+        ]
+    ),
+    "stock": T.StructType(
+        [
+            T.StructField("country", T.StringType()),
+            T.StructField("article_id", T.StringType()),
+            T.StructField("snapshot_date", T.DateType()),
+            T.StructField("units_on_hand", T.LongType()),
+        ]
+    ),
+}
+
+# Physical Parquet types upstream may deliver for each contract type ("integer columns may arrive as int32 or int64").
+ACCEPTED_RAW_TYPES: dict[T.DataType, tuple[T.DataType, ...]] = {
+    T.StringType(): (T.StringType(),),
+    T.DateType(): (T.DateType(),),
+    T.DoubleType(): (T.DoubleType(), T.FloatType()),
+    T.LongType(): (T.LongType(), T.IntegerType(), T.ShortType()),
+}
+
+QUARANTINE = T.StructType(
+    [
+        T.StructField("dataset", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("row_json", T.StringType(), False),
+    ]
+)
+
+# One row per (country, article, week): history weeks carry `units`; future weeks (is_future) have units null.
+WEEKLY = T.StructType(
+    [
+        T.StructField("country", T.StringType(), False),
+        T.StructField("article_id", T.StringType(), False),
+        T.StructField("week_start", T.DateType(), False),
+        T.StructField("is_future", T.BooleanType(), False),
+        T.StructField("units", T.LongType()),
+        T.StructField("stock_on_hand", T.LongType()),
+        T.StructField("price", T.DoubleType()),
+        T.StructField("original_price", T.DoubleType(), False),
+        T.StructField("season_end", T.DateType(), False),
+        T.StructField("category", T.StringType()),
+        T.StructField("discount", T.DoubleType()),
+        T.StructField("weeks_since_launch", T.IntegerType()),
+        T.StructField("weeks_to_season_end", T.IntegerType()),
+        T.StructField("article_popularity", T.DoubleType()),
+    ]
+)
+
+# A country record's fields as Spark types (core.results names them and their Python types).
+_SPARK_TYPES: dict[type, T.DataType] = {str: T.StringType(), int: T.LongType(), float: T.DoubleType()}
+
+PREDICTIONS = T.StructType(
+    [
+        T.StructField("country", T.StringType(), False),
+        T.StructField("article_id", T.StringType()),
+        *(T.StructField(name, T.DoubleType()) for name in PREDICTION_COLUMNS[2:-1]),
+        T.StructField("stock_on_hand", T.LongType()),
+    ]
+)
+
+# What the per-country function returns: one "prediction" row per active article and one "country" row per country
+# (its status, metrics and model), so a country that fails still reports.
+TRAIN_SCORE_OUTPUT = T.StructType(
+    [
+        T.StructField("record", T.StringType(), False),
+        *PREDICTIONS.fields,
+        *(T.StructField(name, _SPARK_TYPES[kind]) for name, kind in RESULT_FIELDS.items() if name != "country"),
+        T.StructField("model_text", T.StringType()),
+        # The model card (model.country.CountryResult.card) as JSON; the stage adds run, version and commit.
+        T.StructField("card_json", T.StringType()),
+    ]
+)

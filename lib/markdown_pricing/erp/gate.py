@@ -1,0 +1,118 @@
+"""The publish quality gate: why one country's recommendations must not replace its ERP rows.
+
+Plain pandas, no Spark and no database, so every rule is unit-tested on small frames. Two kinds of answer:
+`not_publishable_because` means there is nothing to publish (no operator can change that);
+`gate_reasons` lists doubts about a result that exists, which an operator may override for one country.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from markdown_pricing.core.contract import LADDER_SNAP, PREDICTION_COLUMNS
+from markdown_pricing.core.results import metric
+
+# A NaN or an infinity in any of these makes the row out of range: the ERP would store it as a recommendation.
+FINITE_COLUMNS = tuple(c for c in PREDICTION_COLUMNS if c not in ("country", "article_id", "stock_on_hand"))
+NON_NEGATIVE_COLUMNS = ("predicted_units_next_week", "expected_revenue")
+POSITIVE_COLUMNS = ("current_price", "recommended_price")
+LADDER_TOLERANCE = 1e-6
+EXAMPLES = 3
+
+
+def not_publishable_because(result: Mapping[str, Any], rows: pd.DataFrame) -> str | None:
+    """Why a country has nothing to publish (not overridable), or None when it has."""
+    if result["status"] != "trained":
+        return f"training failed: {result.get('error')}"
+    if rows.empty:
+        return "no active articles to recommend for: previous recommendations kept"
+    return None
+
+
+def gate_reasons(
+    result: Mapping[str, Any],
+    rows: pd.DataFrame,
+    *,
+    previous_rows: int | None,
+    ladder: tuple[float, ...],
+    max_drop_share: float,
+) -> list[str]:
+    """Why a trained country's recommendations should not be published; empty when the gate passes."""
+    return [
+        *_count_reasons(len(rows), previous_rows, max_drop_share),
+        *_baseline_reasons(result),
+        *_range_reasons(rows, ladder),
+    ]
+
+
+def _count_reasons(rows: int, previous_rows: int | None, max_drop_share: float) -> list[str]:
+    # No earlier publish (or an empty one) leaves nothing to drop from.
+    if not previous_rows:
+        return []
+    drop = (previous_rows - rows) / previous_rows
+    if drop <= max_drop_share:
+        return []
+    return [
+        f"recommendations dropped {drop:.1%} ({previous_rows} -> {rows}), more than the allowed {max_drop_share:.1%}"
+    ]
+
+
+def _baseline_reasons(result: Mapping[str, Any]) -> list[str]:
+    model, baseline = metric(result, "model_wape"), metric(result, "baseline_wape")
+    kind = result.get("model_kind")
+    # A baseline fallback holds today's prices: there is no model to compare. A pooled fallback for a country
+    # too new to backtest cannot be measured there; its fallback_reason, in the ledger, says so.
+    if kind == "baseline" or (kind == "pooled" and model is None):
+        return []
+    if model is None or baseline is None:
+        # Without both measurements nothing shows the model is better than carrying last week forward.
+        return [f"model not measured against its baseline (model WAPE {model}, baseline WAPE {baseline})"]
+    if model >= baseline:
+        return [f"model loses to its baseline: model WAPE {model:.3f} >= baseline WAPE {baseline:.3f}"]
+    return []
+
+
+def _rows_reason(rows: pd.DataFrame, bad: pd.Series, what: str, *shown: str) -> list[str]:
+    """One reason naming how many rows break a rule, with a few article_ids and their values as examples."""
+    if not bad.any():
+        return []
+    examples = "; ".join(
+        f"{row['article_id']}: " + ", ".join(f"{column} {row[column]:.6g}" for column in shown)
+        for _, row in rows.loc[bad].head(EXAMPLES).iterrows()
+    )
+    return [f"{int(bad.sum())} of {len(rows)} rows {what} (e.g. {examples})"]
+
+
+def _range_reasons(rows: pd.DataFrame, ladder: tuple[float, ...]) -> list[str]:
+    reasons: list[str] = []
+    for column in FINITE_COLUMNS:
+        finite = pd.Series(np.isfinite(rows[column].astype("float64")), index=rows.index)
+        reasons += _rows_reason(rows, ~finite, f"have a non-finite {column}", column)
+    # NaN compares false below, so a NaN row is reported once, by the check above.
+    for column in NON_NEGATIVE_COLUMNS:
+        reasons += _rows_reason(rows, rows[column] < 0, f"have a negative {column}", column)
+    for column in POSITIVE_COLUMNS:
+        reasons += _rows_reason(rows, rows[column] <= 0, f"have a non-positive {column}", column)
+    sell_through = rows["expected_sell_through"]
+    outside = (sell_through < 0) | (sell_through > 1)
+    reasons += _rows_reason(rows, outside, "have expected_sell_through outside [0, 1]", "expected_sell_through")
+    discount, current = rows["recommended_discount"], rows["current_discount"]
+    on_ladder = pd.Series(False, index=rows.index)
+    for step in ladder:
+        on_ladder |= (discount - step).abs() <= LADDER_TOLERANCE
+    # Holding an off-ladder current discount is allowed: the model offers it (rounded) as the no-change candidate.
+    holds_current = (discount - current.round(3)).abs() <= LADDER_TOLERANCE
+    off_ladder = discount.notna() & ~on_ladder & ~holds_current
+    reasons += _rows_reason(rows, off_ladder, "recommend a discount off the ladder", "recommended_discount")
+    reasons += _rows_reason(
+        rows,
+        discount < current - LADDER_SNAP,
+        "recommend less discount than today's",
+        "recommended_discount",
+        "current_discount",
+    )
+    return reasons

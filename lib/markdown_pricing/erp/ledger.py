@@ -1,0 +1,46 @@
+"""Reading the run ledger: what each run did with each country, and what the ERP holds now."""
+
+from __future__ import annotations
+
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from markdown_pricing.core.config import ErpSettings
+from markdown_pricing.erp import tables
+from markdown_pricing.erp.connection import one_value, transaction
+
+PUBLISHED = "published"
+# A rerun found the country already published by the same run: nothing written.
+ALREADY_PUBLISHED = "already_published"
+FAILED = "failed"
+# Not published because the quality gate stopped it; its previous rows stay.
+BLOCKED = "blocked"
+LEDGER_STATUSES = (PUBLISHED, FAILED, BLOCKED)
+
+
+def run_statuses(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, str]:
+    """Country -> ledger status ('published', 'failed' or 'blocked') for one run; none before the first migrate."""
+    ledger_table = tables.ledger(settings)
+    with transaction(conn) as cur:
+        cur.execute("SELECT to_regclass(%s)", (ledger_table.as_string(cur),))
+        if one_value(cur) is None:
+            return {}
+        cur.execute(sql.SQL("SELECT country, status FROM {} WHERE run_id = %s").format(ledger_table), (run_id,))
+        return {str(country): str(status) for country, status in cur.fetchall()}
+
+
+def last_published_rows(conn: Connection, settings: ErpSettings, before_run_id: str) -> dict[str, int]:
+    """Country -> row count of its most recent publish by a run other than `before_run_id` (what the ERP holds)."""
+    ledger_table = tables.ledger(settings)
+    with transaction(conn) as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                SELECT DISTINCT ON (country) country, rows FROM {}
+                WHERE status = %s AND run_id <> %s AND rows IS NOT NULL
+                ORDER BY country, recorded_at DESC
+                """
+            ).format(ledger_table),
+            (PUBLISHED, before_run_id),
+        )
+        return {str(country): int(rows) for country, rows in cur.fetchall()}

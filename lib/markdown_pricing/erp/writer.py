@@ -1,0 +1,229 @@
+"""The ERP writer: one transaction per country replaces its predictions and records the run in the ledger.
+
+The CopyToTable shape: lock, check the ledger, delete the country's rows, COPY the new ones, write the ledger row,
+commit; any error rolls the whole country back, so readers see the complete old set or the complete new set."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from markdown_pricing.core.config import ErpSettings
+from markdown_pricing.core.contract import FORECASTERS, MEASURES
+from markdown_pricing.core.results import metric
+from markdown_pricing.erp import tables
+from markdown_pricing.erp.connection import transaction
+from markdown_pricing.erp.ledger import ALREADY_PUBLISHED, BLOCKED, FAILED, PUBLISHED
+from markdown_pricing.erp.locks import lock
+
+_FRAME_TEXT_COLUMNS = ("country", "article_id")
+_FRAME_NUMERIC_COLUMNS = (
+    "current_price",
+    "recommended_discount",
+    "recommended_price",
+    "predicted_units_next_week",
+    "expected_revenue",
+    "expected_sell_through",
+)
+FRAME_COLUMNS = _FRAME_TEXT_COLUMNS + _FRAME_NUMERIC_COLUMNS
+# Order of the CSV fields and of the COPY column list.
+COPY_COLUMNS = ("country", "article_id", "valid_from", *_FRAME_NUMERIC_COLUMNS, "run_id", "model_version")
+# Quoted empty fields in these columns are NULL; in text columns they stay empty strings.
+_FORCE_NULL_COLUMNS = ("valid_from", *_FRAME_NUMERIC_COLUMNS)
+METRIC_KEYS = ("model_wape", "baseline_wape", "model_bias")
+# Which model scored the country and, for a fallback, why: text the ledger carries beside the metrics.
+MODEL_KEYS = ("model_kind", "fallback_reason")
+# What the ledger records of a country's train+score result.
+LEDGER_METRICS = (*METRIC_KEYS, *MODEL_KEYS)
+
+
+def _checked_frame(predictions: pd.DataFrame, country: str) -> pd.DataFrame:
+    """The publishable columns of one country's predictions; refuses frames that would corrupt the table."""
+    missing = [column for column in FRAME_COLUMNS if column not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions for {country} lack columns: {', '.join(missing)}")
+    frame = predictions.loc[:, list(FRAME_COLUMNS)]
+    if frame.empty:
+        raise ValueError(f"no predictions for {country}: record the country as not published instead")
+    others = sorted({str(value) for value in frame["country"] if value != country})
+    if others:
+        raise ValueError(f"predictions for {country} contain rows of other countries: {', '.join(others)}")
+    duplicated = frame["article_id"][frame["article_id"].duplicated()]
+    if not duplicated.empty:
+        shown = ", ".join(map(str, duplicated.unique()[:10]))
+        raise ValueError(f"predictions for {country} repeat article_ids: {shown}")
+    return frame
+
+
+def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: str) -> io.BytesIO:
+    """The rows in COPY column order as CSV: every value quoted, so text such as '' or \\N stays text; a missing
+    number is an unquoted empty field, which COPY reads as NULL.
+
+    Written by Arrow in one vectorised pass: the publish benchmark measured a Python csv.writer loop at a fifth of
+    the speed of the COPY it feeds. Arrow writes each double in its shortest form that round-trips exactly.
+    """
+    text = frame.loc[:, list(_FRAME_TEXT_COLUMNS)].fillna("").astype(str)
+    numbers = frame.loc[:, list(_FRAME_NUMERIC_COLUMNS)].astype("float64")
+    constants = {"valid_from": run_date.isoformat(), "run_id": run_id, "model_version": model_version}
+    rows = pd.concat([text, numbers], axis=1).assign(**constants).loc[:, list(COPY_COLUMNS)]
+    buffer = io.BytesIO()
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    pacsv.write_csv(pa.Table.from_pandas(rows, preserve_index=False), buffer, options)
+    buffer.seek(0)
+    return buffer
+
+
+def _ledger_values(metrics: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (*(metric(metrics, key) for key in METRIC_KEYS), *(metrics.get(key) for key in MODEL_KEYS))
+
+
+def record_metrics(
+    conn: Connection, settings: ErpSettings, *, run_id: str, run_date: date, results: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Every country's backtest errors, one row per forecaster, in one transaction; a rerun replaces them."""
+    rows = [
+        (
+            run_id,
+            run_date,
+            country,
+            forecaster,
+            result.get("model_kind"),
+            *(metric(result, f"{forecaster}_{measure}") for measure in MEASURES),
+            result.get("backtest_rows"),
+        )
+        for country, result in sorted(results.items())
+        for forecaster in FORECASTERS
+        if result.get(f"{forecaster}_wape") is not None
+    ]
+    with transaction(conn) as cur:
+        cur.executemany(
+            sql.SQL(
+                """
+                INSERT INTO {} (run_id, run_date, country, forecaster, model_kind, wape, bias,
+                                revenue_weighted_wape, backtest_rows, recorded_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+                ON CONFLICT (run_id, country, forecaster) DO UPDATE SET
+                    run_date = EXCLUDED.run_date, model_kind = EXCLUDED.model_kind, wape = EXCLUDED.wape,
+                    bias = EXCLUDED.bias, revenue_weighted_wape = EXCLUDED.revenue_weighted_wape,
+                    backtest_rows = EXCLUDED.backtest_rows, recorded_at = EXCLUDED.recorded_at
+                """
+            ).format(tables.metrics(settings)),
+            rows,
+        )
+
+
+def publish_country(
+    conn: Connection,
+    settings: ErpSettings,
+    *,
+    run_id: str,
+    run_date: date,
+    country: str,
+    predictions: pd.DataFrame,
+    model_version: str,
+    metrics: Mapping[str, float | None],
+    gate_override: bool = False,
+    message: str | None = None,
+) -> str:
+    """Replaces one country's predictions and records the run in one transaction; idempotent per (run, country).
+
+    `gate_override` records that an operator published despite the quality gate; `message` says what was overridden.
+    """
+    predictions_table, ledger_table = tables.predictions(settings), tables.ledger(settings)
+    frame = _checked_frame(predictions, country)
+    rows = _as_csv(frame, run_date=run_date, run_id=run_id, model_version=model_version)
+    with transaction(conn) as cur:
+        lock(cur, "publish", settings.schema, country)
+        cur.execute(
+            sql.SQL("SELECT status FROM {} WHERE run_id = %s AND country = %s").format(ledger_table),
+            (run_id, country),
+        )
+        found = cur.fetchone()
+        if found is not None and found[0] == PUBLISHED:
+            return ALREADY_PUBLISHED
+        cur.execute(sql.SQL("DELETE FROM {} WHERE country = %s").format(predictions_table), (country,))
+        cur.copy_expert(
+            sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FORCE_NULL ({}))")
+            .format(
+                predictions_table,
+                sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
+                sql.SQL(", ").join(map(sql.Identifier, _FORCE_NULL_COLUMNS)),
+            )
+            .as_string(conn),
+            rows,
+        )
+        cur.execute(
+            sql.SQL(
+                """
+                INSERT INTO {} AS ledger
+                    (run_id, country, run_date, status, rows, model_version,
+                     model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at,
+                     gate_override)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
+                ON CONFLICT (run_id, country) DO UPDATE SET
+                    run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = EXCLUDED.rows,
+                    model_version = EXCLUDED.model_version, model_wape = EXCLUDED.model_wape,
+                    baseline_wape = EXCLUDED.baseline_wape, model_bias = EXCLUDED.model_bias,
+                    model_kind = EXCLUDED.model_kind, fallback_reason = EXCLUDED.fallback_reason,
+                    message = EXCLUDED.message, recorded_at = EXCLUDED.recorded_at,
+                    gate_override = EXCLUDED.gate_override
+                """
+            ).format(ledger_table),
+            (
+                run_id,
+                country,
+                run_date,
+                PUBLISHED,
+                len(frame),
+                model_version,
+                *_ledger_values(metrics),
+                message,
+                gate_override,
+            ),
+        )
+    return PUBLISHED
+
+
+def record_not_published(
+    conn: Connection,
+    settings: ErpSettings,
+    *,
+    run_id: str,
+    run_date: date,
+    country: str,
+    message: str,
+    metrics: Mapping[str, float | None],
+    status: str = FAILED,
+) -> None:
+    """Records that a run did not publish a country; a 'published' ledger row for that run and country stays."""
+    if status not in (FAILED, BLOCKED):
+        raise ValueError(f"a country that was not published is {FAILED!r} or {BLOCKED!r}, not {status!r}")
+    ledger_table = tables.ledger(settings)
+    with transaction(conn) as cur:
+        lock(cur, "publish", settings.schema, country)
+        cur.execute(
+            sql.SQL(
+                """
+                INSERT INTO {} AS ledger
+                    (run_id, country, run_date, status, rows, model_version,
+                     model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at)
+                VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, now())
+                ON CONFLICT (run_id, country) DO UPDATE SET
+                    run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = NULL, model_version = NULL,
+                    model_wape = EXCLUDED.model_wape, baseline_wape = EXCLUDED.baseline_wape,
+                    model_bias = EXCLUDED.model_bias, model_kind = EXCLUDED.model_kind,
+                    fallback_reason = EXCLUDED.fallback_reason, message = EXCLUDED.message,
+                    recorded_at = EXCLUDED.recorded_at, gate_override = false
+                WHERE ledger.status <> %s
+                """
+            ).format(ledger_table),
+            (run_id, country, run_date, status, *_ledger_values(metrics), message, PUBLISHED),
+        )

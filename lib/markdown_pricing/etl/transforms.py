@@ -1,0 +1,242 @@
+"""ETL transformations: raw contract datasets in, curated weekly rows out. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from markdown_pricing.core.errors import InputError
+from markdown_pricing.core.schemas import ACCEPTED_RAW_TYPES, RAW_DATASETS, WEEKLY
+
+KEYS = ("country", "article_id")
+COUNTRY_CODE = r"^[A-Z]{3}$"
+REJECT_REASON = "reject_reason"
+
+
+class RawSchemaError(InputError):
+    """A raw dataset lacks a contract column or delivers it with an incompatible type."""
+
+    def __init__(self, dataset: str, column: str, expected: T.DataType, found: T.DataType | None) -> None:
+        found_text = found.simpleString() if found else "missing"
+        super().__init__(
+            f"dataset {dataset!r}: column {column!r} expected {expected.simpleString()}, found {found_text}"
+        )
+        self.dataset, self.column = dataset, column
+
+
+class RejectedShareError(InputError):
+    """Too many rows of a dataset were rejected for the run to go on."""
+
+
+def check_raw_schema(dataset: str, found: T.StructType) -> None:
+    """Raises RawSchemaError unless every contract column is present with an accepted physical type."""
+    found_types = {field.name: field.dataType for field in found.fields}
+    for field in RAW_DATASETS[dataset].fields:
+        actual = found_types.get(field.name)
+        if actual not in ACCEPTED_RAW_TYPES[field.dataType]:
+            raise RawSchemaError(dataset, field.name, field.dataType, actual)
+
+
+def week_start(column: Column) -> Column:
+    """The Monday that starts the ISO week of a date."""
+    return F.date_trunc("week", column).cast(T.DateType())
+
+
+def _null_key(*columns: str) -> Column:
+    condition = F.lit(False)
+    for column in columns:
+        condition = condition | F.col(column).isNull()
+    return condition
+
+
+def _reject_rules(dataset: str, run_date: dt.date) -> list[tuple[str, Column]]:
+    """(reason, condition) pairs, first match wins; `known_article` comes from with_known_article."""
+    keyed = [
+        ("null key", _null_key(*KEYS)),
+        ("malformed country code", ~F.col("country").rlike(COUNTRY_CODE)),
+        ("unknown article", F.col("known_article").isNull()),
+    ]
+    rules: dict[str, list[tuple[str, Column]]] = {
+        "articles": [
+            ("null key", _null_key("article_id")),
+            ("missing launch or season end", _null_key("launch_date", "season_end")),
+            ("season ends before launch", F.col("season_end") < F.col("launch_date")),
+            ("non-positive original price", F.coalesce(F.col("original_price"), F.lit(0.0)) <= 0),
+            ("conflicting article rows", F.count("*").over(Window.partitionBy("article_id")) > 1),
+        ],
+        "sales": [
+            *keyed,
+            ("null key", _null_key("sale_date", "units")),
+            ("dated on or after run date", F.col("sale_date") >= F.lit(run_date)),
+        ],
+        "prices": [
+            *keyed,
+            ("null key", _null_key("valid_from")),
+            ("non-positive price", F.coalesce(F.col("price"), F.lit(0.0)) <= 0),
+        ],
+        "stock": [
+            *keyed,
+            ("null key", _null_key("snapshot_date", "units_on_hand")),
+            ("negative stock", F.col("units_on_hand") < 0),
+        ],
+    }
+    return rules[dataset]
+
+
+def with_known_article(articles: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Adds `known_article` (true or null) from the valid articles."""
+    known = articles.select("article_id", F.lit(True).alias("known_article")).distinct()
+    return lambda df: df.join(F.broadcast(known), on="article_id", how="left")
+
+
+def with_reject_reason(dataset: str, run_date: dt.date) -> Callable[[DataFrame], DataFrame]:
+    """Adds `reject_reason`: null for a good row, else the first contract rule the row breaks."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        reason: Column = F.lit(None).cast(T.StringType())
+        for label, condition in reversed(_reject_rules(dataset, run_date)):
+            reason = F.when(F.coalesce(condition, F.lit(True)), F.lit(label)).otherwise(reason)
+        return df.withColumn(REJECT_REASON, reason)
+
+    return transform
+
+
+def valid_rows(dataset: str) -> Callable[[DataFrame], DataFrame]:
+    """Keeps the rows without a reject reason, in the contract's columns."""
+    columns = RAW_DATASETS[dataset].fieldNames()
+    return lambda df: df.where(F.col(REJECT_REASON).isNull()).select(*columns)
+
+
+def quarantine_rows(dataset: str) -> Callable[[DataFrame], DataFrame]:
+    """The rejected rows as (dataset, reason, row_json), for operators to inspect."""
+    columns = RAW_DATASETS[dataset].fieldNames()
+    return lambda df: df.where(F.col(REJECT_REASON).isNotNull()).select(
+        F.lit(dataset).alias("dataset"),
+        F.col(REJECT_REASON).alias("reason"),
+        F.to_json(F.struct(*columns)).alias("row_json"),
+    )
+
+
+def check_rejected_share(counts: Mapping[str, Mapping[str, int]], threshold: float) -> None:
+    """Raises RejectedShareError naming the dataset whose rejected share passes the threshold."""
+    for dataset, count in counts.items():
+        share = count["rejected"] / count["rows"] if count["rows"] else 0.0
+        if share > threshold:
+            raise RejectedShareError(
+                f"dataset {dataset!r}: {count['rejected']} of {count['rows']} rows rejected "
+                f"({share:.2%}), above the threshold of {threshold:.2%}; see the quarantine folder"
+            )
+
+
+def weekly_units(sales: DataFrame) -> DataFrame:
+    """Daily sales summed to (country, article, week); returns net out within the week."""
+    return sales.groupBy(*KEYS, week_start(F.col("sale_date")).alias("week_start")).agg(F.sum("units").alias("units"))
+
+
+def weekly_last_price(prices: DataFrame) -> DataFrame:
+    """The price in effect at the end of each week that has a price change."""
+    return prices.groupBy(*KEYS, week_start(F.col("valid_from")).alias("week_start")).agg(
+        F.max_by("price", "valid_from").alias("price")
+    )
+
+
+def weekly_first_stock(stock: DataFrame) -> DataFrame:
+    """Stock at the first snapshot of each week that has one."""
+    return stock.groupBy(*KEYS, week_start(F.col("snapshot_date")).alias("week_start")).agg(
+        F.min_by("units_on_hand", "snapshot_date").alias("stock_on_hand")
+    )
+
+
+def history_grid(pairs: DataFrame, articles: DataFrame, run_date: dt.date) -> DataFrame:
+    """Every week from an article's launch week to the week before the run (or its season's end)."""
+    last_week = run_date - dt.timedelta(days=7)
+    bounded = pairs.join(articles, on="article_id", how="inner").select(
+        *KEYS,
+        week_start(F.col("launch_date")).alias("first_week"),
+        F.least(week_start(F.col("season_end")), F.lit(last_week)).alias("last_week"),
+    )
+    return bounded.where(F.col("first_week") <= F.col("last_week")).select(
+        *KEYS,
+        F.explode(F.sequence("first_week", "last_week", F.expr("INTERVAL 7 DAYS"))).alias("week_start"),
+    )
+
+
+def active_articles(articles: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date) -> DataFrame:
+    """Articles whose latest stock snapshot before the run is positive and whose season runs past it."""
+    before_run = F.lit(run_date)
+    current_stock = (
+        stock.where(F.col("snapshot_date") < before_run)
+        .groupBy(*KEYS)
+        .agg(F.max_by("units_on_hand", "snapshot_date").alias("stock_on_hand"))
+    )
+    current_price = (
+        prices.where(F.col("valid_from") < before_run)
+        .groupBy(*KEYS)
+        .agg(F.max_by("price", "valid_from").alias("price"))
+    )
+    return (
+        current_stock.join(articles, on="article_id", how="inner")
+        .join(current_price, on=list(KEYS), how="left")
+        .where((F.col("stock_on_hand") > 0) & (F.col("season_end") > before_run))
+        .select(*KEYS, "stock_on_hand", F.coalesce("price", "original_price").alias("price"))
+    )
+
+
+def future_grid(active: DataFrame, articles: DataFrame, run_date: dt.date) -> DataFrame:
+    """The weeks from the run date to each active article's season end, at its current price and stock."""
+    return active.join(articles.select("article_id", "season_end"), on="article_id", how="inner").select(
+        *KEYS,
+        F.explode(F.sequence(F.lit(run_date), F.col("season_end"), F.expr("INTERVAL 7 DAYS"))).alias("week_start"),
+        "price",
+        "stock_on_hand",
+    )
+
+
+def _forward_filled(column: str, window: Window) -> Column:
+    return F.last(column, ignorenulls=True).over(window.rowsBetween(Window.unboundedPreceding, 0))
+
+
+def curated_weekly(
+    articles: DataFrame, sales: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date
+) -> DataFrame:
+    """History and future weeks per (country, article) with the features the model uses.
+
+    Every feature is computed by the same expression for past and future weeks, so training and scoring
+    cannot drift apart. Popularity uses only weeks before the row's week.
+    """
+    pairs = sales.select(*KEYS).union(prices.select(*KEYS)).union(stock.select(*KEYS)).distinct()
+    history = (
+        history_grid(pairs, articles, run_date)
+        .join(weekly_units(sales), on=[*KEYS, "week_start"], how="left")
+        .join(weekly_last_price(prices), on=[*KEYS, "week_start"], how="left")
+        .join(weekly_first_stock(stock), on=[*KEYS, "week_start"], how="left")
+        .withColumn("units", F.coalesce("units", F.lit(0)).cast(T.LongType()))
+        .withColumn("is_future", F.lit(False))
+    )
+    future = (
+        future_grid(active_articles(articles, prices, stock, run_date), articles, run_date)
+        .withColumn("units", F.lit(None).cast(T.LongType()))
+        .withColumn("is_future", F.lit(True))
+    )
+    by_article = Window.partitionBy(*KEYS).orderBy("week_start")
+    return (
+        history.unionByName(future)
+        .join(articles, on="article_id", how="inner")
+        .withColumn("price", F.coalesce(_forward_filled("price", by_article), F.col("original_price")))
+        .withColumn("stock_on_hand", _forward_filled("stock_on_hand", by_article))
+        .withColumn(
+            "article_popularity",
+            F.avg("units").over(by_article.rowsBetween(Window.unboundedPreceding, -1)),
+        )
+        .withColumn("discount", F.round(F.greatest(F.lit(0.0), 1 - F.col("price") / F.col("original_price")), 3))
+        .withColumn(
+            "weeks_since_launch",
+            F.greatest(F.lit(0), F.floor(F.datediff("week_start", "launch_date") / 7)).cast(T.IntegerType()),
+        )
+        .withColumn("weeks_to_season_end", F.floor(F.datediff("season_end", "week_start") / 7).cast(T.IntegerType()))
+        .select(*(F.col(field.name).cast(field.dataType) for field in WEEKLY.fields))
+    )

@@ -1,0 +1,195 @@
+"""One country's model: backtest it against the baselines, and when it wins, recommend a markdown per article.
+
+A country with too little history, or whose model loses, comes back as `needs_fallback` for the pooled pass
+(model.fallback). Plain pandas in, pandas out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import pandas as pd
+
+from markdown_pricing.core.config import ModelParams, RunRules
+from markdown_pricing.model import backtest
+from markdown_pricing.model.forecast import (
+    FEATURES,
+    Encoding,
+    baseline_predictor,
+    booster_predictor,
+    fit,
+    forecaster,
+    lightgbm_params,
+    prepare,
+    training_rows,
+    tune,
+)
+from markdown_pricing.model.pricing import score
+
+
+@dataclass(frozen=True)
+class CountryResult:
+    """One country's outcome: its recommendations (none when it needs a fallback), its flat metrics (the
+    country record's fields), the LightGBM model that scored it and its model card."""
+
+    country: str
+    predictions: pd.DataFrame
+    metrics: dict[str, Any]
+    model_text: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(weekly: pd.DataFrame) -> str:
+    """sha256 of the rows a model was trained and scored on, independent of their order."""
+    rows = weekly.sort_values(["country", "article_id", "week_start"], kind="stable")
+    return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def data_card(weekly: pd.DataFrame, usable: pd.DataFrame) -> dict[str, Any]:
+    """What a model card says about the data: the training window, row counts and a fingerprint."""
+    weeks = backtest.history_weeks(usable)
+    return {
+        "training_window": {
+            "first_week": str(pd.Timestamp(weeks[0]).date()) if len(weeks) else None,
+            "last_week": str(pd.Timestamp(weeks[-1]).date()) if len(weeks) else None,
+            "weeks": len(weeks),
+        },
+        "rows": {
+            "input": len(weekly),
+            "train": len(usable),
+            "articles": int(usable["article_id"].nunique()),
+            "scored_articles": int(weekly.loc[weekly["is_future"], "article_id"].nunique()),
+        },
+        "data_fingerprint": fingerprint(weekly),
+    }
+
+
+def result_metrics(
+    status: str,
+    kind: str | None,
+    reason: str | None,
+    usable: pd.DataFrame,
+    summary: Mapping[str, Any],
+    **timings: float,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "model_kind": kind,
+        "fallback_reason": reason,
+        "train_rows": len(usable),
+        **summary,
+        **timings,
+    }
+
+
+def model_card(
+    encoding: Encoding, settings: Mapping[str, Any], rounds: int, params: ModelParams, tuning: Any
+) -> dict[str, Any]:
+    # Thread count and device are how it ran, not what it is.
+    shown = {k: v for k, v in settings.items() if k not in ("num_threads", "device_type", "gpu_device_id")}
+    return {
+        **encoding.as_dict(),
+        "lightgbm_params": shown,
+        "num_boost_round": rounds,
+        "forecast_horizon_weeks": params.backtest_horizon_weeks,
+        "tuning": tuning,
+    }
+
+
+def train_country(
+    weekly: pd.DataFrame,
+    params: ModelParams,
+    rules: RunRules,
+    num_threads: int,
+    device: Mapping[str, Any] | None = None,
+) -> CountryResult:
+    """Backtests the country's model against the baselines (after tuning it, when on); when the model wins,
+    refits on all weeks and recommends a markdown per active article. A country with too little history, or
+    whose model loses, comes back with status `needs_fallback` and why, for the pooled model to score."""
+    weekly = prepare(weekly)
+    country = weekly["country"].iloc[0]
+    history = weekly[~weekly["is_future"]]
+    usable = training_rows(history, params)
+    card = {"country": country, **data_card(weekly, usable)}
+    weeks = card["training_window"]["weeks"]
+    if weeks < params.min_history_weeks:
+        reason = f"{weeks} weeks of in-stock history, fewer than min_history_weeks = {params.min_history_weeks}"
+        return needs_fallback(country, reason, usable, {}, card)
+    started = time.perf_counter()
+    encoding = Encoding.of(weekly, FEATURES)
+    settings, rounds = lightgbm_params(params, num_threads, device), params.num_boost_round
+    origins = backtest.origins(usable, params.backtest_origins, params.backtest_horizon_weeks)
+    tuning = None
+    if params.tuning.enabled:
+        settings, rounds, tuning = tune(history, usable, encoding, params, settings, origins[0])
+    errors = backtest.backtest(
+        history,
+        usable,
+        forecaster(encoding, settings, rounds),
+        origins_=origins,
+        horizon_weeks=params.backtest_horizon_weeks,
+        recent_weeks=params.recent_average_weeks,
+    )
+    summary = backtest.summarize(errors)
+    card |= {
+        "model": model_card(encoding, settings, rounds, params, tuning),
+        "backtest": {**summary, "by_origin": backtest.by_origin(errors)},
+    }
+    if summary["model_wape"] >= summary["baseline_wape"]:
+        reason = (
+            f"the country model loses to its {summary['baseline']} baseline in the backtest: "
+            f"WAPE {summary['model_wape']:.3f} >= {summary['baseline_wape']:.3f}"
+        )
+        return needs_fallback(country, reason, usable, summary, card)
+    booster = fit(usable, encoding, settings, rounds)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    predictions = score(weekly, booster_predictor(booster, encoding), rules)
+    metrics = result_metrics(
+        "trained",
+        "country",
+        None,
+        usable,
+        summary,
+        fit_seconds=fit_seconds,
+        score_seconds=time.perf_counter() - started,
+    )
+    return CountryResult(country, predictions, metrics, booster.model_to_string(), card | {"model_kind": "country"})
+
+
+def needs_fallback(
+    country: str, reason: str, usable: pd.DataFrame, summary: Mapping[str, Any], card: dict[str, Any]
+) -> CountryResult:
+    metrics = result_metrics("needs_fallback", None, reason, usable, summary)
+    return CountryResult(country, pd.DataFrame(), metrics, None, card | {"fallback_reason": reason})
+
+
+def rescore(
+    weekly: pd.DataFrame, model_text: str | None, card: Mapping[str, Any], params: ModelParams, rules: RunRules
+) -> CountryResult:
+    """Recommends with a saved model and its card, without training: the card says which features and
+    categories it was trained with (a baseline card has no model and holds today's prices)."""
+    weekly = prepare(weekly)
+    country = weekly["country"].iloc[0]
+    usable = backtest.in_stock(weekly[~weekly["is_future"]])
+    started = time.perf_counter()
+    if card["model_kind"] == "baseline":
+        predictions = score(weekly, baseline_predictor(usable, params.recent_average_weeks), rules, hold_price=True)
+    else:
+        encoding = Encoding(tuple(card["model"]["features"]), card["model"]["categories"])
+        predictions = score(weekly, booster_predictor(lgb.Booster(model_str=model_text), encoding), rules)
+    summary = {key: value for key, value in card.get("backtest", {}).items() if key != "by_origin"}
+    metrics = result_metrics(
+        "trained",
+        card["model_kind"],
+        card.get("fallback_reason"),
+        usable,
+        summary,
+        score_seconds=time.perf_counter() - started,
+    )
+    return CountryResult(country, predictions, metrics, model_text, dict(card))

@@ -1,0 +1,351 @@
+"""`markdown-pricing`: generate sample data, run the weekly pipeline or a backfill, manage the ERP, summarise a run."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from markdown_pricing.core.config import ENVIRONMENTS, Config, load_config, project_root, with_paths
+from markdown_pricing.core.context import RunContext, add_place_arguments, add_run_arguments, load_run_config, monday
+
+if TYPE_CHECKING:
+    from markdown_pricing.orchestrate.tasks import WeeklyRun
+
+
+def this_monday(today: dt.date | None = None) -> dt.date:
+    """The Monday of the current week."""
+    today = today or dt.date.today()
+    return today - dt.timedelta(days=today.weekday())
+
+
+def configured(args: argparse.Namespace) -> Config:
+    """The configuration of a command that names no run: its environment's, with its --raw and --work."""
+    return with_paths(load_config(args.env), raw=getattr(args, "raw", None), work=getattr(args, "work", None))
+
+
+def generate_sample_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.synthetic.sample import TINY_COUNTRY_WEEKS, generate_sample
+
+    tiny_country_weeks = TINY_COUNTRY_WEEKS if args.tiny_country_weeks is None else args.tiny_country_weeks
+    summary = generate_sample(
+        Path(args.out),
+        countries=args.countries,
+        articles=args.articles,
+        weeks=args.weeks,
+        seed=args.seed,
+        run_date=args.run_date,
+        tiny_country_weeks=tiny_country_weeks,
+        truth_dir=Path(args.truth) if args.truth else None,
+    )
+    print(
+        f"wrote {summary.sales_rows} sales rows for {len(summary.countries)} countries "
+        f"({', '.join(summary.countries)}) and {summary.articles} articles to {args.out}, "
+        f"{summary.first_day} .. {summary.run_date - dt.timedelta(days=1)}"
+    )
+    if summary.tiny_country:
+        print(f"{summary.tiny_country} is the tiny country: its shop opened {tiny_country_weeks} weeks ago")
+    if args.truth:
+        print(f"wrote the true outcomes of {summary.truth_rows} (article, candidate discount) pairs to {args.truth}")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from markdown_pricing.core.results import read_country_results
+    from markdown_pricing.core.storage import RunLayout, local_path
+    from markdown_pricing.synthetic import evaluation
+
+    cfg = configured(args)
+    layout = RunLayout(raw=cfg.paths.raw, work=cfg.paths.work, run_id=args.run_id)
+    try:
+        truth = pd.read_parquet(args.truth)
+        predictions = pd.read_parquet(local_path(layout.predictions))
+        results = read_country_results(layout.country_results)
+    except (OSError, ValueError) as err:
+        print(f"markdown-pricing evaluate: {err}", file=sys.stderr)
+        return 1
+    # Read back from country= folders, the country is a categorical: the joins want plain strings.
+    predictions["country"] = predictions["country"].astype(str)
+    revenues = evaluation.policy_revenues(truth, predictions)
+    table = evaluation.evaluation_table(evaluation.accuracy_table(results), evaluation.regret_table(revenues))
+    markdown = evaluation.to_markdown(table, args.title or f"run {args.run_id}")
+    print(markdown)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown)
+        out.with_suffix(".json").write_text(json.dumps(evaluation.to_document(table), indent=2))
+        print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def weekly_run(args: argparse.Namespace) -> WeeklyRun:
+    """The Luigi task `run` and `score` build from their arguments."""
+    from markdown_pricing.orchestrate.tasks import WeeklyRun
+
+    wait = -1.0 if args.wait_for_inputs is None else args.wait_for_inputs
+    return WeeklyRun.from_context(RunContext.from_namespace(args), wait)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import luigi
+    import luigi.configuration
+    from luigi.execution_summary import LuigiStatusCode
+
+    from markdown_pricing.observe.display import following_run
+    from markdown_pricing.observe.run_report import write_report
+    from markdown_pricing.observe.summary import print_run_summary
+    from markdown_pricing.orchestrate.submit import JOBS
+
+    task = weekly_run(args)
+    ctx = task.ctx
+    scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
+    with following_run(ctx.layout, JOBS, verbose=args.verbose):
+        result = luigi.build([task], local_scheduler=scheduler_url is None, detailed_summary=True)
+    print_run_summary(ctx, task.cfg.erp)
+    try:
+        print(f"\nrun report: {write_report(ctx.work, ctx.run_id, run_date=ctx.run_date)}")
+    except Exception as err:
+        # The report is for people: failing to write it must not change the run's exit code.
+        logging.getLogger(__name__).warning("run report not written: %s", err)
+    # scheduling_succeeded stays true when an input is missing; the status tells whether everything ran.
+    return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
+
+
+def score_command(args: argparse.Namespace) -> int:
+    """A run that rescores with saved models; its own run id keeps the model run's outputs apart."""
+    if not args.model_run:
+        print("markdown-pricing score: --model-run RUN_ID is required", file=sys.stderr)
+        return 2
+    args.run_id = args.run_id or f"{args.run_date.isoformat()}-score-{args.model_run}"
+    return run_command(args)
+
+
+def backfill_command(args: argparse.Namespace) -> int:
+    import luigi
+    import luigi.configuration
+    from luigi.execution_summary import LuigiStatusCode
+
+    from markdown_pricing.core.context import mondays
+    from markdown_pricing.observe import logs
+    from markdown_pricing.observe.summary import print_run_summary
+    from markdown_pricing.orchestrate.tasks import WeeklyBackfill
+
+    try:
+        mondays(args.start, args.end)
+    except ValueError as err:
+        print(f"markdown-pricing backfill: {err}", file=sys.stderr)
+        return 2
+    cfg = configured(args)
+    backfill = WeeklyBackfill(
+        start=args.start,
+        end=args.end,
+        raw_uri=cfg.paths.raw,
+        work_uri=cfg.paths.work,
+        env=args.env,
+        override_gate=args.override_gate,
+        wait_for_inputs=-1.0 if args.wait_for_inputs is None else args.wait_for_inputs,
+    )
+    # Luigi's own log setup would print every INFO line of every week; ours follows --verbose, as `run` does.
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logs.configure(f"backfill-{args.start}..{args.end}", "backfill", sys.stderr, level)
+    if args.verbose:
+        os.environ[logs.VERBOSE_ENV] = "1"
+    scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
+    result = luigi.build(
+        [backfill],
+        local_scheduler=scheduler_url is None,
+        # One worker runs the weeks oldest first (task priority), so the ERP ends with the newest week's rows.
+        workers=1,
+        detailed_summary=True,
+    )
+    for ctx in backfill.contexts():
+        print_run_summary(ctx, cfg.erp)
+    return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
+
+
+def erp_command(args: argparse.Namespace) -> int:
+    from contextlib import closing
+
+    from markdown_pricing.erp import connection, embedded, schema
+
+    cfg = configured(args)
+    if args.action == "migrate":
+        dsn = connection.start_dsn(cfg.erp, cfg.paths.work)
+        with closing(connection.connect(dsn, cfg.erp.connect_timeout_s)) as conn:
+            schema.migrate(conn, cfg.erp)
+        print(f"ERP tables in schema {cfg.erp.schema} at {connection.describe_dsn(dsn)} are current")
+        return 0
+    if connection.configured_dsn(cfg.erp) is not None and args.action != "dsn":
+        print(f"markdown-pricing erp {args.action}: an ERP is configured, no embedded server is used", file=sys.stderr)
+        return 1
+    pgdata = Path(connection.embedded_pgdata(cfg.paths.work))
+    if args.action == "start":
+        print(embedded.ensure_running(pgdata))
+    elif args.action == "stop":
+        print("stopped" if embedded.stop(pgdata) else "not running")
+    else:
+        try:
+            print(connection.describe_dsn(connection.running_dsn(cfg.erp, cfg.paths.work)))
+        except connection.ErpUnavailableError as err:
+            print(f"markdown-pricing erp dsn: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def summary_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.observe.summary import print_run_summary
+
+    ctx = RunContext.from_namespace(args)
+    print_run_summary(ctx, load_run_config(ctx).erp)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.observe.run_report import ReportError, write_report
+
+    cfg = configured(args)
+    try:
+        print(write_report(cfg.paths.work, args.run_id))
+    except ReportError as err:
+        print(f"markdown-pricing report: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.erp.connection import ErpUnavailableError
+    from markdown_pricing.observe.status import show_runs, show_status
+
+    cfg = configured(args)
+    show = show_runs if args.command == "runs" else show_status
+    try:
+        print(show(cfg.erp, cfg.paths.work, limit=args.limit, as_json=args.json))
+    except (ErpUnavailableError, ValueError) as err:
+        # An unreachable ERP, a bad --limit or an unusable configuration: a message, not a stack trace.
+        print(f"markdown-pricing {args.command}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that drive Luigi: `run` and `backfill`."""
+    parser.add_argument(
+        "--wait-for-inputs",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for raw _SUCCESS markers (0: do not wait; default: configured)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show INFO logs: Luigi's, Spark's and everything each stage prints (default: warnings and errors)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    main = argparse.ArgumentParser(prog="markdown-pricing", description=__doc__)
+    commands = main.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("generate-sample", help="write a synthetic raw root in the contract's shape")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--countries", type=int, default=10)
+    sample.add_argument("--articles", type=int, default=300)
+    sample.add_argument("--weeks", type=int, default=60)
+    sample.add_argument("--seed", type=int, default=7)
+    sample.add_argument("--run-date", type=monday, default=this_monday())
+    sample.add_argument(
+        "--tiny-country-weeks",
+        type=int,
+        metavar="N",
+        help="weeks since the tiny country's shop opened (default: the generator's; 0: no tiny country)",
+    )
+    sample.add_argument("--truth", metavar="DIR", help="also write the true outcomes per candidate discount here")
+    sample.set_defaults(handler=generate_sample_command)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="a run's forecast errors and revenue regret against the truth of a generated sample"
+    )
+    evaluate.add_argument("--run-id", required=True)
+    evaluate.add_argument("--truth", required=True, metavar="DIR", help="what generate-sample --truth wrote")
+    evaluate.add_argument("--work", help="work folder (default: configured); must be local or mounted here")
+    evaluate.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    evaluate.add_argument("--title", help="heading of the Markdown section (default: the run id)")
+    evaluate.add_argument("--out", metavar="FILE.md", help="also write the Markdown here, and JSON beside it")
+    evaluate.set_defaults(handler=evaluate_command)
+
+    run = commands.add_parser("run", help="run the weekly pipeline for one run date through Luigi")
+    add_run_arguments(run)
+    add_scheduling_arguments(run)
+    run.set_defaults(handler=run_command)
+
+    score = commands.add_parser(
+        "score", help="like run, but rescore with the models an earlier run saved (no training)"
+    )
+    add_run_arguments(score)
+    add_scheduling_arguments(score)
+    score.set_defaults(handler=score_command)
+
+    backfill = commands.add_parser(
+        "backfill", help="run the weekly pipeline for every Monday of a range through Luigi, oldest first"
+    )
+    backfill.add_argument("--from", dest="start", type=monday, required=True, metavar="D", help="first Monday")
+    backfill.add_argument("--to", dest="end", type=monday, required=True, metavar="D", help="last Monday, included")
+    add_place_arguments(backfill)
+    add_scheduling_arguments(backfill)
+    backfill.set_defaults(handler=backfill_command)
+
+    summary = commands.add_parser("summary", help="per-country summary of a run: ERP rows, error, discount mix")
+    add_run_arguments(summary)
+    summary.set_defaults(handler=summary_command)
+
+    report = commands.add_parser("report", help="write a run's HTML report with plots and print its path")
+    report.add_argument("--run-id", help="default: the run whose train-and-score results were written last")
+    report.add_argument("--work", help="work folder (default: configured); must be local or mounted here")
+    report.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    report.set_defaults(handler=report_command)
+
+    for name, what in (
+        ("status", "the last runs in the ERP ledger, per country"),
+        ("runs", "the last runs' backtest error per country: model against both baselines"),
+    ):
+        status = commands.add_parser(name, help=what)
+        status.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+        status.add_argument("--limit", type=int, default=5, metavar="N", help="how many runs (default 5)")
+        status.add_argument("--work", help="work folder URI, for the embedded ERP (default: configured)")
+        status.add_argument("--env", choices=ENVIRONMENTS, default="local")
+        status.set_defaults(handler=status_command)
+
+    erp_parser = commands.add_parser(
+        "erp", help="the ERP tables (migrate) and the embedded PostgreSQL used when no ERP is configured"
+    )
+    erp_parser.add_argument(
+        "action",
+        choices=("migrate", "start", "stop", "dsn"),
+        help="migrate: create or upgrade the tables; start/stop: the embedded server; dsn: where the ERP is",
+    )
+    erp_parser.add_argument("--work", help="work folder URI (default: configured)")
+    erp_parser.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    erp_parser.set_defaults(handler=erp_command)
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    os.environ.setdefault("LUIGI_CONFIG_PATH", str(project_root() / "conf" / "luigi.cfg"))
+    args = parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Luigi tasks for one weekly run. They know stages only as spark-submit command lines and targets.
+
+    luigi --module markdown_pricing.orchestrate.tasks WeeklyRun --run-date 2026-11-23 --local-scheduler
+    luigi --module markdown_pricing.orchestrate.tasks WeeklyBackfill --start 2026-11-02 --end 2026-11-23 \\
+        --local-scheduler
+
+Every task names its run by the same parameters; `ctx` turns them into the one RunContext that the jobs receive.
+Checking a target reads only: it starts no server and creates no table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable
+from contextlib import closing
+from functools import cached_property
+from typing import Any
+
+import luigi
+
+from markdown_pricing.core.config import ENVIRONMENTS, Config
+from markdown_pricing.core.context import RunContext, countries, load_run_config, mondays
+from markdown_pricing.core.contract import RAW_DATASET_NAMES
+from markdown_pricing.core.results import read_country_results
+from markdown_pricing.core.storage import SUCCESS_MARKER, filesystem, join
+from markdown_pricing.erp import ledger
+from markdown_pricing.erp.connection import ErpUnavailableError, connect, running_dsn
+from markdown_pricing.observe import logs, progress
+from markdown_pricing.orchestrate.launcher import LaunchedApplication, run_job
+from markdown_pricing.orchestrate.submit import job_command, submit_environment
+
+log = logging.getLogger("luigi-interface")
+
+# The status message and percentage last sent to the scheduler.
+Shown = tuple[str, int | None]
+
+
+class CountriesParameter(luigi.Parameter):
+    """Country codes, comma-separated on the command line, a sorted tuple in the task (as in RunContext)."""
+
+    def parse(self, x: str) -> tuple[str, ...]:
+        return countries(x.split(","))
+
+    def normalize(self, x: Any) -> tuple[str, ...]:
+        return countries(x.split(",") if isinstance(x, str) else x)
+
+    def serialize(self, x: Iterable[str]) -> str:
+        return ",".join(x)
+
+
+class MarkerTarget(luigi.Target):
+    """A dataset folder's _SUCCESS marker, on any filesystem core/storage.py serves."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = join(folder, SUCCESS_MARKER)
+
+    def exists(self) -> bool:
+        return filesystem(self.path).exists(self.path)
+
+
+class LedgerTarget(luigi.Target):
+    """Complete when the ERP ledger shows every country of the run published. Reads only: an ERP that is not
+    running or has no ledger yet means not complete."""
+
+    def __init__(self, ctx: RunContext, cfg: Config) -> None:
+        self.ctx, self.cfg = ctx, cfg
+
+    def exists(self) -> bool:
+        results_uri = self.ctx.layout.country_results
+        if not filesystem(results_uri).exists(results_uri):
+            return False
+        expected = set(read_country_results(results_uri))
+        settings = self.cfg.erp
+        try:
+            with closing(connect(running_dsn(settings, self.ctx.work), settings.connect_timeout_s)) as conn:
+                conn.set_session(readonly=True)
+                statuses = ledger.run_statuses(conn, settings, self.ctx.run_id)
+        except ErpUnavailableError:
+            return False
+        return bool(expected) and all(statuses.get(country) == ledger.PUBLISHED for country in expected)
+
+
+class PipelineParameters:
+    """Where a run reads and writes and how it treats its inputs and gates: shared by runs and backfills."""
+
+    # Not `raw`/`work`: the luigi command line would read `--work` as an abbreviation of `--worker-*`.
+    raw_uri = luigi.Parameter(default="")
+    work_uri = luigi.Parameter(default="")
+    env = luigi.ChoiceParameter(choices=ENVIRONMENTS, default="local")
+    override_gate = CountriesParameter(default=(), description="comma-separated countries whose gate is overridden")
+    wait_for_inputs = luigi.FloatParameter(
+        default=-1.0, significant=False, description="seconds to wait for raw _SUCCESS markers; -1: configured"
+    )
+
+
+class RunParameters(PipelineParameters):
+    """Parameters every task of a weekly run shares: the fields of its RunContext."""
+
+    run_date = luigi.DateParameter()
+    run_id = luigi.Parameter(default="")
+    model_run = luigi.Parameter(default="", description="rescore with this earlier run's saved models; empty: train")
+
+    @classmethod
+    def from_context(cls, ctx: RunContext, wait_for_inputs: float = -1.0) -> Any:
+        """The task of this class for a run."""
+        return cls(
+            run_date=ctx.run_date,
+            run_id=ctx.run_id,
+            raw_uri=ctx.raw,
+            work_uri=ctx.work,
+            env=ctx.env,
+            override_gate=ctx.gate_overrides,
+            model_run=ctx.model_run or "",
+            wait_for_inputs=wait_for_inputs,
+        )
+
+    @property
+    def priority(self) -> int:
+        # Older weeks first, so in a backfill an older week never replaces a newer week's ERP rows. Positive:
+        # Luigi raises a task's priority to its dependents', and a WrapperTask's default is 0.
+        return dt.date.max.toordinal() - self.run_date.toordinal()
+
+    @cached_property
+    def ctx(self) -> RunContext:
+        return RunContext.create(
+            self.run_date,
+            run_id=self.run_id or None,
+            raw=self.raw_uri or None,
+            work=self.work_uri or None,
+            env=self.env,
+            gate_overrides=self.override_gate,
+            model_run=self.model_run or None,
+        )
+
+    @cached_property
+    def cfg(self) -> Config:
+        return load_run_config(self.ctx)
+
+
+class RawDataset(luigi.ExternalTask):
+    """An upstream export, complete once its _SUCCESS marker is there; waits for it like an HDFS sensor."""
+
+    dataset = luigi.ChoiceParameter(choices=RAW_DATASET_NAMES)
+    raw_uri = luigi.Parameter()
+    wait_s = luigi.FloatParameter(default=0.0, significant=False)
+    poll_s = luigi.FloatParameter(default=60.0, significant=False)
+
+    def output(self) -> MarkerTarget:
+        return MarkerTarget(join(self.raw_uri, self.dataset))
+
+    def complete(self) -> bool:
+        deadline = time.monotonic() + self.wait_s
+        # The first wait is a warning: a quiet terminal would otherwise look stuck for up to an hour.
+        level = logging.WARNING
+        while not self.output().exists():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error(
+                    "input dataset %r is missing: no %s after waiting %.0f s",
+                    self.dataset,
+                    self.output().path,
+                    self.wait_s,
+                )
+                return False
+            log.log(level, "waiting for %s (%.0f s left)", self.output().path, remaining)
+            level = logging.INFO
+            time.sleep(min(self.poll_s, remaining))
+        return True
+
+
+class SparkStage(RunParameters, luigi.Task):
+    """Runs one job through spark-submit with the environment's settings from conf/.
+
+    While the job runs, the task shows the job's progress file on luigid (status message, progress percentage) and
+    its YARN tracking URL; the launcher supervises the process (log file, interrupts, YARN kill).
+    """
+
+    job: str = ""
+    # How often the progress file is read while the job runs.
+    poll_s: float = progress.POLL_S
+    # Capped in conf/luigi.cfg [resources]: how many Spark applications run at once (the role of an Airflow pool).
+    resources = {"spark_applications": 1}
+
+    def command(self) -> list[str]:
+        return job_command(self.cfg, self.job, self.ctx)
+
+    def run(self) -> None:
+        command = self.command()
+        log.info("submitting %s", " ".join(command))
+        channel = progress.progress_uri(self.ctx.layout, self.job)
+        log_path = logs.stage_log_path(self.ctx.layout, self.job)
+        progress.stage_started(channel, self.job)
+        shown = self._show(progress.read_progress(channel), ("", None))
+        tracking_url = None
+
+        def poll(launched: LaunchedApplication) -> None:
+            nonlocal shown, tracking_url
+            shown = self._show(progress.read_progress(channel), shown)
+            if launched.tracking_url != tracking_url and self.set_tracking_url is not None:
+                tracking_url = launched.tracking_url
+                self.set_tracking_url(tracking_url)
+
+        # The environment (it may hold PGPASSWORD) is never logged.
+        code = run_job(
+            command,
+            submit_environment(self.cfg),
+            log_path,
+            name=f"{self.job} for run {self.ctx.run_id}",
+            poll_s=self.poll_s,
+            on_poll=poll,
+        )
+        self._show(progress.stage_finished(channel, self.job, code, str(log_path)), shown)
+        if code != 0:
+            raise RuntimeError(
+                f"{self.job} for run {self.ctx.run_id} failed with exit code {code}; its output is in {log_path}"
+            )
+
+    def _show(self, document: progress.Document | None, shown: Shown) -> Shown:
+        """Sends the document's status message and percentage to the scheduler where they changed."""
+        if document is None:
+            return shown
+        message, percent = progress.status_message(document), progress.percentage(document)
+        # Each call is a request to luigid. Both setters are None when the task runs outside a Luigi worker.
+        if message != shown[0] and self.set_status_message is not None:
+            self.set_status_message(message)
+        if percent is not None and percent != shown[1] and self.set_progress_percentage is not None:
+            self.set_progress_percentage(percent)
+        return message, percent if percent is not None else shown[1]
+
+
+class Etl(SparkStage):
+    job = "etl"
+
+    def requires(self) -> list[RawDataset]:
+        rules = self.cfg.run
+        wait_s = rules.wait_for_inputs_s if self.wait_for_inputs < 0 else self.wait_for_inputs
+        return [
+            RawDataset(dataset=name, raw_uri=self.ctx.raw, wait_s=wait_s, poll_s=rules.input_poll_s)
+            for name in RAW_DATASET_NAMES
+        ]
+
+    def output(self) -> MarkerTarget:
+        return MarkerTarget(self.ctx.layout.weekly)
+
+
+class TrainScore(SparkStage):
+    job = "train_score"
+
+    def requires(self) -> Etl:
+        return self.clone(Etl)
+
+    def output(self) -> MarkerTarget:
+        return MarkerTarget(self.ctx.layout.predictions)
+
+
+class Publish(SparkStage):
+    job = "publish"
+    # One publisher at a time talks to the ERP, whatever the scheduler runs besides.
+    resources = {"spark_applications": 1, "erp_connections": 1}
+
+    def requires(self) -> TrainScore:
+        return self.clone(TrainScore)
+
+    def output(self) -> LedgerTarget:
+        return LedgerTarget(self.ctx, self.cfg)
+
+
+class WeeklyRun(RunParameters, luigi.WrapperTask):
+    """One weekly markdown run: ETL, train and score per country, publish to the ERP."""
+
+    def requires(self) -> Publish:
+        return self.clone(Publish)
+
+
+class WeeklyBackfill(PipelineParameters, luigi.WrapperTask):
+    """The weekly runs of a range of Mondays, each with its run date as run id; older weeks publish first."""
+
+    start = luigi.DateParameter(description="first Monday")
+    end = luigi.DateParameter(description="last Monday, included")
+
+    def contexts(self) -> list[RunContext]:
+        """The run of each Monday of the range, oldest first."""
+        return [
+            RunContext.create(
+                day,
+                raw=self.raw_uri or None,
+                work=self.work_uri or None,
+                env=self.env,
+                gate_overrides=self.override_gate,
+            )
+            for day in mondays(self.start, self.end)
+        ]
+
+    def requires(self) -> list[WeeklyRun]:
+        return [WeeklyRun.from_context(ctx, self.wait_for_inputs) for ctx in self.contexts()]

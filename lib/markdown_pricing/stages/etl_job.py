@@ -1,0 +1,128 @@
+"""ETL stage: raw contract datasets -> quarantine + curated weekly Parquet partitioned by country."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial, reduce
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+
+from markdown_pricing.core.config import Config
+from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.errors import InputError
+from markdown_pricing.core.schemas import RAW_DATASETS
+from markdown_pricing.core.session import spark_job
+from markdown_pricing.core.storage import has_success_marker, write_json
+from markdown_pricing.etl import transforms
+from markdown_pricing.observe.progress import StageProgress
+
+log = logging.getLogger(__name__)
+
+
+UNREADABLE_FILE = re.compile(r"FAILED_READ_FILE\S*\] Encountered error while reading file (\S+?)\.?\s")
+
+
+class MissingInputError(InputError):
+    """A raw dataset folder is absent or incomplete (no _SUCCESS marker)."""
+
+
+class EmptyInputError(InputError):
+    """A complete raw dataset holds no rows."""
+
+
+class CorruptInputError(InputError):
+    """A raw file is not readable Parquet."""
+
+
+def read_raw(spark: SparkSession, ctx: RunContext, dataset: str) -> DataFrame:
+    """Reads one raw dataset after checking it is complete and carries the contract's columns."""
+    path = ctx.layout.raw_dataset(dataset)
+    if not has_success_marker(path):
+        raise MissingInputError(f"dataset {dataset!r} at {path} has no _SUCCESS marker: upstream export incomplete")
+    try:
+        found = spark.read.parquet(path).schema
+    except AnalysisException as err:
+        if "UNABLE_TO_INFER_SCHEMA" in str(err):
+            raise EmptyInputError(
+                f"dataset {dataset!r} at {path} is marked complete but holds no Parquet files"
+            ) from err
+        raise
+    transforms.check_raw_schema(dataset, found)
+    # Reading with the contract schema widens int32 files to bigint; a merged inferred schema would fail.
+    return spark.read.schema(RAW_DATASETS[dataset]).parquet(path)
+
+
+@contextmanager
+def naming_unreadable_files(dataset: str) -> Iterator[None]:
+    """Turns Spark's failure to read a file into an error that names the dataset and the file."""
+    try:
+        yield
+    except Exception as err:
+        unreadable = UNREADABLE_FILE.search(str(err))
+        if unreadable is None:
+            raise
+        raise CorruptInputError(
+            f"dataset {dataset!r}: cannot read {unreadable.group(1)}: not a readable Parquet file"
+        ) from None
+
+
+def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
+    """Validates, quarantines, deduplicates and curates the raw datasets of one run."""
+    job = partial(spark_job, spark, f"etl-{ctx.run_id}")
+    with job("ETL: check raw schemas"):
+        raw = {name: read_raw(spark, ctx, name) for name in RAW_DATASETS}
+    counts: dict[str, dict[str, Any]] = {}
+    tagged: dict[str, DataFrame] = {}
+    progress = StageProgress(ctx.layout, "etl", total=len(RAW_DATASETS), unit="datasets")
+    for name in RAW_DATASETS:  # articles first: the others are checked against its valid rows
+        # Counted in the pass that finds the reject reasons, not by a second scan; the UI shows them as the
+        # scan stage's Input records.
+        read = Observation(f"rows read: {name}")
+        deduplicated = raw[name].observe(read, F.count(F.lit(1)).alias("rows")).dropDuplicates()
+        checked = deduplicated
+        if name != "articles":
+            checked = checked.transform(
+                transforms.with_known_article(transforms.valid_rows("articles")(tagged["articles"]))
+            )
+        tagged[name] = checked.transform(transforms.with_reject_reason(name, ctx.run_date)).persist(
+            StorageLevel.MEMORY_AND_DISK
+        )
+        with job(f"ETL: read and check {name}"), naming_unreadable_files(name):
+            by_reason = {row[0]: row[1] for row in tagged[name].groupBy(transforms.REJECT_REASON).count().collect()}
+        if not by_reason:
+            # Checked before reading the observation: Spark may skip an empty input's metrics altogether.
+            raise EmptyInputError(f"dataset {name!r} at {ctx.layout.raw_dataset(name)} holds no rows")
+        rows = int(read.get["rows"])
+        kept, rejected = by_reason.pop(None, 0), sum(by_reason.values())
+        counts[name] = {
+            "rows": rows,
+            "duplicates": rows - kept - rejected,
+            "valid": kept,
+            "rejected": rejected,
+            "rejected_by_reason": by_reason,
+        }
+        log.info("%s: %s", name, json.dumps(counts[name]))
+        progress.update(f"{name}: {rows} rows, {rejected} rejected", done=len(counts))
+
+    quarantine = reduce(DataFrame.unionByName, (transforms.quarantine_rows(n)(df) for n, df in tagged.items()))
+    with job("ETL: write quarantine"):
+        quarantine.write.mode("overwrite").parquet(ctx.layout.quarantine)
+    write_json(ctx.layout.etl_record, counts)
+    transforms.check_rejected_share(counts, cfg.run.max_rejected_share)
+
+    valid = {name: transforms.valid_rows(name)(df) for name, df in tagged.items()}
+    curated = transforms.curated_weekly(
+        valid["articles"], valid["sales"], valid["prices"], valid["stock"], ctx.run_date
+    )
+    with job("ETL: write curated weekly"):
+        curated.repartition("country").write.mode("overwrite").partitionBy("country").parquet(ctx.layout.weekly)
+    log.info("curated weekly rows written to %s", ctx.layout.weekly)
+    return 0

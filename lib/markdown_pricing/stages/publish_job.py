@@ -1,0 +1,139 @@
+"""Publish stage: each country's predictions into the ERP in one transaction, recorded in the ledger."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack, closing
+from typing import Any
+
+import pandas as pd
+import psycopg2
+from psycopg2.extensions import connection as Connection
+from pyspark.sql import SparkSession
+
+from markdown_pricing.core.config import Config
+from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.results import read_country_results
+from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.erp import ledger, locks, schema, writer
+from markdown_pricing.erp.connection import connect, start_dsn
+from markdown_pricing.erp.gate import gate_reasons, not_publishable_because
+from markdown_pricing.observe.progress import StageProgress
+
+log = logging.getLogger(__name__)
+
+# Exit code when another publisher holds the run date: nothing was done, run again once it has finished.
+LOCKED_EXIT_CODE = 3
+
+
+def model_version(ctx: RunContext, country: str, result: dict[str, Any]) -> str:
+    """Points at models/<run_id>/<country>/ under the work folder (a rescore's: the model run's)."""
+    return result.get("model_version") or f"{ctx.run_id}/{country}"
+
+
+def publish_or_record(
+    conn: Connection,
+    ctx: RunContext,
+    cfg: Config,
+    country: str,
+    result: dict[str, Any],
+    rows: pd.DataFrame,
+    previous_rows: int | None,
+) -> tuple[str, str | None]:
+    """Publishes one country unless it has nothing to publish or its gate blocks it; returns (outcome, why not)."""
+    settings = cfg.erp
+    common = {
+        "run_id": ctx.run_id,
+        "run_date": ctx.run_date,
+        "country": country,
+        "metrics": {key: result.get(key) for key in writer.LEDGER_METRICS},
+    }
+    override = country in ctx.gate_overrides
+    problem = not_publishable_because(result, rows)
+    if problem is not None:
+        if override:
+            log.warning("country %s: --override-gate ignored, there is nothing to publish", country)
+        writer.record_not_published(conn, settings, message=problem, **common)
+        return ledger.FAILED, problem
+    rules = cfg.run
+    reasons = gate_reasons(
+        result,
+        rows,
+        previous_rows=previous_rows,
+        ladder=rules.ladder,
+        max_drop_share=rules.max_recommendation_drop_share,
+    )
+    if reasons and not override:
+        problem = "blocked by the quality gate: " + "; ".join(reasons)
+        writer.record_not_published(conn, settings, message=problem, status=ledger.BLOCKED, **common)
+        return ledger.BLOCKED, problem
+    message = None
+    if reasons:
+        message = "gate overridden by operator: " + "; ".join(reasons)
+        log.warning("country %s: %s", country, message)
+    elif override:
+        log.warning("country %s: --override-gate given but its quality gate passed: nothing overridden", country)
+    try:
+        outcome = writer.publish_country(
+            conn,
+            settings,
+            predictions=rows,
+            model_version=model_version(ctx, country, result),
+            gate_override=bool(reasons),
+            message=message,
+            **common,
+        )
+    except (ValueError, psycopg2.DataError, psycopg2.IntegrityError) as err:
+        problem = f"publish rejected: {err}"
+        writer.record_not_published(conn, settings, message=problem, **common)
+        return ledger.FAILED, problem
+    return outcome, None
+
+
+def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
+    """Publishes every trained country; returns non-zero when any country was not published."""
+    results = read_country_results(ctx.layout.country_results)
+    if not results:
+        log.error("no country reached the publish stage for run %s", ctx.run_id)
+        return 1
+    spark.sparkContext.setJobGroup(f"publish-{ctx.run_id}", f"publish: read predictions of {len(results)} countries")
+    predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
+    settings = cfg.erp
+    problems: dict[str, str] = {}
+    # The explicit steps before any write: the embedded ERP when none is configured, its tables when missing.
+    dsn = start_dsn(settings, cfg.paths.work)
+    retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
+    with closing(connect(dsn, settings.connect_timeout_s, **retries)) as conn, ExitStack() as held:
+        schema.ensure_current(conn, settings)
+        # One publisher per run date, held from the ledger reads below to the last country's commit.
+        try:
+            held.enter_context(locks.publish_run_lock(conn, settings, ctx.run_date, locks.publisher_name(ctx.run_id)))
+        except locks.PublishLockedError as err:
+            log.error("nothing published: %s", err)
+            return LOCKED_EXIT_CODE
+        writer.record_metrics(conn, settings, run_id=ctx.run_id, run_date=ctx.run_date, results=results)
+        # The gate compares each country with what the ERP holds now: its last publish by another run.
+        previous_rows = ledger.last_published_rows(conn, settings, ctx.run_id)
+        # A rerun leaves this run's rows alone: the gate judged them (or an operator overrode it) the first time.
+        this_run = ledger.run_statuses(conn, settings, ctx.run_id)
+        tracker = StageProgress(ctx.layout, "publish", total=len(results))
+        for country, result in sorted(results.items()):
+            tracker.begin(country)
+            outcome, problem = ledger.ALREADY_PUBLISHED, None
+            if this_run.get(country) != ledger.PUBLISHED:
+                rows = predictions[predictions["country"] == country]
+                outcome, problem = publish_or_record(conn, ctx, cfg, country, result, rows, previous_rows.get(country))
+            if problem is not None:
+                problems[country] = problem.splitlines()[0]
+            log.info("country %s: %s%s", country, outcome, f" ({problems[country]})" if problem else "")
+            tracker.finish(country, outcome)
+    unknown = sorted(set(ctx.gate_overrides) - set(results))
+    if unknown:
+        log.warning("--override-gate names countries that are not in this run: %s", ", ".join(unknown))
+    if problems:
+        log.error(
+            "not published (previous ERP rows kept): %s",
+            "; ".join(f"{country}: {problem}" for country, problem in problems.items()),
+        )
+        return 1
+    return 0

@@ -1,0 +1,147 @@
+"""Train-and-score stage: curated weekly rows -> one LightGBM model per country -> recommendations.
+
+Countries with too little history or whose own model loses to its baseline get a second, pooled pass. With
+`--model-run RUN_ID` the stage trains nothing: it rescores with that run's saved models and cards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from functools import partial
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from markdown_pricing.core.config import Config
+from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.contract import PREDICTION_COLUMNS
+from markdown_pricing.core.results import METRIC_COLUMNS, MODEL_VERSION, TRAINED, write_country_results
+from markdown_pricing.core.session import spark_job
+from markdown_pricing.core.storage import RunLayout, filesystem, read_json, write_json
+from markdown_pricing.core.version import git_commit, package_version
+from markdown_pricing.observe.progress import StageProgress
+from markdown_pricing.observe.spark_watch import watch_spark_tasks
+from markdown_pricing.stages.per_country import SavedModels, largest_first, pooled_scores, train_score
+
+log = logging.getLogger(__name__)
+
+
+def load_saved_models(layout: RunLayout, model_run: str, countries: list[str]) -> SavedModels:
+    """Each country's model text and card saved by `model_run` (a country without a card is left out)."""
+    saved = {}
+    for country in countries:
+        card_uri = layout.model_card(country, model_run)
+        fs = filesystem(card_uri)
+        if not fs.exists(card_uri):
+            continue
+        card = read_json(card_uri)
+        model_uri = layout.model_file(country, model_run)
+        saved[country] = (fs.read_text(model_uri) if card.get("model_file") else None, card)
+    return saved
+
+
+def country_line(run_id: str, result: dict[str, Any]) -> str:
+    """One JSON line per country on stdout, for any log collector: the run, the model used and its errors."""
+    return json.dumps({"event": "country_result", "run_id": run_id, **result}, default=str, sort_keys=True)
+
+
+def save_model(layout: RunLayout, row: Any, provenance: dict[str, Any]) -> None:
+    """models/<run_id>/<country>/: model.txt (none for a baseline) and card.json with where it came from."""
+    country = row["country"]
+    card = json.loads(row["card_json"]) if row["card_json"] else {"country": country}
+    card |= provenance | {"model_file": "model.txt" if row["model_text"] else None, "device": row["device"]}
+    card["metrics"] = {column: row[column] for column in METRIC_COLUMNS if column != "country"}
+    if row["model_text"]:
+        model_file = layout.model_file(country)
+        filesystem(model_file).write_text(model_file, row["model_text"])
+    write_json(layout.model_card(country), card)
+
+
+def _scored(
+    spark: SparkSession, ctx: RunContext, cfg: Config, weekly: DataFrame, order: list[str], tracker: StageProgress
+) -> DataFrame:
+    """Trains (or rescores) every country once; fallback countries are replaced by the pooled pass's records."""
+    layout = ctx.layout
+    countries = sorted(order)
+    job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
+    saved = load_saved_models(layout, ctx.model_run, countries) if ctx.model_run else None
+    # Written once and read back: every later output comes from this one training pass.
+    with job(f"train+score {len(countries)} countries"):
+        watcher = watch_spark_tasks(tracker, spark.sparkContext, f"training {len(countries)} countries")
+        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved)
+        scored.write.mode("overwrite").parquet(layout.train_score_output)
+        watcher.stop()
+    output = spark.read.parquet(layout.train_score_output)
+    pending = output.where((F.col("record") == "country") & (F.col("status") == "needs_fallback"))
+    fallback = {row["country"]: row["fallback_reason"] for row in pending.collect()}
+    if not fallback:
+        return output
+    with job(f"train+score: pooled model for {', '.join(sorted(fallback))}"):
+        tracker.update(f"pooled model for {len(fallback)} fallback countries")
+        pooled = pooled_scores(weekly, fallback, cfg.model, cfg.run, cfg.gpu.mode)
+        pooled.write.mode("overwrite").parquet(layout.pooled_output)
+    return output.where(~F.col("country").isin(list(fallback))).unionByName(spark.read.parquet(layout.pooled_output))
+
+
+def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
+    """Trains every country, then splits the result into models and cards, metrics and predictions."""
+    layout = ctx.layout
+    job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
+    with job("train+score: find countries"):
+        weekly = spark.read.parquet(layout.weekly)
+        rows = {row["country"]: row["count"] for row in weekly.groupBy("country").count().collect()}
+    countries = sorted(rows)
+    # Spark starts tasks in this order: the largest countries first, so none of them is left to run alone at the end.
+    order = largest_first(rows) if cfg.schedule.start_order == "largest_first" else countries
+    tracker = StageProgress(layout, "train_score", total=len(countries))
+    output = _scored(spark, ctx, cfg, weekly, order, tracker)
+    tracker.update("saving models, metrics and predictions", done=len(countries))
+
+    with job("train+score: save models and metrics"):
+        country_rows = output.where(F.col("record") == "country").select(*METRIC_COLUMNS, "model_text", "card_json")
+        provenance = {
+            "run_id": ctx.run_id,
+            "run_date": ctx.run_date.isoformat(),
+            "package_version": package_version(),
+            "git_commit": git_commit(cfg.project_root),
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+        results = {}
+        for row in country_rows.collect():
+            country = row["country"]
+            results[country] = {column: row[column] for column in METRIC_COLUMNS}
+            if row["status"] == TRAINED:
+                # A rescore publishes against the models it used; they stay where their run saved them.
+                results[country][MODEL_VERSION] = f"{ctx.model_run or ctx.run_id}/{country}"
+                if not ctx.model_run:
+                    save_model(layout, row, provenance)
+            print(country_line(ctx.run_id, results[country]), file=sys.stdout, flush=True)
+            if "fallback" in (row["device"] or ""):
+                log.warning("country %s trained on %s", country, row["device"])
+        write_country_results(layout.country_results, results)
+
+    with job("train+score: write predictions"):
+        (
+            output.where(F.col("record") == "prediction")
+            .select(*PREDICTION_COLUMNS)
+            .write.mode("overwrite")
+            .partitionBy("country")
+            .parquet(layout.predictions)
+        )
+    failed = sorted(country for country, result in results.items() if result["status"] != TRAINED)
+    fallback = sorted(c for c, result in results.items() if result["model_kind"] in ("pooled", "baseline"))
+    tracker.update(f"{len(results) - len(failed)} trained ({len(fallback)} by a fallback), {len(failed)} failed")
+    for country in fallback:
+        log.warning(
+            "country %s scored by the %s fallback: %s",
+            country,
+            results[country]["model_kind"],
+            results[country]["fallback_reason"],
+        )
+    if failed:
+        log.warning("countries that failed to train: %s", ", ".join(failed))
+    return 0

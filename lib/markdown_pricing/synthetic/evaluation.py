@@ -1,0 +1,196 @@
+"""Policy evaluation where the truth is known: revenue regret of a run's recommendations, and its forecast errors.
+
+Plain pandas, no I/O. The truth is `sample.true_outcomes` (what `generate-sample --truth` writes): per priced
+article and candidate discount, the true expected season revenue, with the oracle's pick marked. Each policy picks
+one candidate per article and earns that candidate's true revenue:
+
+- model: the run's recommended discount;
+- keep price: the current discount (the lowest candidate: markdowns are never reversed);
+- +20 %: the current discount plus 0.2, snapped to the nearest candidate, at most the ladder's top;
+- oracle: the true best candidate.
+
+Regret is 1 − revenue / oracle revenue, per country and overall (sums over the countries, so the overall figure
+is revenue-weighted). Every policy is scored on the same articles: those the truth prices and the run recommended
+for with one of the candidates. Articles without such a recommendation (a country that failed, an article the run
+did not find active) are left out and counted in `coverage`, so a regret never mixes in what another policy
+would have earned there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["country", "article_id"]
+EXTRA_DISCOUNT = 0.2
+POLICIES = ("model", "keep_price", "extra_20", "oracle")
+OVERALL = "overall"
+# Issue 3's bar: the model's WAPE at least 20 % below the best baseline's in every country with a model of its own,
+# and the recommendations' regret against the oracle under 5 % overall.
+MIN_IMPROVEMENT = 0.2
+MAX_REGRET = 0.05
+# What country_results.json may hold per country; keys a run did not write show blank.
+RESULT_KEYS = (
+    "status",
+    "model_kind",
+    "fallback_reason",
+    "model_wape",
+    "recent_average_wape",
+    "same_price_wape",
+    "baseline_wape",
+    "model_rwape",
+    "model_bias",
+    "backtest_origins",
+    "train_rows",
+)
+BASELINE_KEYS = ("recent_average_wape", "same_price_wape")
+
+
+def _step(discount: pd.Series) -> pd.Series:
+    """Discounts as join keys: the pipeline stores them rounded to three decimals."""
+    return discount.astype("float64").round(3)
+
+
+def policy_revenues(truth: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per article of the truth, the true season revenue of each policy; `model` is NaN where it has no pick."""
+    options = truth.assign(step=_step(truth["candidate"])).sort_values([*KEYS, "step"], kind="stable")
+    by_article = options.groupby(KEYS, sort=False)["step"]
+    target = np.minimum(by_article.transform("min") + EXTRA_DISCOUNT, by_article.transform("max"))
+    # idxmin keeps the first of equal distances: the smaller discount.
+    extra = (options["step"] - target).abs().groupby([options[k] for k in KEYS], sort=False).idxmin()
+    picks = {
+        "keep_price": options.loc[by_article.idxmin()],
+        "extra_20": options.loc[extra],
+        "oracle": options[options["oracle"]],
+        "model": options.merge(
+            predictions.assign(step=_step(predictions["recommended_discount"]))[[*KEYS, "step"]],
+            on=[*KEYS, "step"],
+            how="inner",
+        ),
+    }
+    revenues = options[KEYS].drop_duplicates()
+    for policy in POLICIES:
+        earned = picks[policy].set_index(KEYS)["expected_revenue"].rename(policy)
+        revenues = revenues.join(earned, on=KEYS, how="left")
+    return revenues.reset_index(drop=True)
+
+
+def regret_table(revenues: pd.DataFrame) -> pd.DataFrame:
+    """Per country and overall: priced articles, coverage, and each policy's revenue and regret on the covered ones."""
+    covered = revenues.assign(covered=revenues["model"].notna())
+    scored = covered[covered["covered"]]
+    per_country = covered.groupby("country").agg(articles=("article_id", "size"), covered=("covered", "sum"))
+    per_country = per_country.join(scored.groupby("country")[list(POLICIES)].sum()).fillna(
+        {policy: 0.0 for policy in POLICIES}
+    )
+    table = pd.concat([per_country, per_country.sum().to_frame(OVERALL).T])
+    table["coverage"] = table["covered"] / table["articles"]
+    oracle = table["oracle"].where(table["oracle"] > 0)
+    for policy in POLICIES:
+        table[f"regret_{policy}"] = 1 - table[policy] / oracle
+    table = table.rename(columns={policy: f"revenue_{policy}" for policy in POLICIES})
+    return table.rename_axis("country").reset_index()
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Per country of country_results.json: status, model kind, forecast errors and the improvement on the best
+    baseline (1 − model WAPE / best baseline WAPE); NaN or None where the run did not record a figure."""
+    rows = []
+    for country, result in sorted(results.items()):
+        row: dict[str, Any] = {"country": country, **{key: result.get(key) for key in RESULT_KEYS}}
+        if row["model_kind"] is None and row["status"] == "trained":
+            # Runs from before model kinds were recorded trained one model per country or failed.
+            row["model_kind"] = "country"
+        baselines = [_number(row[key]) for key in BASELINE_KEYS if not math.isnan(_number(row[key]))]
+        best = _number(row["baseline_wape"])
+        row["baseline_wape"] = min(baselines) if math.isnan(best) and baselines else best
+        model = _number(row["model_wape"])
+        row["improvement"] = 1 - model / row["baseline_wape"] if row["baseline_wape"] > 0 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["country", *RESULT_KEYS, "improvement"])
+
+
+def evaluation_table(accuracy: pd.DataFrame, regret: pd.DataFrame) -> pd.DataFrame:
+    """Forecast accuracy and regret side by side, one row per country and the overall row last."""
+    table = accuracy.merge(regret, on="country", how="outer")
+    last = table["country"] == OVERALL
+    return pd.concat([table[~last].sort_values("country"), table[last]], ignore_index=True)
+
+
+def verdict(table: pd.DataFrame) -> dict[str, Any]:
+    """Issue 3's bar, checked: improvement in every own-model country, overall regret of the recommendations."""
+    own = table[table["model_kind"] == "country"]
+    short = own[~(own["improvement"] >= MIN_IMPROVEMENT)]["country"].tolist()
+    overall = table.loc[table["country"] == OVERALL, "regret_model"].dropna()
+    regret = float(overall.iloc[0]) if len(overall) else None
+    return {
+        "own_model_countries": len(own),
+        "improvement_below_bar": short,
+        "overall_regret": regret,
+        "passed": bool(len(own)) and not short and regret is not None and regret < MAX_REGRET,
+    }
+
+
+def to_document(table: pd.DataFrame) -> dict[str, Any]:
+    """The verdict and the table as plain JSON values: missing figures become null."""
+    return {"verdict": verdict(table), "countries": json.loads(table.to_json(orient="records"))}
+
+
+# (column, heading, format): WAPEs as shares, improvements and regrets as percentages.
+COLUMNS = (
+    ("country", "country", "{}"),
+    ("model_kind", "model kind", "{}"),
+    ("model_wape", "model WAPE", "{:.3f}"),
+    ("recent_average_wape", "recent-average WAPE", "{:.3f}"),
+    ("same_price_wape", "same-price WAPE", "{:.3f}"),
+    ("baseline_wape", "best baseline WAPE", "{:.3f}"),
+    ("improvement", "improvement vs best baseline", "{:.1%}"),
+    ("covered", "articles", "{:.0f}"),
+    ("coverage", "coverage", "{:.0%}"),
+    ("regret_model", "regret: model", "{:.2%}"),
+    ("regret_keep_price", "regret: keep price", "{:.2%}"),
+    ("regret_extra_20", "regret: +20 %", "{:.2%}"),
+)
+
+
+def _cell(value: Any, template: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return template.format(value)
+
+
+def to_markdown(table: pd.DataFrame, title: str) -> str:
+    """A Markdown section: the title, the table, and whether the run meets issue 3's bar."""
+    cells = [[heading for _, heading, _ in COLUMNS]]
+    cells += [[_cell(row[column], template) for column, _, template in COLUMNS] for _, row in table.iterrows()]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    check = verdict(table)
+    short = ", ".join(check["improvement_below_bar"]) or "none"
+    bar = (
+        f"Issue 3's bar: improvement vs best baseline ≥ {MIN_IMPROVEMENT:.0%} in every country with its own model "
+        f"({check['own_model_countries']} countries; short of it: {short}), and overall regret of the "
+        f"recommendations < {MAX_REGRET:.0%} (got {_cell(check['overall_regret'], '{:.2%}') or 'nothing'}): "
+        f"{'met' if check['passed'] else 'not met'}."
+    )
+    fallbacks = [
+        f"- {row['country']}: {row['model_kind'] or row['status']}, because {row['fallback_reason']}"
+        for _, row in table.iterrows()
+        if isinstance(row["fallback_reason"], str) and row["fallback_reason"]
+    ]
+    legend = (
+        "Improvement: 1 − model WAPE / best baseline WAPE. Regret: 1 − true season revenue / the oracle's, on the "
+        "articles the run recommended for (articles, coverage of those the truth prices); keep price: no further "
+        "markdown; +20 %: 20 points more discount, at most the ladder's top."
+    )
+    return "\n".join([f"## {title}", "", *lines, "", *fallbacks, *([""] if fallbacks else []), legend, "", bar, ""])

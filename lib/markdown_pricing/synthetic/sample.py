@@ -1,0 +1,583 @@
+"""Deterministic synthetic raw data in the shape of CONTRACTS.md section 1, with a known true demand model.
+
+The world: European countries of very different size, fashion articles launched per season, shelf prices that
+are only ever marked down (on Mondays, at random times per country so the discount varies independently of the
+lifecycle), stock that sells out, a few returns, and, on request, the bad and duplicate rows the pipeline must
+quarantine or drop. The true-demand functions are public so an oracle can rebuild the same world with
+`build_world(np.random.default_rng(seed), ...)` and score recommendations against it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field, fields
+from datetime import date, timedelta
+from math import log
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from markdown_pricing.model.pricing import candidate_discounts, recommend, simulate_season
+
+COUNTRY_CODES = (
+    "DEU",
+    "FRA",
+    "GBR",
+    "ITA",
+    "ESP",
+    "NLD",
+    "POL",
+    "SWE",
+    "BEL",
+    "AUT",
+    "CHE",
+    "DNK",
+    "NOR",
+    "PRT",
+    "CZE",
+    "FIN",
+    "IRL",
+    "HUN",
+    "ROU",
+    "GRC",
+    "SVK",
+    "BGR",
+    "HRV",
+    "SVN",
+    "LTU",
+    "LVA",
+    "EST",
+    "LUX",
+    "ISL",
+    "MLT",
+    "CYP",
+    "SRB",
+)
+# category: (lowest base price, highest base price, base daily demand in the largest country, price elasticity)
+CATEGORIES: dict[str, tuple[float, float, float, float]] = {
+    "tops": (9.0, 34.0, 30.0, 2.5),
+    "jeans": (39.0, 99.0, 18.0, 1.8),
+    "dresses": (29.0, 89.0, 16.0, 2.2),
+    "knitwear": (29.0, 79.0, 14.0, 2.0),
+    "outerwear": (69.0, 229.0, 9.0, 1.4),
+    "shoes": (39.0, 139.0, 11.0, 1.6),
+    "accessories": (7.0, 29.0, 24.0, 2.8),
+}
+LADDER = np.round(np.arange(8) * 0.1, 1)
+WEEKDAY_FACTOR = np.array([0.85, 0.85, 0.9, 0.95, 1.05, 1.3, 1.1])  # Monday first
+MARKDOWN_CHANCE = 0.12
+RETURN_CHANCE = 0.02
+EPOCH = date(1970, 1, 1)
+# The tiny country: its shop opened this many weeks before the run date (fewer than a four-origin backtest needs),
+# it carries this share of the articles (at least TINY_MIN_ARTICLES, if that many launched since it opened), and
+# its demand is this share of the smallest regular country's.
+TINY_COUNTRY_WEEKS = 6
+TINY_ARTICLE_SHARE = 0.05
+TINY_MIN_ARTICLES = 3
+TINY_SCALE = 0.5
+
+
+def country_scales(n: int) -> np.ndarray:
+    """Demand multiplier per country rank (largest first): a power law with largest/smallest ratio 8."""
+    return (np.arange(n) + 1.0) ** -(log(8) / log(n) if n > 1 else 1.0)
+
+
+def lifecycle(weeks_since_launch: np.ndarray) -> np.ndarray:
+    """Lifecycle curve: zero before launch, ramps up over two weeks, then decays slowly."""
+    w = np.asarray(weeks_since_launch, dtype=float)
+    curve = np.minimum(1.0, (w + 1 / 7) / 2) * np.exp(-0.03 * np.maximum(0.0, w - 2))
+    return np.where(w < 0, 0.0, curve)
+
+
+def seasonal_factor(day_of_year: np.ndarray) -> np.ndarray:
+    """Yearly demand cycle peaking in December."""
+    return 1 + 0.15 * np.cos(2 * np.pi * (np.asarray(day_of_year, dtype=float) - 345) / 365.25)
+
+
+def price_response(discount: np.ndarray, elasticity: np.ndarray) -> np.ndarray:
+    """Demand multiplier of a discount under constant price elasticity."""
+    return (1 - np.asarray(discount, dtype=float)) ** (-np.asarray(elasticity, dtype=float))
+
+
+def true_daily_demand(
+    base: np.ndarray,
+    days_since_launch: np.ndarray,
+    days_to_season_end: np.ndarray,
+    weekday: np.ndarray,
+    day_of_year: np.ndarray,
+    discount: np.ndarray,
+    elasticity: np.ndarray,
+) -> np.ndarray:
+    """Poisson mean of units sold on a day; base is the article's base demand times the country scale."""
+    in_season = (np.asarray(days_since_launch) >= 0) & (np.asarray(days_to_season_end) >= 0)
+    mean = (
+        base
+        * lifecycle(np.asarray(days_since_launch) / 7)
+        * WEEKDAY_FACTOR[weekday]
+        * seasonal_factor(day_of_year)
+        * price_response(discount, elasticity)
+    )
+    return np.where(in_season, mean, 0.0)
+
+
+@dataclass(frozen=True)
+class World:
+    """The hidden parameters of a sample: countries, articles and who carries what."""
+
+    countries: tuple[str, ...]
+    country_scale: np.ndarray
+    article_id: np.ndarray
+    category: np.ndarray
+    season: np.ndarray
+    launch: np.ndarray  # days since 1970-01-01
+    season_end: np.ndarray  # days since 1970-01-01
+    original_price: np.ndarray
+    base_demand: np.ndarray
+    elasticity: np.ndarray
+    carried: np.ndarray  # bool (country, article)
+    first_day: date
+    run_date: date
+    tiny_country: str | None = None  # the last of `countries`, when the world has one
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Each simulated (country, article) pair as the run date finds it: the ground truth the raw data hides."""
+
+    country: np.ndarray  # index into World.countries
+    article: np.ndarray  # index into the World's articles
+    stock: np.ndarray  # units on hand at the start of the run date
+    last_snapshot: np.ndarray  # units_on_hand of the latest stock snapshot before the run date, -1 if none
+    step: np.ndarray  # index into LADDER of the discount on the shelf at the run date
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    """What generate_sample wrote; injected counts the bad and duplicate rows by kind (empty when none)."""
+
+    countries: tuple[str, ...]
+    articles: int
+    sales_rows: int
+    first_day: date
+    run_date: date
+    injected: dict[str, int] = field(default_factory=dict)
+    tiny_country: str | None = None
+    truth_rows: int = 0
+
+
+def _season(day: date) -> tuple[str, date, date, date]:
+    """(label, first day, last launch day, season_end) of the season whose selling period contains day."""
+    if 2 <= day.month <= 7:
+        return f"{day.year}-SS", date(day.year, 2, 1), date(day.year, 4, 30), date(day.year, 7, 31)
+    year = day.year if day.month >= 8 else day.year - 1
+    return f"{year}-AW", date(year, 8, 1), date(year, 10, 31), date(year + 1, 1, 31)
+
+
+def _days(d: date) -> int:
+    return (d - EPOCH).days
+
+
+def _weekday(days: np.ndarray | int) -> np.ndarray:
+    """Monday = 0, for days since 1970-01-01 (a Thursday)."""
+    return (np.asarray(days) + 3) % 7
+
+
+def _day_of_year(days: np.ndarray | int) -> np.ndarray:
+    day = np.asarray(days).astype("datetime64[D]")
+    return (day - day.astype("datetime64[Y]")).astype(np.int64) + 1
+
+
+def build_world(
+    rng: np.random.Generator,
+    *,
+    countries: int,
+    articles: int,
+    weeks: int,
+    run_date: date,
+    tiny_country_weeks: int = TINY_COUNTRY_WEEKS,
+) -> World:
+    """Draws the world's parameters; the first thing generate_sample does with default_rng(seed).
+
+    `countries` regular countries, then, unless tiny_country_weeks is 0 (or no article launched in those weeks),
+    the next code of COUNTRY_CODES as the tiny country whose shop opened tiny_country_weeks before the run date.
+    """
+    if run_date.weekday() != 0:
+        raise ValueError(f"run_date {run_date} is not a Monday")
+    room = len(COUNTRY_CODES) - (1 if tiny_country_weeks else 0)
+    if not 1 <= countries <= room:
+        raise ValueError(f"countries must be between 1 and {room}")
+    first_day = run_date - timedelta(weeks=weeks)
+    # Seasons overlapping the history, up to the one on sale a week after the run date (the "run season").
+    seasons = [_season(first_day)]
+    while seasons[-1][3] < run_date + timedelta(days=7):
+        seasons.append(_season(seasons[-1][3] + timedelta(days=1)))
+    # 40% of the articles belong to the run season and launched at least three weeks before the run date, so
+    # every run has plenty of articles to price, even right at a season's start. The rest spread over the earlier
+    # seasons in proportion to how much of each the history covers.
+    n_run = round(0.4 * articles) if len(seasons) > 1 else articles
+    overlap = np.array([(min(end, run_date) - max(start, first_day)).days for _, start, _, end in seasons[:-1]])
+    quantiles = (np.arange(articles - n_run) + 0.5) / max(1, articles - n_run)
+    earlier = np.searchsorted(np.cumsum(overlap) / max(1, overlap.sum()), quantiles)
+    season_idx = rng.permutation(np.concatenate([earlier, np.full(n_run, len(seasons) - 1)]))
+    windows = [(_days(start), _days(last_launch)) for _, start, last_launch, _ in seasons]
+    hi = min(windows[-1][1], _days(run_date) - 21)
+    windows[-1] = (min(windows[-1][0], hi - 28), hi)
+    lo_hi = np.array(windows)[season_idx]
+    launch = lo_hi[:, 0] + np.floor(rng.random(articles) * (lo_hi[:, 1] - lo_hi[:, 0] + 1)).astype(np.int64)
+
+    names = np.array(list(CATEGORIES))
+    params = np.array(list(CATEGORIES.values()))
+    cat_idx = rng.integers(0, len(names), articles)
+    low, high, base, elasticity = params[cat_idx].T
+    price = np.floor(low + rng.random(articles) * (high - low)) + rng.choice([0.95, 0.99], articles)
+    rank = np.arange(countries) / max(1, countries - 1)
+    carried = rng.random((countries, articles)) < (0.95 - 0.45 * rank)[:, None]
+    scale = country_scales(countries)
+    tiny_row = np.zeros(articles, dtype=bool)
+    if tiny_country_weeks:
+        # A child generator: the regular countries' draws stay what they were without a tiny country.
+        opened = _days(run_date - timedelta(weeks=tiny_country_weeks))
+        tiny_row = _tiny_assortment(rng.spawn(1)[0], launch, opened)
+    tiny = int(tiny_row.any())
+    if tiny:
+        carried = np.vstack([carried, tiny_row])
+        scale = np.append(scale, TINY_SCALE * scale[-1])
+    return World(
+        countries=COUNTRY_CODES[: countries + tiny],
+        country_scale=scale,
+        article_id=np.array([f"A{i:05d}" for i in range(1, articles + 1)]),
+        category=names[cat_idx],
+        season=np.array([seasons[i][0] for i in season_idx]),
+        launch=launch,
+        season_end=np.array([_days(seasons[i][3]) for i in season_idx], dtype=np.int64),
+        original_price=np.round(price, 2),
+        base_demand=base * rng.lognormal(0.0, 0.6, articles),
+        elasticity=np.clip(elasticity + rng.normal(0.0, 0.15, articles), 1.2, 3.0),
+        carried=carried,
+        first_day=first_day,
+        run_date=run_date,
+        tiny_country=COUNTRY_CODES[countries] if tiny else None,
+    )
+
+
+def _tiny_assortment(rng: np.random.Generator, launch: np.ndarray, opened: int) -> np.ndarray:
+    """Which articles the tiny country carries: a few of those launched since its shop opened.
+
+    Only those, because the ETL gives an article weeks from its launch on: one launched before the shop opened
+    would show zero-sales weeks from before it, as if the shop had been open all along.
+    """
+    since_opening = np.nonzero(launch >= opened)[0]
+    wanted = max(TINY_MIN_ARTICLES, round(TINY_ARTICLE_SHARE * len(launch)))
+    carried = np.zeros(len(launch), dtype=bool)
+    carried[rng.choice(since_opening, min(wanted, len(since_opening)), replace=False)] = True
+    return carried
+
+
+def _season_shape(world: World) -> np.ndarray:
+    """Per article, the sum of its daily demand curve over the season at full price and base demand 1."""
+    offset = np.arange(int((world.season_end - world.launch).max()) + 1)
+    day = world.launch[:, None] + offset[None, :]
+    curve = true_daily_demand(
+        1.0, offset[None, :], world.season_end[:, None] - day, _weekday(day), _day_of_year(day), 0.0, 1.0
+    )
+    return curve.sum(axis=1)
+
+
+def _simulate(
+    rng: np.random.Generator, world: World, carried: np.ndarray
+) -> tuple[dict[str, dict[str, np.ndarray]], RunState]:
+    """Runs the carried (country, article) pairs from their earliest launch to the day before the run date;
+    returns the clean rows by dataset and the pairs' state at the run date."""
+    ctry, art = np.nonzero(carried)
+    n = len(ctry)
+    launch, end, orig = world.launch[art], world.season_end[art], world.original_price[art]
+    base, elasticity = world.base_demand[art] * world.country_scale[ctry], world.elasticity[art]
+    stock = np.round(base * _season_shape(world)[art] * rng.uniform(0.6, 1.4, n)).astype(np.int64)
+    step = np.zeros(n, dtype=np.int64)
+    sold_total = np.zeros(n, dtype=np.int64)
+    last_snapshot = np.full(n, -1, dtype=np.int64)
+    first, stop = _days(world.first_day), _days(world.run_date)
+    sales, snaps, prices = [], [], [(np.arange(n), launch, orig)]
+    for day in range(int(launch.min()), stop):
+        since, to_end = day - launch, end - day
+        in_season = (since >= 0) & (to_end >= 0)
+        if _weekday(day) == 0:  # Monday: stock snapshot at the start of the day, then any markdown
+            if day >= first:
+                snap = np.nonzero((since >= 0) & (to_end > -7))[0]
+                snaps.append((snap, np.full(len(snap), day), stock[snap]))
+                last_snapshot[snap] = stock[snap]
+            jump = 1 + (rng.random(n) < 0.3)
+            moves = in_season & (since >= 21) & (step < len(LADDER) - 1) & (rng.random(n) < MARKDOWN_CHANCE)
+            step = np.where(moves, np.minimum(step + jump, len(LADDER) - 1), step)
+            moved = np.nonzero(moves)[0]
+            prices.append((moved, np.full(len(moved), day), np.round(orig[moved] * (1 - LADDER[step[moved]]), 2)))
+        mean = true_daily_demand(base, since, to_end, _weekday(day), _day_of_year(day), LADDER[step], elasticity)
+        sold = np.minimum(rng.poisson(mean), stock)
+        # Returns arrive on any in-season day after a first sale, so a day can net out negative.
+        returned = (in_season & (sold_total > 0) & (rng.random(n) < RETURN_CHANCE)).astype(np.int64)
+        stock -= sold
+        sold_total += sold
+        units = sold - returned
+        if day >= first:
+            rows = np.nonzero(units)[0]
+            shelf = np.round(orig[rows] * (1 - LADDER[step[rows]]), 2)
+            sales.append((rows, np.full(len(rows), day), units[rows], np.round(units[rows] * shelf, 2)))
+
+    def columns(chunks: list[tuple[np.ndarray, ...]], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        pair, *values = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
+        keys = {"country": np.array(world.countries)[ctry[pair]], "article_id": world.article_id[art[pair]]}
+        return keys | dict(zip(names, values, strict=True))
+
+    data = {
+        "sales": columns(sales, ("sale_date", "units", "revenue")),
+        "prices": columns(prices, ("valid_from", "price")),
+        "stock": columns(snaps, ("snapshot_date", "units_on_hand")),
+    }
+    return data, RunState(country=ctry, article=art, stock=stock, last_snapshot=last_snapshot, step=step)
+
+
+def _inject(
+    rng: np.random.Generator, data: dict[str, dict[str, np.ndarray]], world: World
+) -> tuple[dict[str, int], np.ndarray]:
+    """Appends bad rows of each contract quarantine reason; returns their counts and the sales rows to re-deliver."""
+    sales, prices = data["sales"], data["prices"]
+    n_sales, n_prices = len(sales["units"]), len(prices["price"])
+    each = int(np.clip(n_sales // 5000, 2, 5))
+    counts = {}
+    for kind in ("null_article_id", "unknown_article", "after_run_date", "malformed_country"):
+        pick = {k: v[rng.choice(n_sales, each, replace=False)] for k, v in sales.items()}
+        if kind == "null_article_id":
+            pick["article_id"] = np.full(each, None, dtype=object)
+        elif kind == "unknown_article":
+            pick["article_id"] = np.full(each, "ZZ-UNKNOWN")
+        elif kind == "after_run_date":
+            pick["sale_date"] = _days(world.run_date) + rng.integers(0, 7, each)
+        else:
+            pick["country"] = np.full(each, world.countries[0][:2].lower())
+        counts[f"sales_{kind}"] = each
+        for k in sales:
+            sales[k] = np.concatenate([sales[k], pick[k]])
+    n_bad = 1 if n_prices < 1000 else 2
+    # Same key as a real row, so quarantining the bad row leaves the real price history intact.
+    pick = {k: v[rng.choice(n_prices, n_bad, replace=False)] for k, v in prices.items()}
+    pick["price"] = np.where(np.arange(n_bad) % 2 == 0, 0.0, -pick["price"])
+    for k in prices:
+        prices[k] = np.concatenate([prices[k], pick[k]])
+    counts["prices_non_positive"] = n_bad
+    counts["sales_duplicates"] = max(1, round(0.003 * n_sales))
+    return counts, rng.choice(n_sales, counts["sales_duplicates"], replace=False)
+
+
+def true_outcomes(world: World, state: RunState, ladder: tuple[float, ...], salvage_value_share: float) -> pd.DataFrame:
+    """The true expected season of every article a run on world.run_date prices, at each candidate discount.
+
+    Priced means active as etl.active_articles has it: latest stock snapshot before the run date above zero and
+    season_end after it. Expected units are the true daily means summed over the weeks etl.future_grid gives the
+    article (the run date's week to the one holding season_end) and go through model.simulate_season with the true
+    stock at the run date, so a candidate earns exactly what the pipeline would expect if its model were perfect.
+    `oracle` marks the candidate model.recommend picks from these: the true best discount.
+    """
+    run = _days(world.run_date)
+    active = np.nonzero((state.last_snapshot > 0) & (world.season_end[state.article] > run))[0]
+    options = [(i, c) for i in active for c in candidate_discounts(float(LADDER[state.step[i]]), ladder)]
+    pair = np.array([i for i, _ in options], dtype=np.int64)
+    candidate = np.array([c for _, c in options], dtype=float)
+    art, ctry = state.article[pair], state.country[pair]
+    weeks = (world.season_end[art] - run) // 7 + 1
+    row = np.repeat(np.arange(len(pair)), weeks)
+    week_start = run + 7 * (np.arange(len(row)) - np.repeat(np.cumsum(weeks) - weeks, weeks))
+    day = week_start[:, None] + np.arange(7)[None, :]
+    a = art[row][:, None]
+    units = true_daily_demand(
+        world.base_demand[a] * world.country_scale[ctry[row]][:, None],
+        day - world.launch[a],
+        world.season_end[a] - day,
+        _weekday(day),
+        _day_of_year(day),
+        candidate[row][:, None],
+        world.elasticity[a],
+    ).sum(axis=1)
+    current = LADDER[state.step[pair]]
+    weekly = pd.DataFrame(
+        {
+            "country": np.array(world.countries)[ctry][row],
+            "article_id": world.article_id[art][row],
+            "candidate": candidate[row],
+            "week_start": week_start,
+            "predicted_units": units,
+            "stock_on_hand": state.stock[pair][row],
+            "original_price": world.original_price[art][row],
+            "price": np.round(world.original_price[art] * (1 - current), 2)[row],
+            "current_discount": current[row],
+        }
+    )
+    seasons = []
+    for country, weeks_of_country in weekly.groupby("country", sort=True):
+        season = simulate_season(weeks_of_country, salvage_value_share)
+        best = recommend(season).set_index("article_id")["candidate"]
+        seasons.append(season.assign(country=country, oracle=season["candidate"] == season["article_id"].map(best)))
+    columns = [
+        "country",
+        "article_id",
+        "candidate",
+        "current_discount",
+        "current_price",
+        "original_price",
+        "stock_on_hand",
+        "expected_units",
+        "expected_units_next_week",
+        "expected_revenue",
+        "expected_sell_through",
+        "oracle",
+    ]
+    if not seasons:
+        return pd.DataFrame(columns=columns)
+    return (
+        pd.concat(seasons, ignore_index=True)
+        .rename(
+            columns={
+                "predicted_season_units": "expected_units",
+                "predicted_units_next_week": "expected_units_next_week",
+            }
+        )
+        .loc[:, columns]
+    )
+
+
+SALES_FILE_TYPES = {"article_id": pa.string(), "sale_date": pa.date32(), "units": pa.int32(), "revenue": pa.float64()}
+FLAT_TYPES = {
+    "articles": {
+        "article_id": pa.string(),
+        "category": pa.string(),
+        "season": pa.string(),
+        "launch_date": pa.date32(),
+        "season_end": pa.date32(),
+        "original_price": pa.float64(),
+    },
+    "prices": {"country": pa.string(), "article_id": pa.string(), "valid_from": pa.date32(), "price": pa.float64()},
+    "stock": {
+        "country": pa.string(),
+        "article_id": pa.string(),
+        "snapshot_date": pa.date32(),
+        "units_on_hand": pa.int64(),
+    },
+}
+
+
+def _table(cols: dict[str, np.ndarray], types: dict[str, pa.DataType]) -> pa.Table:
+    """Arrow table of the given columns and types; dates are days since 1970-01-01."""
+    return pa.table(
+        {
+            name: pa.array(np.asarray(cols[name], dtype=np.int32) if kind == pa.date32() else cols[name], type=kind)
+            for name, kind in types.items()
+        }
+    )
+
+
+def _write_parts(table: pa.Table, folder: Path, parts: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, parts + 1).astype(int)
+    for i in range(parts):
+        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), folder / f"part-{i:05d}.parquet")
+
+
+def generate_sample(
+    out_dir: Path,
+    *,
+    countries: int = 10,
+    articles: int = 300,
+    weeks: int = 60,
+    seed: int = 7,
+    run_date: date,
+    inject_bad_rows: bool = True,
+    tiny_country_weeks: int = TINY_COUNTRY_WEEKS,
+    truth_dir: Path | None = None,
+    salvage_value_share: float = 0.0,
+) -> SampleSummary:
+    """Writes articles/, sales/, prices/ and stock/ raw datasets (each with a _SUCCESS marker) under out_dir.
+
+    With truth_dir, also writes true_outcomes there (Parquet and a _SUCCESS marker): the answers, kept out of the
+    raw landing zone the pipeline reads.
+    """
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    world = build_world(
+        rng,
+        countries=countries,
+        articles=articles,
+        weeks=weeks,
+        run_date=run_date,
+        tiny_country_weeks=tiny_country_weeks,
+    )
+    tiny = np.zeros_like(world.carried)
+    if world.tiny_country:
+        tiny[-1] = world.carried[-1]
+    data, state = _simulate(rng, world, world.carried & ~tiny)
+    injected, redelivered = _inject(rng, data, world) if inject_bad_rows else ({}, np.array([], dtype=np.int64))
+    if world.tiny_country:
+        # Simulated apart, from a child generator and after the bad rows were picked: the regular countries' rows
+        # stay what they were without a tiny country. Appended, so the re-delivered row numbers still hold.
+        tiny_data, tiny_state = _simulate(rng.spawn(1)[0], world, tiny)
+        data = {
+            name: {k: np.concatenate([v, tiny_data[name][k]]) for k, v in cols.items()} for name, cols in data.items()
+        }
+        state = RunState(
+            **{f.name: np.concatenate([getattr(state, f.name), getattr(tiny_state, f.name)]) for f in fields(RunState)}
+        )
+    truth_rows = 0
+    if truth_dir is not None:
+        truth = true_outcomes(world, state, tuple(float(step) for step in LADDER), salvage_value_share)
+        _write_truth(truth, Path(truth_dir))
+        truth_rows = len(truth)
+    for name in ("articles", "sales", "prices", "stock"):
+        if (out_dir / name).exists():
+            shutil.rmtree(out_dir / name)
+
+    data["articles"] = {
+        "article_id": world.article_id,
+        "category": world.category,
+        "season": world.season,
+        "launch_date": world.launch,
+        "season_end": world.season_end,
+        "original_price": world.original_price,
+    }
+    for name, date_column in (("articles", "launch_date"), ("prices", "valid_from"), ("stock", "snapshot_date")):
+        table = _table(data[name], FLAT_TYPES[name])
+        if name != "articles":
+            table = table.sort_by([("country", "ascending"), ("article_id", "ascending"), (date_column, "ascending")])
+        _write_parts(table, out_dir / name, int(rng.integers(1, 4)))
+        (out_dir / name / "_SUCCESS").touch()
+
+    sales = data["sales"]
+    again = np.zeros(len(sales["units"]), dtype=bool)
+    again[redelivered] = True
+    country = sales["country"].astype(str)
+    for code in dict.fromkeys(country):
+        folder = out_dir / "sales" / f"country={code}"
+        folder.mkdir(parents=True)
+        for part, rows in enumerate((country == code, (country == code) & again)):
+            if rows.any():
+                table = _table({k: v[rows] for k, v in sales.items()}, SALES_FILE_TYPES)
+                pq.write_table(table, folder / f"part-{part:05d}.parquet")
+    (out_dir / "sales" / "_SUCCESS").touch()
+    return SampleSummary(
+        countries=world.countries,
+        articles=articles,
+        sales_rows=len(country) + int(again.sum()),
+        first_day=world.first_day,
+        run_date=run_date,
+        injected=injected,
+        tiny_country=world.tiny_country,
+        truth_rows=truth_rows,
+    )
+
+
+def _write_truth(truth: pd.DataFrame, folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(truth, preserve_index=False), folder / "part-00000.parquet")
+    (folder / "_SUCCESS").touch()
