@@ -67,7 +67,7 @@ def lightgbm_params(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """LightGBM settings: count objective, more discount never predicting fewer units, deterministic, threads
-    capped to the Spark task's CPUs, on `device` (gpu.device_settings; none: CPU), tuned `overrides` last."""
+    capped to the Spark task's CPUs, on `device` (model.gpu.device_settings; none: CPU), tuned `overrides` last."""
     return {
         "objective": params.objective,
         "learning_rate": params.learning_rate,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 class SparkTaskWatcher:
     """Polls Spark's status tracker in a driver thread for the running stages of one job group.
 
-    Countries finish inside Spark tasks, one country to a task (country_udf.by_task), and the running stages
+    Countries finish inside Spark tasks, one country to a task (stages.per_country.by_task), and the running stages
     include the scan before the shuffle, so the driver reports tasks done of tasks in those stages, not countries.
     """
 
