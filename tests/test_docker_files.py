@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from markdown_pricing.core.config import load_config, project_root
+from markdown_pricing.core.config import load_config, project_root, site_spark_conf
 
 ROOT = project_root()
 DOCKER = ROOT / "docker"
@@ -72,17 +72,23 @@ def test_compose_mounts_files_that_exist(compose: dict[str, Any]) -> None:
                 assert (DOCKER / source).is_file(), source
 
 
-def test_dev_cluster_serves_the_hosts_and_queue_of_the_yarn_profile(compose: dict[str, Any]) -> None:
+def test_dev_cluster_serves_the_paths_and_queue_of_the_yarn_profile(compose: dict[str, Any]) -> None:
     cfg = load_config("yarn")
     conf = cfg.spark.conf
-    namenode = urlparse(hadoop_properties("core-site.xml")["fs.defaultFS"]).netloc
+    # The profile names no host: its paths are the default filesystem, which the cluster's core-site.xml names.
     for uri in (cfg.paths.raw, cfg.paths.work, conf["spark.eventLog.dir"], conf["spark.archives"]):
-        assert urlparse(uri).netloc == namenode == "namenode:8020", uri
-    assert hadoop_properties("hdfs-site.xml")["dfs.namenode.rpc-address"] == namenode
+        assert uri.startswith("hdfs:///"), uri
+    namenode = urlparse(hadoop_properties("core-site.xml")["fs.defaultFS"]).netloc
+    assert hadoop_properties("hdfs-site.xml")["dfs.namenode.rpc-address"] == namenode == "namenode:8020"
     queues = hadoop_properties("capacity-scheduler.xml")["yarn.scheduler.capacity.root.queues"].split(",")
     assert conf["spark.yarn.queue"] in queues
-    history_host, history_port = conf["spark.yarn.historyServer.address"].split(":")
+    pipeline = compose["services"]["pipeline"]
+    site_conf = pipeline["environment"]["MARKDOWN_YARN_SPARK_CONF"]
+    mounted = {target: source for source, target, _ in (volume.split(":") for volume in pipeline["volumes"])}
+    site = site_spark_conf(str(DOCKER / mounted[site_conf]))
+    history_host, history_port = site["spark.yarn.historyServer.address"].split(":")
     history = compose["services"][history_host]
     assert f"127.0.0.1:{history_port}:{history_port}" in history["ports"]
-    assert f"spark.history.fs.logDirectory={conf['spark.eventLog.dir']}" in history["environment"]["SPARK_HISTORY_OPTS"]
+    event_log = f"hdfs://{namenode}{urlparse(conf['spark.eventLog.dir']).path}"
+    assert f"spark.history.fs.logDirectory={event_log}" in history["environment"]["SPARK_HISTORY_OPTS"]
     assert hadoop_properties("yarn-site.xml")["yarn.resourcemanager.hostname"] in compose["services"]

@@ -59,6 +59,7 @@ def test_filesystem_serves_bare_and_file_uris_locally(uri: str) -> None:
 
 def test_filesystem_serves_hdfs_through_webhdfs_at_the_namenode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MARKDOWN_WEBHDFS_URL", raising=False)
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
     monkeypatch.delenv("MARKDOWN_WEBHDFS_KERBEROS", raising=False)
     served = filesystem("hdfs://namenode:8020/data/landing/markdown/sales/_SUCCESS")
     assert isinstance(served, WebHdfsFileSystem)
@@ -78,8 +79,22 @@ def test_webhdfs_url_prefers_the_configured_endpoint(monkeypatch: pytest.MonkeyP
 
 def test_webhdfs_url_of_the_default_filesystem_must_be_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MARKDOWN_WEBHDFS_URL", raising=False)
-    with pytest.raises(ValueError, match="hdfs:///data/raw names no namenode: set MARKDOWN_WEBHDFS_URL"):
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
+    with pytest.raises(ValueError, match="hdfs:///data/raw names no namenode: set HADOOP_CONF_DIR"):
         webhdfs_url("hdfs:///data/raw")
+
+
+def test_webhdfs_url_of_the_default_filesystem_comes_from_hadoop_conf_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    site = "<configuration><property><name>{}</name><value>{}</value></property></configuration>"
+    (tmp_path / "core-site.xml").write_text(site.format("fs.defaultFS", "hdfs://127.0.0.1:41000"))
+    (tmp_path / "hdfs-site.xml").write_text(site.format("dfs.namenode.http-address", "0.0.0.0:41001"))
+    monkeypatch.delenv("MARKDOWN_WEBHDFS_URL", raising=False)
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(tmp_path))
+
+    assert webhdfs_url("hdfs:///data/raw") == webhdfs_url("hdfs://127.0.0.1:41000/data") == "http://127.0.0.1:41001"
+    assert webhdfs_url("hdfs://other-nn:8020/data") == "http://other-nn:9870"
 
 
 @pytest.mark.parametrize(

@@ -196,10 +196,15 @@ def test_spark_submit_command_logs_events_under_the_work_folder(tmp_path: Path) 
     assert "spark.eventLog.compression.codec=zstd" in command
 
 
-def test_spark_submit_command_keeps_the_configured_yarn_event_log(tmp_path: Path) -> None:
-    cfg = with_paths(load_config("yarn"), work="hdfs://namenode:8020/data/markdown")
+def test_spark_submit_command_keeps_the_configured_yarn_event_log_and_the_sites_history_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "spark-yarn.conf"
+    site.write_text("spark.yarn.historyServer.address historyserver:18080\n")
+    monkeypatch.setenv("MARKDOWN_YARN_SPARK_CONF", str(site))
+    cfg = with_paths(load_config("yarn"), work="hdfs:///data/markdown")
     command = spark_submit_command(cfg, "train_score", ["--run-date", RUN_ID], RUN_ID)
-    assert "spark.eventLog.dir=hdfs://namenode:8020/spark-history" in command
+    assert "spark.eventLog.dir=hdfs:///spark-history" in command
     assert "spark.yarn.historyServer.address=historyserver:18080" in command
 
 

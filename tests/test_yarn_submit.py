@@ -17,7 +17,7 @@ from psycopg2.extensions import parse_dsn
 
 from markdown_pricing.core.config import Config, load_config, project_root
 from markdown_pricing.core.context import RunContext
-from markdown_pricing.core.version import package_version
+from markdown_pricing.core.version import package_version, spark_version
 from markdown_pricing.orchestrate.submit import main as submit_main
 from markdown_pricing.orchestrate.submit import spark_submit_command, submit_environment
 
@@ -26,6 +26,8 @@ RUN_DATE = "2026-11-23"
 VERSION = package_version()
 SECRET = "s3cret-Pa55"
 ENV_PYTHON = "./environment/bin/python"
+
+SPARK_VERSION = spark_version()
 
 
 def dry_run(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
@@ -86,7 +88,7 @@ def test_dry_run_standalone_uses_the_spark_master_and_its_executors(capsys: pyte
 def test_dry_run_yarn_client_ships_wheel_and_environment(capsys: pytest.CaptureFixture[str]) -> None:
     command = dry_run(capsys, "train_score", "--env", "yarn")
     conf = confs(command)
-    release = f"hdfs://namenode:8020/apps/markdown-pricing/{VERSION}"
+    release = f"hdfs:///apps/markdown-pricing/{VERSION}"
     assert (flag(command, "--master"), flag(command, "--deploy-mode")) == ("yarn", "client")
     assert flag(command, "--archives") == f"{release}/environment-{VERSION}.tar.gz#environment"
     assert flag(command, "--py-files") == f"{release}/markdown_pricing-{VERSION}-py3-none-any.whl"
@@ -98,9 +100,10 @@ def test_dry_run_yarn_client_ships_wheel_and_environment(capsys: pytest.CaptureF
     assert conf["spark.yarn.queue"] == "markdown"
     assert conf["spark.dynamicAllocation.enabled"] == "true"
     assert conf["spark.dynamicAllocation.shuffleTracking.enabled"] == "true"
-    assert conf["spark.eventLog.dir"] == "hdfs://namenode:8020/spark-history"
+    assert conf["spark.eventLog.dir"] == "hdfs:///spark-history"
+    assert conf["spark.yarn.archive"] == f"hdfs:///apps/markdown-pricing/spark-{SPARK_VERSION}/spark-jars.zip"
     assert conf["spark.driver.extraJavaOptions"] == f"-Dlog4j2.configurationFile=file:{ROOT}/conf/log4j2.properties"
-    assert "{version}" not in " ".join(command)
+    assert "{version}" not in " ".join(command) and "{spark_version}" not in " ".join(command)
 
 
 def test_dry_run_yarn_cluster_sets_no_driver_python_and_ships_pgpass_as_a_file(

@@ -12,6 +12,9 @@ from typing import Any
 import tomllib
 
 ENVIRONMENTS = ("local", "standalone", "yarn")
+# A spark-defaults.conf style file whose settings a site adds to the yarn profile: `markdown-pricing hadoop start`
+# writes one with the dev cluster's small container sizes, so the profile itself keeps production's.
+YARN_SPARK_CONF_ENV = "MARKDOWN_YARN_SPARK_CONF"
 
 
 class ConfigError(ValueError):
@@ -139,6 +142,28 @@ def project_root() -> Path:
     raise ConfigError("cannot find conf/base.toml: set MARKDOWN_HOME to the project folder")
 
 
+def site_spark_conf(path: str | None) -> dict[str, str]:
+    """The settings of a spark-defaults.conf style file (`key value` or `key=value` lines, # comments)."""
+    if not path:
+        return {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise ConfigError(f"{YARN_SPARK_CONF_ENV} names {path}, which cannot be read: {err}") from err
+    settings = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        first = line.split(None, 1)[0]
+        key, value = line.split("=", 1) if "=" in first else (first, line[len(first) :])
+        key = key.strip()
+        if not value.strip():
+            raise ConfigError(f"{path}:{number}: expected `key value`, found {line!r}")
+        settings[key] = value.strip()
+    return settings
+
+
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overlay.items():
@@ -198,7 +223,12 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 app_name_prefix=spark["app_name_prefix"],
                 master=spark["master"],
                 deploy_mode=spark["deploy_mode"],
-                conf=MappingProxyType({key: str(value) for key, value in spark.get("conf", {}).items()}),
+                conf=MappingProxyType(
+                    {
+                        **{key: str(value) for key, value in spark.get("conf", {}).items()},
+                        **(site_spark_conf(os.environ.get(YARN_SPARK_CONF_ENV)) if env == "yarn" else {}),
+                    }
+                ),
             ),
             gpu=GpuSettings(**{**raw["gpu"], "mode": os.environ.get("MARKDOWN_GPU_MODE", raw["gpu"]["mode"])}),
             schedule=ScheduleSettings(**raw.get("schedule", {})),

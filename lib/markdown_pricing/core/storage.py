@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from markdown_pricing.core.hadoop_conf import hadoop_properties, http_url
 
 SUCCESS_MARKER = "_SUCCESS"
 
@@ -33,6 +36,21 @@ class FileSystem:
     def write_text(self, uri: str, text: str) -> None:
         raise NotImplementedError
 
+    def list(self, uri: str) -> list[str]:
+        """The names in a folder; none when it does not exist."""
+        raise NotImplementedError
+
+    def modified(self, uri: str) -> float:
+        """When a file or folder last changed, in seconds since the epoch."""
+        raise NotImplementedError
+
+    def is_dir(self, uri: str) -> bool:
+        raise NotImplementedError
+
+    def download(self, uri: str, local: Path) -> None:
+        """Copies the file or folder at the URI to a local path."""
+        raise NotImplementedError
+
 
 class LocalFileSystem(FileSystem):
     @staticmethod
@@ -52,17 +70,43 @@ class LocalFileSystem(FileSystem):
         tmp.write_text(text)
         tmp.replace(path)
 
+    def list(self, uri: str) -> list[str]:
+        path = self._path(uri)
+        return sorted(child.name for child in path.iterdir()) if path.is_dir() else []
+
+    def modified(self, uri: str) -> float:
+        return self._path(uri).stat().st_mtime
+
+    def is_dir(self, uri: str) -> bool:
+        return self._path(uri).is_dir()
+
+    def download(self, uri: str, local: Path) -> None:
+        source = self._path(uri)
+        if source.is_dir():
+            shutil.copytree(source, local, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(source, local)
+
 
 def webhdfs_url(uri: str) -> str:
-    """The WebHDFS endpoint for an hdfs:// URI: MARKDOWN_WEBHDFS_URL, else the namenode's default HTTP port."""
+    """The WebHDFS endpoint for an hdfs:// URI: MARKDOWN_WEBHDFS_URL, else the namenode HTTP address that
+    HADOOP_CONF_DIR gives for the default filesystem, else the namenode's default HTTP port."""
     if configured := os.environ.get("MARKDOWN_WEBHDFS_URL"):
         return configured
-    host = urlparse(uri).hostname
-    # hdfs:///path means the cluster's default filesystem, and an HA nameservice is no HTTP host: only the
-    # operator knows the endpoint then (several, separated by ';', for HA).
-    if host is None:
-        raise ValueError(f"{uri} names no namenode: set MARKDOWN_WEBHDFS_URL to the WebHDFS endpoint")
-    return f"http://{host}:9870"
+    parsed = urlparse(uri)
+    properties = hadoop_properties()
+    default_fs = urlparse(properties.get("fs.defaultFS", ""))
+    http_address = properties.get("dfs.namenode.http-address")
+    # hdfs:///path is the default filesystem: its namenode serves WebHDFS at the configured HTTP address.
+    if http_address and default_fs.scheme == "hdfs" and parsed.netloc in ("", default_fs.netloc):
+        return http_url(http_address)
+    # An HA nameservice is no HTTP host: only the operator knows the endpoints then (several, separated by ';').
+    if parsed.hostname is None:
+        raise ValueError(
+            f"{uri} names no namenode: set HADOOP_CONF_DIR to the cluster's client configuration, or "
+            "MARKDOWN_WEBHDFS_URL to the WebHDFS endpoint"
+        )
+    return f"http://{parsed.hostname}:9870"
 
 
 class WebHdfsFileSystem(FileSystem):
@@ -96,6 +140,23 @@ class WebHdfsFileSystem(FileSystem):
 
     def write_text(self, uri: str, text: str) -> None:
         self._client.write(self.path(uri), data=text, encoding="utf-8", overwrite=True)
+
+    def upload(self, uri: str, local: Path) -> None:
+        """Copies a local file to the URI, replacing what is there."""
+        self._client.upload(self.path(uri), str(local), overwrite=True, n_threads=1)
+
+    def download(self, uri: str, local: Path) -> None:
+        self._client.download(self.path(uri), str(local), overwrite=True, n_threads=1)
+
+    def list(self, uri: str) -> list[str]:
+        return sorted(self._client.list(self.path(uri))) if self.is_dir(uri) else []
+
+    def modified(self, uri: str) -> float:
+        return float(self._client.status(self.path(uri))["modificationTime"]) / 1000
+
+    def is_dir(self, uri: str) -> bool:
+        status = self._client.status(self.path(uri), strict=False)
+        return status is not None and status["type"] == "DIRECTORY"
 
 
 def filesystem(uri: str) -> FileSystem:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
 
@@ -27,3 +28,8 @@ def git_commit(root: Path) -> str:
     except OSError:
         return "unknown"
     return found.stdout.strip() if found.returncode == 0 else "unknown"
+
+
+def spark_version() -> str:
+    """The version of the pip pyspark (its jars are what `deploy` uploads for spark.yarn.archive)."""
+    return version("pyspark")

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -584,47 +585,48 @@ def render_page(run_id: str, meta: list[str], table: str, sections: list[Section
 # --- reading and writing (the edge) --------------------------------------------------------------------------------
 
 
-def _check_local(work: str) -> None:
-    try:
-        local_path(work)
-    except ValueError as err:
-        raise ReportError(
-            f"the run report reads the run's files directly and needs a local work folder, not {work}: run "
-            "`markdown-pricing report --work PATH` on a machine where the work folder is mounted"
-        ) from err
-
-
 def _layout(work: str, run_id: str) -> RunLayout:
     # The report never reads raw data, so its layout needs no raw root.
     return RunLayout(raw="", work=work, run_id=run_id)
 
 
 def _read_json(uri: str) -> Any:
-    path = local_path(uri)
-    return json.loads(path.read_text()) if path.is_file() else None
+    fs = filesystem(uri)
+    return json.loads(fs.read_text(uri)) if fs.exists(uri) else None
 
 
 def read_predictions(uri: str) -> pd.DataFrame | None:
     """The columns of a run's predictions the report needs, or None when the predictions are incomplete."""
-    folder = local_path(uri)
-    if not (folder / SUCCESS_MARKER).is_file():
+    fs = filesystem(uri)
+    if not fs.exists(join(uri, SUCCESS_MARKER)):
         return None
-    # pyarrow skips Spark's _SUCCESS and .crc files, as it skips every name starting with "_" or ".".
-    dataset = ds.dataset(folder, format="parquet", partitioning="hive")
-    if not set(REPORT_COLUMNS) <= set(dataset.schema.names):
-        # A run whose countries all failed writes only the marker.
-        return pd.DataFrame(columns=list(REPORT_COLUMNS))
-    return dataset.to_table(columns=list(REPORT_COLUMNS)).to_pandas()
+    with tempfile.TemporaryDirectory(prefix="markdown-report-") as scratch:
+        try:
+            folder = local_path(uri)
+        except ValueError:
+            # On HDFS: a local copy of the folder, which Arrow reads as it reads a local one.
+            folder = Path(scratch) / "predictions"
+            fs.download(uri, folder)
+        # pyarrow skips Spark's _SUCCESS and .crc files, as it skips every name starting with "_" or ".".
+        dataset = ds.dataset(folder, format="parquet", partitioning="hive")
+        if not set(REPORT_COLUMNS) <= set(dataset.schema.names):
+            # A run whose countries all failed writes only the marker.
+            return pd.DataFrame(columns=list(REPORT_COLUMNS))
+        return dataset.to_table(columns=list(REPORT_COLUMNS)).to_pandas()
 
 
 def read_run(work: str, run_id: str) -> RunOutputs:
     """Everything the report shows about one run, from its folder."""
     layout = _layout(work, run_id)
     results_uri = layout.country_results
-    stages_folder = local_path(join(layout.run_dir, "stages"))
-    stages = {path.stem: json.loads(path.read_text()) for path in sorted(stages_folder.glob("*.json"))}
+    stages_folder = join(layout.run_dir, "stages")
+    stages = {
+        name.removesuffix(".json"): _read_json(join(stages_folder, name))
+        for name in filesystem(stages_folder).list(stages_folder)
+        if name.endswith(".json")
+    }
     return RunOutputs(
-        results=read_country_results(results_uri) if local_path(results_uri).is_file() else None,
+        results=read_country_results(results_uri) if filesystem(results_uri).exists(results_uri) else None,
         predictions=read_predictions(layout.predictions),
         etl_record=_read_json(layout.etl_record),
         stages=stages,
@@ -639,24 +641,27 @@ def run_folder(work: str, run_id: str, run_date: dt.date | None = None) -> RunFo
         trained_at = dt.datetime.fromisoformat(record["finished_at"])
         trained_at = trained_at if trained_at.tzinfo else trained_at.replace(tzinfo=dt.timezone.utc)
     else:
-        results = local_path(layout.country_results)
-        stamp = (results if results.is_file() else local_path(layout.run_dir)).stat().st_mtime
+        results = layout.country_results
+        fs = filesystem(results)
+        stamp = fs.modified(results if fs.exists(results) else layout.run_dir)
         trained_at = dt.datetime.fromtimestamp(stamp, dt.timezone.utc)
     return RunFolder(run_id, run_date or run_date_of(run_id, trained_at), trained_at)
 
 
 def _run_ids(work: str) -> list[str]:
-    runs = local_path(join(work, "runs"))
-    return sorted(path.name for path in runs.iterdir() if path.is_dir()) if runs.is_dir() else []
+    runs = join(work, "runs")
+    fs = filesystem(runs)
+    return [name for name in fs.list(runs) if fs.is_dir(join(runs, name))]
 
 
 def latest_run_id(work: str) -> str:
     """The run whose country_results.json was written last (a folder's own time changes with each report in it)."""
     written = {}
     for run_id in _run_ids(work):
-        results = local_path(_layout(work, run_id).country_results)
-        if results.is_file():
-            written[run_id] = results.stat().st_mtime
+        results = _layout(work, run_id).country_results
+        fs = filesystem(results)
+        if fs.exists(results):
+            written[run_id] = fs.modified(results)
     if not written:
         raise ReportError(f"no run under {join(work, 'runs')} has train-and-score results (country_results.json)")
     return max(written, key=lambda run_id: (written[run_id], run_id))
@@ -664,12 +669,11 @@ def latest_run_id(work: str) -> str:
 
 def write_report(
     work: str, run_id: str | None = None, *, run_date: dt.date | None = None, generated_at: dt.datetime | None = None
-) -> Path:
-    """Writes <work>/runs/<run_id>/report.html (the latest run by default) and returns its path."""
-    _check_local(work)
+) -> str:
+    """Writes <work>/runs/<run_id>/report.html (the latest run by default; local or on HDFS) and returns where."""
     run_id = run_id or latest_run_id(work)
     layout = _layout(work, run_id)
-    if not local_path(layout.run_dir).is_dir():
+    if not filesystem(layout.run_dir).is_dir(layout.run_dir):
         raise ReportError(f"there is no run {run_id!r} under {join(work, 'runs')}")
     outputs = read_run(work, run_id)
 
@@ -677,7 +681,7 @@ def write_report(
     with_predictions = [
         run_folder(work, other)
         for other in _run_ids(work)
-        if other != run_id and (local_path(_layout(work, other).predictions) / SUCCESS_MARKER).is_file()
+        if other != run_id and filesystem(work).exists(join(_layout(work, other).predictions, SUCCESS_MARKER))
     ]
     previous = previous_run(with_predictions, current)
     previous_id = previous.run_id if previous else None
@@ -701,4 +705,4 @@ def write_report(
     page = render_page(run_id, meta, table, report_sections(outputs, previous_id, changes))
     uri = join(layout.run_dir, REPORT_FILE)
     filesystem(uri).write_text(uri, page)
-    return local_path(uri)
+    return uri

@@ -87,6 +87,35 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def missing_release_message(cfg: Config) -> str | None:
+    """What a run on YARN would lack on HDFS, and the command that uploads it; None when nothing is missing."""
+    from markdown_pricing.orchestrate.deploy import DeployError, missing_release
+
+    try:
+        missing = missing_release(cfg)
+    except DeployError as err:
+        return str(err)
+    if not missing:
+        return None
+    return (
+        f"the release this {cfg.env} run ships is not on HDFS ({', '.join(missing)}): "
+        f"run `markdown-pricing deploy --env {cfg.env}` first"
+    )
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.orchestrate.deploy import DeployError, deploy
+
+    try:
+        done = deploy(configured(args))
+    except (DeployError, OSError, ValueError) as err:
+        print(f"markdown-pricing deploy: {err}", file=sys.stderr)
+        return 1
+    for uri, what in done.items():
+        print(f"{uri}: {what}")
+    return 0
+
+
 def weekly_run(args: argparse.Namespace) -> WeeklyRun:
     """The Luigi task `run` and `score` build from their arguments."""
     from markdown_pricing.orchestrate.tasks import WeeklyRun
@@ -107,6 +136,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     task = weekly_run(args)
     ctx = task.ctx
+    if missing := missing_release_message(task.cfg):
+        print(f"markdown-pricing {args.command}: {missing}", file=sys.stderr)
+        return 2
     scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
     with following_run(ctx.layout, JOBS, verbose=args.verbose):
         result = luigi.build([task], local_scheduler=scheduler_url is None, detailed_summary=True)
@@ -145,6 +177,9 @@ def backfill_command(args: argparse.Namespace) -> int:
         print(f"markdown-pricing backfill: {err}", file=sys.stderr)
         return 2
     cfg = configured(args)
+    if missing := missing_release_message(cfg):
+        print(f"markdown-pricing backfill: {missing}", file=sys.stderr)
+        return 2
     backfill = WeeklyBackfill(
         start=args.start,
         end=args.end,
@@ -325,6 +360,13 @@ def parser() -> argparse.ArgumentParser:
         status.add_argument("--work", help="work folder URI, for the embedded ERP (default: configured)")
         status.add_argument("--env", choices=ENVIRONMENTS, default="local")
         status.set_defaults(handler=status_command)
+
+    deploy = commands.add_parser(
+        "deploy",
+        help="build the release (wheel, environment archive) where missing and upload it and Spark's jars to HDFS",
+    )
+    deploy.add_argument("--env", choices=ENVIRONMENTS, default="yarn")
+    deploy.set_defaults(handler=deploy_command)
 
     erp_parser = commands.add_parser(
         "erp", help="the ERP tables (migrate) and the embedded PostgreSQL used when no ERP is configured"

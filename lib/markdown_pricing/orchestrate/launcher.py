@@ -5,6 +5,7 @@ application killed."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -14,11 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 
+from markdown_pricing.core.hadoop_conf import hadoop_properties, http_url
 from markdown_pricing.observe import logs
 
 log = logging.getLogger("luigi-interface")
@@ -65,8 +68,19 @@ def yarn_kill_command(application_id: str) -> list[str]:
     return [binary or shutil.which("yarn") or "yarn", "application", "-kill", application_id]
 
 
+def resourcemanager_url() -> str | None:
+    """The ResourceManager's web address from HADOOP_CONF_DIR (its REST API kills applications), if it names one."""
+    address = hadoop_properties().get("yarn.resourcemanager.webapp.address")
+    return http_url(address) if address else None
+
+
 def kill_yarn_application(application_id: str) -> None:
-    """Kills a YARN application, logging what an operator must do by hand when that is not possible."""
+    """Kills a YARN application: through the ResourceManager's REST API when HADOOP_CONF_DIR names it (and no yarn
+    binary is configured), else with `yarn application -kill`; logs what an operator must do when neither works."""
+    rest = resourcemanager_url()
+    if rest and not os.environ.get(YARN_BIN_ENV):
+        _kill_through_rest(rest, application_id)
+        return
     command = yarn_kill_command(application_id)
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=YARN_KILL_TIMEOUT_S)
@@ -83,6 +97,20 @@ def kill_yarn_application(application_id: str) -> None:
         )
         return
     log.warning("killed YARN application %s", application_id)
+
+
+def _kill_through_rest(resourcemanager: str, application_id: str) -> None:
+    url = f"{resourcemanager}/ws/v1/cluster/apps/{application_id}/state"
+    request = urllib.request.Request(
+        url, data=json.dumps({"state": "KILLED"}).encode(), method="PUT", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=YARN_KILL_TIMEOUT_S) as response:
+            state = json.load(response).get("state")
+    except (OSError, ValueError) as err:
+        log.error("could not kill YARN application %s through %s (%s): kill it by hand", application_id, url, err)
+        return
+    log.warning("killed YARN application %s (ResourceManager: %s)", application_id, state)
 
 
 def stop_job(process: subprocess.Popen[str], application_id: str | None) -> None:

@@ -17,15 +17,15 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from markdown_pricing.core.application import app_name, event_log_conf
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.context import RunContext, load_run_config
-from markdown_pricing.core.version import package_version
+from markdown_pricing.core.version import package_version, spark_version
 
 JOBS = ("etl", "train_score", "publish")
 DEPLOY_MODES = ("client", "cluster")
 # What spark-submit ships has flags of its own; conf/ names them by their Spark keys so that one table holds every
 # setting, and the command shows them as flags (one --files list: a --files flag would replace spark.files).
 SHIPPING_FLAGS = {"spark.archives": "--archives", "spark.submit.pyFiles": "--py-files", "spark.files": "--files"}
-# Replaced in conf values by the package version, so one conf/yarn.toml serves every release uploaded to HDFS.
-VERSION_PLACEHOLDER = "{version}"
+# Replaced in conf values by the package's and pyspark's versions, so one conf/yarn.toml serves every release.
+VERSION_PLACEHOLDER, SPARK_VERSION_PLACEHOLDER = "{version}", "{spark_version}"
 # A YARN cluster-mode driver runs on a NodeManager and sees none of the submitting shell's environment. These are
 # what it reads from there (libpq's target, the path overrides, WebHDFS), none of them secret.
 DRIVER_ENVIRONMENT = (
@@ -48,6 +48,11 @@ PGPASS_NAME = "pgpass"
 
 class SubmitError(ValueError):
     """Raised when a job cannot be submitted as configured."""
+
+
+def with_release(value: str) -> str:
+    """A conf value with the release placeholders filled in."""
+    return value.replace(VERSION_PLACEHOLDER, package_version()).replace(SPARK_VERSION_PLACEHOLDER, spark_version())
 
 
 def spark_submit_binary() -> str:
@@ -142,7 +147,7 @@ def spark_submit_command(
     gpu = gpu_conf(cfg)
     # Settings written in conf/ win over the ones derived from the [gpu] table.
     conf = {**gpu, **cfg.spark.conf, **event_log_conf(cfg)}
-    conf = {key: value.replace(VERSION_PLACEHOLDER, package_version()) for key, value in conf.items()}
+    conf = {key: with_release(value) for key, value in conf.items()}
     shipped = {flag: conf.pop(key).split(",") for key, flag in SHIPPING_FLAGS.items() if key in conf}
     if "spark.executor.resource.gpu.discoveryScript" in gpu:
         shipped.setdefault("--files", []).append(str(cfg.project_root / cfg.gpu.discovery_script))
