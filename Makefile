@@ -78,12 +78,12 @@ lint: $(BIN)/markdown-pricing
 	$(BIN)/mypy
 
 # Everything: the lint, then every test (pytest.ini names the markers).
-test: check-java check-chromium lint $(BIN)/markdown-pricing
+test: check-java check-maven check-chromium lint $(BIN)/markdown-pricing
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 # The lane for a quick loop while coding: no whole runs, no spark-submit, no clusters (under two minutes).
 test-fast: check-java check-chromium lint $(BIN)/markdown-pricing
-	$(BIN)/python -m pytest tests -m "not slow and not cluster" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not slow and not cluster and not hadoop" $(PYTEST_ARGS)
 
 # The benchmark (README "Performance"): worlds of each size, every stage against its floor and its peer. Results go
 # to bench/results (JSON, Markdown, PNG); worlds, runs and the bench's own PostgreSQL to $(BENCH_WORK), reused.
@@ -106,6 +106,24 @@ check-jdbc:
 
 bench: check-java check-jdbc $(BIN)/markdown-pricing
 	$(BIN)/python -m bench.harness --sizes $(BENCH_SIZES) --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
+
+# A single-node HDFS and YARN on 127.0.0.1 (README "Running on a YARN cluster"); it prints what to export.
+.PHONY: hadoop hadoop-stop check-maven
+check-maven:
+	@command -v mvn >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "mvn not found: installing maven with apt-get (the dev Hadoop fetches its jars with it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null; \
+	  else \
+	    echo "error: mvn not found; the dev Hadoop fetches its jars with Maven. Install it: apt-get install maven" >&2; \
+	    exit 1; \
+	  fi; }
+
+hadoop: check-java check-maven $(BIN)/markdown-pricing
+	$(BIN)/markdown-pricing hadoop start
+
+hadoop-stop: $(BIN)/markdown-pricing
+	$(BIN)/markdown-pricing hadoop stop
 
 erp-stop: $(BIN)/markdown-pricing
 	$(BIN)/markdown-pricing erp stop --work $(DEMO_WORK)

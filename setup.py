@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"markdown_pricing": ["VERSION"]},
+    package_data={"markdown_pricing": ["VERSION"], "markdown_pricing.hadoop": ["MiniHadoop.java", "pom.xml"]},
     install_requires=[
         "pyspark==4.1.1",
         "lightgbm==4.6.0",

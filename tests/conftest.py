@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession
 from markdown_pricing.core.config import ErpSettings, load_config
 from markdown_pricing.core.session import build_session
 from markdown_pricing.erp import connection, embedded
+from markdown_pricing.hadoop import minicluster
 
 
 def schema_of_its_own(dsn: str, *, connect_attempts: int = 2, connect_backoff_s: float = 0.05) -> ErpSettings:
@@ -61,3 +62,14 @@ def erp_settings(erp_dsn: str) -> Iterator[ErpSettings]:
     yield settings
     with closing(connection.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
         cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.schema)))
+
+
+@pytest.fixture(scope="session")
+def hadoop() -> Iterator[dict[str, str]]:
+    """A real single-node HDFS and YARN on 127.0.0.1 (`markdown-pricing hadoop start`) for the whole session."""
+    folder = Path(tempfile.mkdtemp(prefix="markdown-tests-hadoop-"))
+    try:
+        yield minicluster.start(folder)
+    finally:
+        minicluster.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 
 from markdown_pricing.core.config import Config, GpuSettings, load_config, with_paths
 from markdown_pricing.core.context import RunContext, load_run_config
-from markdown_pricing.core.storage import RunLayout, read_json
+from markdown_pricing.core.storage import RunLayout, local_path, read_json
 from markdown_pricing.orchestrate.submit import job_command, submit_environment
 from markdown_pricing.stages import etl_job as etl
 from markdown_pricing.stages import train_score_job as train_score
@@ -177,7 +177,7 @@ def runs(cluster: dict[str, Any], spark: SparkSession) -> dict[str, Path]:
     local = RunContext(RUN_DATE, RUN_ID, raw=str(raw), work=str(root / "local-work"))
     assert etl.run(spark, local, load_run_config(local)) == 0
     assert train_score.run(spark, local, load_run_config(local)) == 0
-    return {"cluster": Path(cfg.paths.work), "local": root / "local-work"}
+    return {"cluster": local_path(cfg.paths.work), "local": root / "local-work"}
 
 
 def layout(work: Path) -> RunLayout:

@@ -17,7 +17,8 @@ def test_load_config_resolves_relative_paths_against_project_root(monkeypatch: p
     monkeypatch.delenv("MARKDOWN_RAW", raising=False)
     monkeypatch.delenv("MARKDOWN_WORK", raising=False)
     cfg = load_config("local")
-    assert cfg.paths.raw == str(ROOT / ".demo" / "raw")
+    # A file:// URI: a bare path would be read from HDFS wherever HADOOP_CONF_DIR names a default filesystem.
+    assert cfg.paths.raw == (ROOT / ".demo" / "raw").as_uri()
     assert cfg.spark.master == "local[2]"
     assert cfg.run.ladder == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -51,7 +52,7 @@ def test_load_config_names_a_missing_key(tmp_path: Path) -> None:
 
 def test_with_paths_replaces_raw_and_work() -> None:
     cfg = with_paths(load_config("local"), raw="hdfs://nn:8020/raw", work="/data/work")
-    assert (cfg.paths.raw, cfg.paths.work) == ("hdfs://nn:8020/raw", "/data/work")
+    assert (cfg.paths.raw, cfg.paths.work) == ("hdfs://nn:8020/raw", "file:///data/work")
 
 
 def test_spark_submit_command_carries_conf_name_and_job(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,8 @@ def test_run_context_to_args_and_from_args_round_trip(tmp_path: Path) -> None:
     ctx = RunContext(
         RUN_DATE,
         "rerun-2",
-        raw=str(tmp_path / "raw"),
-        work=str(tmp_path / "w"),
+        raw=(tmp_path / "raw").as_uri(),
+        work=(tmp_path / "w").as_uri(),
         env="yarn",
         gate_overrides=("DEU", "FRA"),
         model_run="2026-11-16",

@@ -21,7 +21,7 @@ import pytest
 from luigi.execution_summary import LuigiStatusCode
 from pyspark.sql import SparkSession
 
-from markdown_pricing.core.storage import RunLayout
+from markdown_pricing.core.storage import RunLayout, local_path
 from markdown_pricing.observe import logs, progress, spark_watch
 from markdown_pricing.observe.display import RunDisplay, elapsed_text, stage_line
 from markdown_pricing.orchestrate.tasks import MarkerTarget, SparkStage
@@ -320,13 +320,13 @@ class FakeStage(SparkStage):
     poll_s = 0.2
 
     def command(self) -> list[str]:
-        script = Path(self.ctx.work) / "fake_stage.py"
+        script = local_path(self.ctx.work) / "fake_stage.py"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(FAKE_STAGE)
-        return [sys.executable, str(script), self.ctx.work, str(Path(self.ctx.work) / "out")]
+        return [sys.executable, str(script), str(local_path(self.ctx.work)), str(local_path(self.ctx.work) / "out")]
 
     def output(self) -> MarkerTarget:
-        return MarkerTarget(str(Path(self.ctx.work) / "out"))
+        return MarkerTarget(str(local_path(self.ctx.work) / "out"))
 
 
 @pytest.fixture()

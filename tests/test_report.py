@@ -280,7 +280,7 @@ def test_report_command_writes_a_page_with_six_plots_that_chromium_renders(
     assert cli.main(["report", "--work", str(work), "--run-id", "2026-11-23"]) == 0
 
     path = work / "runs" / "2026-11-23" / "report.html"
-    assert capsys.readouterr().out.strip() == str(path)
+    assert capsys.readouterr().out.strip() == path.as_uri()
     page = path.read_text()
     images = image_sources(page)
     assert sorted(images) == sorted(run_report.PLOT_ALTS)

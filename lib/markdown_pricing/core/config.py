@@ -15,6 +15,8 @@ ENVIRONMENTS = ("local", "standalone", "yarn")
 # A spark-defaults.conf style file whose settings a site adds to the yarn profile: `markdown-pricing hadoop start`
 # writes one with the dev cluster's small container sizes, so the profile itself keeps production's.
 YARN_SPARK_CONF_ENV = "MARKDOWN_YARN_SPARK_CONF"
+# Where the driver runs ("client" or "cluster"), for runs and backfills as for `submit.sh --deploy-mode`.
+DEPLOY_MODE_ENV = "MARKDOWN_DEPLOY_MODE"
 
 
 class ConfigError(ValueError):
@@ -184,10 +186,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _resolve_path(value: str, root: Path) -> str:
-    """Keeps URIs as they are and makes bare relative paths absolute against the project root."""
-    if "://" in value or value.startswith("/"):
+    """Keeps URIs as they are and makes a bare path a file:// URI, absolute against `root` when relative: Spark would
+    resolve a bare path against Hadoop's default filesystem, which is HDFS wherever HADOOP_CONF_DIR names one."""
+    if "://" in value:
         return value
-    return str((root / value).resolve())
+    return (root / value).resolve().as_uri()
 
 
 def load_config(env: str = "local", *, root: Path | None = None) -> Config:
@@ -222,7 +225,7 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
             spark=SparkSettings(
                 app_name_prefix=spark["app_name_prefix"],
                 master=spark["master"],
-                deploy_mode=spark["deploy_mode"],
+                deploy_mode=os.environ.get(DEPLOY_MODE_ENV, spark["deploy_mode"]),
                 conf=MappingProxyType(
                     {
                         **{key: str(value) for key, value in spark.get("conf", {}).items()},

@@ -51,6 +51,14 @@ class FileSystem:
         """Copies the file or folder at the URI to a local path."""
         raise NotImplementedError
 
+    def make_dirs(self, uri: str) -> None:
+        """Creates a folder and its parents where missing."""
+        raise NotImplementedError
+
+    def upload(self, uri: str, local: Path) -> None:
+        """Copies a local file or folder to the URI, replacing what is there."""
+        raise NotImplementedError
+
 
 class LocalFileSystem(FileSystem):
     @staticmethod
@@ -79,6 +87,17 @@ class LocalFileSystem(FileSystem):
 
     def is_dir(self, uri: str) -> bool:
         return self._path(uri).is_dir()
+
+    def make_dirs(self, uri: str) -> None:
+        self._path(uri).mkdir(parents=True, exist_ok=True)
+
+    def upload(self, uri: str, local: Path) -> None:
+        target = self._path(uri)
+        if local.is_dir():
+            shutil.copytree(local, target, dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, target)
 
     def download(self, uri: str, local: Path) -> None:
         source = self._path(uri)
@@ -142,7 +161,6 @@ class WebHdfsFileSystem(FileSystem):
         self._client.write(self.path(uri), data=text, encoding="utf-8", overwrite=True)
 
     def upload(self, uri: str, local: Path) -> None:
-        """Copies a local file to the URI, replacing what is there."""
         self._client.upload(self.path(uri), str(local), overwrite=True, n_threads=1)
 
     def download(self, uri: str, local: Path) -> None:
@@ -157,6 +175,9 @@ class WebHdfsFileSystem(FileSystem):
     def is_dir(self, uri: str) -> bool:
         status = self._client.status(self.path(uri), strict=False)
         return status is not None and status["type"] == "DIRECTORY"
+
+    def make_dirs(self, uri: str) -> None:
+        self._client.makedirs(self.path(uri))
 
 
 def filesystem(uri: str) -> FileSystem:

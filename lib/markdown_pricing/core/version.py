@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from importlib.metadata import version
@@ -33,3 +34,9 @@ def git_commit(root: Path) -> str:
 def spark_version() -> str:
     """The version of the pip pyspark (its jars are what `deploy` uploads for spark.yarn.archive)."""
     return version("pyspark")
+
+
+def pip_spark_home() -> str | None:
+    """The folder of the pip pyspark (its bin/ and jars/), found without importing it."""
+    spec = importlib.util.find_spec("pyspark")
+    return str(Path(spec.origin).parent) if spec and spec.origin else None

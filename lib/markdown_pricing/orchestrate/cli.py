@@ -7,10 +7,13 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from markdown_pricing.core.config import ENVIRONMENTS, Config, load_config, project_root, with_paths
 from markdown_pricing.core.context import RunContext, add_place_arguments, add_run_arguments, load_run_config, monday
@@ -34,8 +37,13 @@ def generate_sample_command(args: argparse.Namespace) -> int:
     from markdown_pricing.synthetic.sample import TINY_COUNTRY_WEEKS, generate_sample
 
     tiny_country_weeks = TINY_COUNTRY_WEEKS if args.tiny_country_weeks is None else args.tiny_country_weeks
+    from markdown_pricing.core.storage import filesystem, local_path
+
+    remote = urlparse(args.out).scheme not in ("", "file")
+    # A raw root on HDFS is written here first, then uploaded, as an upstream export would deliver it.
+    local_out = Path(tempfile.mkdtemp(prefix="markdown-sample-")) / "raw" if remote else local_path(args.out)
     summary = generate_sample(
-        Path(args.out),
+        local_out,
         countries=args.countries,
         articles=args.articles,
         weeks=args.weeks,
@@ -44,6 +52,9 @@ def generate_sample_command(args: argparse.Namespace) -> int:
         tiny_country_weeks=tiny_country_weeks,
         truth_dir=Path(args.truth) if args.truth else None,
     )
+    if remote:
+        filesystem(args.out).upload(args.out, local_out)
+        shutil.rmtree(local_out.parent)
     print(
         f"wrote {summary.sales_rows} sales rows for {len(summary.countries)} countries "
         f"({', '.join(summary.countries)}) and {summary.articles} articles to {args.out}, "
@@ -101,6 +112,22 @@ def missing_release_message(cfg: Config) -> str | None:
         f"the release this {cfg.env} run ships is not on HDFS ({', '.join(missing)}): "
         f"run `markdown-pricing deploy --env {cfg.env}` first"
     )
+
+
+def hadoop_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.hadoop.minicluster import HadoopError, start, stop
+
+    folder = Path(args.dir) if args.dir else project_root() / ".hadoop"
+    try:
+        if args.action == "start":
+            for key, value in start(folder).items():
+                print(f"{key}={value}")
+        else:
+            print("stopped" if stop(folder) else "not running")
+    except HadoopError as err:
+        print(f"markdown-pricing hadoop {args.action}: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def deploy_command(args: argparse.Namespace) -> int:
@@ -360,6 +387,13 @@ def parser() -> argparse.ArgumentParser:
         status.add_argument("--work", help="work folder URI, for the embedded ERP (default: configured)")
         status.add_argument("--env", choices=ENVIRONMENTS, default="local")
         status.set_defaults(handler=status_command)
+
+    hadoop = commands.add_parser(
+        "hadoop", help="a single-node HDFS and YARN on 127.0.0.1 for development (start prints what to export)"
+    )
+    hadoop.add_argument("action", choices=("start", "stop"))
+    hadoop.add_argument("--dir", help="its data, logs and HADOOP_CONF_DIR (default: .hadoop in the project)")
+    hadoop.set_defaults(handler=hadoop_command)
 
     deploy = commands.add_parser(
         "deploy",

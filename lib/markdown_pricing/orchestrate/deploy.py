@@ -7,7 +7,6 @@ uploads 460 MB of jars again).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from hdfs.util import HdfsError
 
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.storage import WebHdfsFileSystem, filesystem
-from markdown_pricing.core.version import spark_version
+from markdown_pricing.core.version import pip_spark_home, spark_version
 from markdown_pricing.orchestrate.submit import with_release
 
 log = logging.getLogger(__name__)
@@ -49,10 +48,10 @@ def missing_release(cfg: Config) -> list[str]:
 
 def spark_jars() -> Path:
     """The jars of the pip pyspark this package runs with."""
-    spec = importlib.util.find_spec("pyspark")
-    if spec is None or spec.origin is None:
+    home = pip_spark_home()
+    if home is None:
         raise DeployError("pyspark is not installed")
-    return Path(spec.origin).parent / "jars"
+    return Path(home) / "jars"
 
 
 def _build_spark_jars_archive(target: Path) -> None:
@@ -86,6 +85,10 @@ def deploy(cfg: Config) -> dict[str, str]:
     name = {key: uri.rsplit("/", 1)[1] for key, uri in uris.items()}
     _build(cfg, dist, name[CODE_KEY], name[ENVIRONMENT_KEY])
     done = {}
+    # Spark refuses to start when its event log folder is missing.
+    if (events := cfg.spark.conf.get("spark.eventLog.dir")) and urlparse(events).scheme == "hdfs":
+        filesystem(events).make_dirs(events)
+        done[events] = "event log folder present"
     for key, uri in uris.items():
         hdfs = filesystem(uri)
         assert isinstance(hdfs, WebHdfsFileSystem)

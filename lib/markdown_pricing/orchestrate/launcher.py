@@ -114,7 +114,11 @@ def _kill_through_rest(resourcemanager: str, application_id: str) -> None:
 
 
 def stop_job(process: subprocess.Popen[str], application_id: str | None) -> None:
-    """Stops a job's whole process group, then the YARN application it started, if it named one."""
+    """Kills the YARN application the job started, if it named one, then stops the job's whole process group."""
+    # First: a client-mode driver stopped by SIGTERM would unregister its application as FINISHED, and in cluster
+    # mode the application outlives spark-submit. Killed first, YARN records what happened: KILLED.
+    if application_id is not None:
+        kill_yarn_application(application_id)
     # spark-submit may leave the driver, a Python worker or the YARN client in its group: all of them go.
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
@@ -124,9 +128,6 @@ def stop_job(process: subprocess.Popen[str], application_id: str | None) -> None
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    # In cluster mode the application outlives spark-submit; in client mode its driver may not have stopped it.
-    if application_id is not None:
-        kill_yarn_application(application_id)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from markdown_pricing.core.application import app_name, event_log_conf
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.context import RunContext, load_run_config
-from markdown_pricing.core.version import package_version, spark_version
+from markdown_pricing.core.version import package_version, pip_spark_home, spark_version
 
 JOBS = ("etl", "train_score", "publish")
 DEPLOY_MODES = ("client", "cluster")
@@ -177,6 +177,9 @@ def spark_submit_command(
 def submit_environment(cfg: Config) -> dict[str, str]:
     """Environment for the spark-submit process: this Python for driver and local executors."""
     env = dict(os.environ)
+    # spark-submit finds its home through whatever `python3` is on PATH unless told: the pip pyspark's is this one.
+    if home := pip_spark_home():
+        env.setdefault("SPARK_HOME", home)
     if cfg.spark.master.startswith("local"):
         env.setdefault("PYSPARK_PYTHON", sys.executable)
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
