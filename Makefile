@@ -20,19 +20,21 @@ $(BIN)/markdown-pricing: setup.py
 check-java:
 	@spark-submit/check-java.sh
 
+# $(call require,COMMAND,PACKAGE,WHY): checks for COMMAND; as root it installs Debian's PACKAGE with apt-get, otherwise
+# it says how (WHY must hold no comma).
+require = command -v $(1) >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    echo "$(1) not found: installing $(2) with apt-get ($(3))"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+  else \
+    echo "error: $(1) not found; $(3). Install it as root: apt-get install -y $(2)" >&2; \
+    exit 1; \
+  fi; }; command -v $(1) >/dev/null 2>&1 || { echo "error: apt-get did not install $(2)" >&2; exit 1; }
+
 # The report test renders the run report in headless Chromium (Debian's `chromium` package): installed here as root.
 .PHONY: check-chromium
 check-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "chromium not found: installing it with apt-get (the report test renders the page in it)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "error: chromium not found; the report test renders the page in it. Install it as root:" \
-	      "apt-get update && apt-get install -y chromium" >&2; \
-	    exit 1; \
-	  fi; }
-	@command -v chromium >/dev/null 2>&1 || { echo "error: apt-get did not install chromium" >&2; exit 1; }
+	@$(call require,chromium,chromium,the report test renders the page in it)
 
 DEMO_SAMPLE = $(BIN)/markdown-pricing generate-sample --out $(DEMO_RAW) --truth $(DEMO_TRUTH) --run-date $(RUN_DATE)
 
@@ -110,14 +112,7 @@ bench: check-java check-jdbc $(BIN)/markdown-pricing
 # A single-node HDFS and YARN on 127.0.0.1 (README "Running on a YARN cluster"); it prints what to export.
 .PHONY: hadoop hadoop-stop check-maven
 check-maven:
-	@command -v mvn >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "mvn not found: installing maven with apt-get (the dev Hadoop fetches its jars with it)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null; \
-	  else \
-	    echo "error: mvn not found; the dev Hadoop fetches its jars with Maven. Install it: apt-get install maven" >&2; \
-	    exit 1; \
-	  fi; }
+	@$(call require,mvn,maven,the dev Hadoop fetches its jars with Maven)
 
 hadoop: check-java check-maven $(BIN)/markdown-pricing
 	$(BIN)/markdown-pricing hadoop start
