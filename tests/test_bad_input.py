@@ -109,14 +109,15 @@ def test_etl_quarantines_each_injected_bad_row_with_its_reason(
     assert record["sales"]["rejected_by_reason"] == {
         "null key": injected["sales_null_article_id"],
         "unknown article": injected["sales_unknown_article"],
-        "dated on or after run date": injected["sales_after_run_date"],
         "malformed country code": injected["sales_malformed_country"],
     }
+    # Sales dated on or after the run date are outside its window: counted, not rejected nor quarantined.
+    assert record["sales"]["out_of_window"] == injected["sales_after_run_date"]
     assert record["sales"]["duplicates"] == injected["sales_duplicates"]
     assert record["prices"]["rejected_by_reason"] == {"non-positive price": injected["prices_non_positive"]}
     quarantine = spark.read.parquet(ctx.layout.quarantine).groupBy("dataset", "reason").count().collect()
     assert sum(row["count"] for row in quarantine) == sum(
-        count for kind, count in injected.items() if kind != "sales_duplicates"
+        count for kind, count in injected.items() if kind not in ("sales_duplicates", "sales_after_run_date")
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import replace
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -653,3 +653,63 @@ def test_last_published_rows_takes_each_countrys_latest_publish_by_another_run(
 
     assert ledger.last_published_rows(conn, erp_settings, "r3") == {"DE": 2, "FR": 1}
     assert ledger.last_published_rows(conn, erp_settings, "r2") == {"DE": 3, "FR": 1}
+
+
+def _held_weeks(conn: Connection, settings: ErpSettings, country: str) -> set[Any]:
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT DISTINCT valid_from FROM {}.{} WHERE country = %s").format(
+                sql.Identifier(settings.schema), sql.Identifier(settings.predictions_table)
+            ),
+            (country,),
+        )
+        held = {row[0] for row in cur.fetchall()}
+    conn.rollback()
+    return held
+
+
+def test_an_older_week_never_replaces_a_newer_one_and_is_recorded_superseded(
+    conn: Connection, erp_settings: ErpSettings
+) -> None:
+    newer, older = RUN_DATE, RUN_DATE - timedelta(weeks=1)
+    assert _publish(conn, erp_settings, "week-48", _predictions("DE", "a1", "a2"), run_date=newer) == "published"
+
+    outcome = _publish(conn, erp_settings, "backfill-47", _predictions("DE", "a9"), run_date=older)
+
+    assert outcome == "superseded"
+    assert _held_weeks(conn, erp_settings, "DE") == {newer}
+    assert ledger.run_statuses(conn, erp_settings, "backfill-47") == {"DE": "superseded"}
+    row = next(row for row in _ledger_table(conn, erp_settings) if row[0] == "backfill-47")
+    assert f"the ERP holds the newer week {newer}" in row[9]
+
+
+def test_a_rollback_replaces_a_newer_week_and_says_so(conn: Connection, erp_settings: ErpSettings) -> None:
+    newer, older = RUN_DATE, RUN_DATE - timedelta(weeks=1)
+    _publish(conn, erp_settings, "week-48", _predictions("DE", "a1"), run_date=newer)
+
+    assert _publish(conn, erp_settings, "rollback-47", _predictions("DE", "a9"), run_date=older, rollback=True) == (
+        "published"
+    )
+
+    assert _held_weeks(conn, erp_settings, "DE") == {older}
+    row = next(row for row in _ledger_table(conn, erp_settings) if row[0] == "rollback-47")
+    assert f"rollback by operator: replaced the newer week {newer}" in row[9]
+
+
+def test_two_weeks_racing_end_with_the_newer_week_in_every_country(erp_settings: ErpSettings) -> None:
+    weeks = [RUN_DATE - timedelta(weeks=n) for n in range(4)]
+    countries = ("DE", "FR", "IT")
+    with closing(connect(erp_settings.dsn, 5)) as conn:
+        migrate(conn, erp_settings)
+
+    def publish_week(week: date) -> None:
+        with closing(connect(erp_settings.dsn, 5)) as conn:
+            for country in countries:
+                _publish(conn, erp_settings, f"run-{week}", _predictions(country, "a1", "a2"), run_date=week)
+
+    # Oldest weeks submitted last, so that without the rule they would finish last and win.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(publish_week, sorted(weeks, reverse=True)))
+
+    with closing(connect(erp_settings.dsn, 5)) as conn:
+        assert all(_held_weeks(conn, erp_settings, country) == {RUN_DATE} for country in countries)

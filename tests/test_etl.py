@@ -67,6 +67,8 @@ def test_with_reject_reason_labels_each_contract_rule(spark: SparkSession, artic
             ("de", "A1", D(2026, 11, 2), 1, 50.0),
             ("DEU", "ZZ", D(2026, 11, 2), 1, 50.0),
             ("DEU", "A1", D(2026, 11, 23), 1, 50.0),
+            ("de", "A1", D(2026, 11, 30), 1, 50.0),
+            ("DEU\n", "A1", D(2026, 11, 2), 1, 50.0),
             ("DEU", "A1", D(2026, 11, 3), -1, -50.0),
         ],
     )
@@ -79,7 +81,11 @@ def test_with_reject_reason_labels_each_contract_rule(spark: SparkSession, artic
             (None, "A1", D(2026, 11, 2), "null key"),
             ("de", "A1", D(2026, 11, 2), "malformed country code"),
             ("DEU", "ZZ", D(2026, 11, 2), "unknown article"),
-            ("DEU", "A1", D(2026, 11, 23), "dated on or after run date"),
+            # Outside the run's window first, whatever else is wrong with the row: left out, never rejected.
+            ("DEU", "A1", D(2026, 11, 23), transforms.OUT_OF_WINDOW),
+            ("de", "A1", D(2026, 11, 30), transforms.OUT_OF_WINDOW),
+            # A trailing line terminator is no country code (Java's $ would match before it).
+            ("DEU\n", "A1", D(2026, 11, 2), "malformed country code"),
             ("DEU", "A1", D(2026, 11, 3), None),
         ],
         "country string, article_id string, sale_date date, reject_reason string",
@@ -232,3 +238,11 @@ def test_curated_weekly_future_weeks_reach_season_end_at_current_price(
         (None, 40.0, 0.2, 14, 1.5)
     }
     assert rows[0].weeks_to_season_end == 9
+
+
+def test_check_rejected_share_counts_only_the_rows_in_the_runs_window() -> None:
+    # A backfill's raw root holds later weeks: 900 of these 1000 sales lie after the run date.
+    within = {"sales": {"rows": 1000, "out_of_window": 900, "rejected": 4}}
+    transforms.check_rejected_share(within, 0.05)
+    with pytest.raises(transforms.RejectedShareError, match=r"6 of 100 rows rejected \(6.00%\)"):
+        transforms.check_rejected_share({"sales": {**within["sales"], "rejected": 6}}, 0.05)

@@ -198,3 +198,60 @@ def test_publish_run_blocks_a_country_with_a_discount_off_the_ladder(
         "blocked by the quality gate: 1 of 2 rows recommend a discount off the ladder "
         "(e.g. A2: recommended_discount 0.15)",
     )
+
+
+def test_a_database_error_in_one_country_fails_it_alone_and_the_others_publish(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    first = context(tmp_path, "week-1")
+    stage_outputs(
+        spark, first, [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.1)], {"DEU": TRAINED, "FRA": TRAINED}
+    )
+    assert publish_stage.run(spark, first, config(first, erp_settings)) == 0
+    # The ERP team's trigger refuses FRA's rows: an error no ValueError check foresees.
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn, conn, conn.cursor() as cur:
+        table = sql.SQL("{}.{}").format(sql.Identifier(erp_settings.schema), sql.Identifier("predictions"))
+        cur.execute(
+            "CREATE FUNCTION refuse_fra() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.country = 'FRA' THEN RAISE EXCEPTION 'FRA is frozen this week'; END IF; RETURN NEW; END $$"
+        )
+        cur.execute(
+            sql.SQL("CREATE TRIGGER refuse BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION refuse_fra()").format(
+                table
+            )
+        )
+    second = context(tmp_path, "week-2")
+    rows = [prediction("DEU", "A2", 0.2), prediction("FRA", "A2", 0.2), prediction("ITA", "A2", 0.2)]
+    stage_outputs(spark, second, rows, {"DEU": TRAINED, "FRA": TRAINED, "ITA": TRAINED})
+
+    assert publish_stage.run(spark, second, config(second, erp_settings)) == 1
+
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn:
+        assert ledger.run_statuses(conn, erp_settings, "week-2") == {
+            "DEU": "published",
+            "FRA": "failed",
+            "ITA": "published",
+        }
+    assert ledger_rows(erp_settings, "week-2")["FRA"][3].startswith("publish rejected: FRA is frozen this week")
+    table = erp_rows(erp_settings)
+    assert table[table["country"] == "FRA"]["run_id"].tolist() == ["week-1"]
+
+
+def test_a_lock_held_by_a_reader_times_out_its_country_instead_of_waiting_forever(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    first = context(tmp_path, "week-1")
+    stage_outputs(spark, first, [prediction("DEU", "A1", 0.1)], {"DEU": TRAINED})
+    assert publish_stage.run(spark, first, config(first, erp_settings)) == 0
+    second = context(tmp_path, "week-2")
+    stage_outputs(spark, second, [prediction("DEU", "A2", 0.2)], {"DEU": TRAINED})
+    impatient = dataclasses.replace(erp_settings, lock_timeout_s=0.5)
+
+    with closing(connection.connect(erp_settings.dsn, 5)) as reader, reader.cursor() as cur:
+        table = sql.SQL("{}.{}").format(sql.Identifier(erp_settings.schema), sql.Identifier("predictions"))
+        cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+        assert publish_stage.run(spark, second, config(second, impatient)) == 1
+        reader.rollback()
+
+    assert "lock timeout" in ledger_rows(erp_settings, "week-2")["DEU"][3]
+    assert erp_rows(erp_settings)["run_id"].tolist() == ["week-1"]

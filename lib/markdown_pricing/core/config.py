@@ -82,6 +82,9 @@ class ErpSettings:
     connect_timeout_s: int
     connect_attempts: int
     connect_backoff_s: float
+    # How long a publishing statement may wait for a lock, and run, before its country fails (0: no limit).
+    lock_timeout_s: float = 60.0
+    statement_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)

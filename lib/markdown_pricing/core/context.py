@@ -58,6 +58,8 @@ class RunContext:
     gate_overrides: tuple[str, ...] = ()
     # Rescore with the models this earlier run saved instead of training (`score --model-run`).
     model_run: str | None = None
+    # Publish even where the ERP holds a later week: an operator's deliberate rollback, recorded in the ledger.
+    rollback: bool = False
 
     def __post_init__(self) -> None:
         check_monday(self.run_date)
@@ -77,6 +79,7 @@ class RunContext:
         env: str = "local",
         gate_overrides: Iterable[str] = (),
         model_run: str | None = None,
+        rollback: bool = False,
     ) -> RunContext:
         """A run with the defaults filled in: the run date as run id, the environment's configured paths."""
         paths = with_paths(load_config(env), raw=raw, work=work).paths
@@ -88,6 +91,7 @@ class RunContext:
             env=env,
             gate_overrides=countries(gate_overrides),
             model_run=model_run or None,
+            rollback=rollback,
         )
 
     @property
@@ -109,6 +113,7 @@ class RunContext:
             self.env,
             *(part for country in self.gate_overrides for part in ("--override-gate", country)),
             *(("--model-run", self.model_run) if self.model_run else ()),
+            *(("--rollback",) if self.rollback else ()),
         ]
 
     @classmethod
@@ -129,6 +134,7 @@ class RunContext:
             env=args.env,
             gate_overrides=args.override_gate,
             model_run=args.model_run,
+            rollback=args.rollback,
         )
 
 
@@ -157,5 +163,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", help="defaults to the run date; a new id republishes the same week")
     parser.add_argument(
         "--model-run", metavar="RUN_ID", help="rescore with the models saved by this earlier run instead of training"
+    )
+    parser.add_argument(
+        "--rollback",
+        action="store_true",
+        help="publish even where the ERP holds a later week: a deliberate rollback, recorded in the ledger",
     )
     add_place_arguments(parser)

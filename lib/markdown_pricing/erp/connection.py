@@ -121,17 +121,39 @@ def one_value(cur: Cursor) -> Any:
     return row[0]
 
 
-def connect(dsn: str, timeout_s: int, *, attempts: int = 1, backoff_s: float = 0.0) -> Connection:
+def connect(
+    dsn: str,
+    timeout_s: int,
+    *,
+    attempts: int = 1,
+    backoff_s: float = 0.0,
+    lock_timeout_s: float | None = None,
+    statement_timeout_s: float | None = None,
+) -> Connection:
     """Opens a connection to the ERP (the caller closes it), trying `attempts` times with exponential backoff.
 
-    An ERP still unreachable after the last attempt raises ErpUnavailableError; only the password-free
-    description of the DSN is ever logged or raised.
+    TCP keepalives let a half-open connection die within a minute or two instead of holding its locks for hours;
+    `lock_timeout_s` and `statement_timeout_s` bound how long one statement may wait or run. An ERP still
+    unreachable after the last attempt raises ErpUnavailableError; only the password-free description of the
+    DSN is ever logged or raised.
     """
     target = describe_dsn(dsn)
+    timeouts = {"lock_timeout": lock_timeout_s, "statement_timeout": statement_timeout_s}
+    options = " ".join(f"-c {name}={int(seconds * 1000)}" for name, seconds in timeouts.items() if seconds)
+    parameters: dict[str, Any] = {
+        "connect_timeout": timeout_s,
+        "application_name": APPLICATION_NAME,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        **({"options": options} if options else {}),
+    }
     started = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
-            return psycopg2.connect(dsn, connect_timeout=timeout_s, application_name=APPLICATION_NAME)
+            connection: Connection = psycopg2.connect(dsn, **parameters)
+            return connection
         except psycopg2.OperationalError as err:
             # libpq messages name host and port, never the password.
             reason = " ".join(str(err).split())

@@ -15,7 +15,11 @@ ALREADY_PUBLISHED = "already_published"
 FAILED = "failed"
 # Not published because the quality gate stopped it; its previous rows stay.
 BLOCKED = "blocked"
-LEDGER_STATUSES = (PUBLISHED, FAILED, BLOCKED)
+# Not published because the ERP already holds a later week for the country: the newest week wins.
+SUPERSEDED = "superseded"
+LEDGER_STATUSES = (PUBLISHED, FAILED, BLOCKED, SUPERSEDED)
+# Statuses after which a run has nothing left to do for a country.
+DONE_STATUSES = (PUBLISHED, SUPERSEDED)
 
 
 def run_statuses(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from psycopg2.extensions import cursor as Cursor
 from markdown_pricing.core.config import ErpSettings
 from markdown_pricing.erp import tables
 from markdown_pricing.erp.connection import one_value, transaction
-from markdown_pricing.erp.ledger import BLOCKED, LEDGER_STATUSES
+from markdown_pricing.erp.ledger import LEDGER_STATUSES
 from markdown_pricing.erp.locks import lock
 
 # Columns added to the ledger after its first version, with their types: an older ledger gains them.
@@ -108,18 +108,18 @@ def _missing_ledger_columns(cur: Cursor, settings: ErpSettings) -> list[tuple[st
 
 
 def _outdated_status_checks(cur: Cursor, ledger: sql.Composed) -> list[str]:
-    """The ledger's status CHECK constraints that do not allow 'blocked' yet."""
+    """The ledger's status CHECK constraints that do not allow every status yet ('blocked', 'superseded')."""
     cur.execute(
-        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'"
-        " AND pg_get_constraintdef(oid) LIKE %s AND pg_get_constraintdef(oid) NOT LIKE %s",
-        (ledger.as_string(cur), "%status%", f"%'{BLOCKED}'%"),
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'"
+        " AND pg_get_constraintdef(oid) LIKE %s",
+        (ledger.as_string(cur), "%status%"),
     )
-    return [str(name) for (name,) in cur.fetchall()]
+    return [str(name) for name, text in cur.fetchall() if any(f"'{status}'" not in text for status in LEDGER_STATUSES)]
 
 
 def _migrate_ledger(cur: Cursor, settings: ErpSettings, ledger: sql.Composed) -> None:
-    """Brings an older ledger up to date: the gate_override, model_kind and fallback_reason columns and the
-    'blocked' status."""
+    """Brings an older ledger up to date: the gate_override, model_kind and fallback_reason columns and every
+    status."""
     for column, kind in _missing_ledger_columns(cur, settings):
         cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} " + kind).format(ledger, sql.Identifier(column)))
     # Checked first so that an up-to-date ledger is not locked exclusively on every run.

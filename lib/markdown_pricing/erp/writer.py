@@ -15,13 +15,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import cursor as Cursor
 
 from markdown_pricing.core.config import ErpSettings
 from markdown_pricing.core.contract import FORECASTERS, MEASURES
 from markdown_pricing.core.results import metric
 from markdown_pricing.erp import tables
-from markdown_pricing.erp.connection import transaction
-from markdown_pricing.erp.ledger import ALREADY_PUBLISHED, BLOCKED, FAILED, PUBLISHED
+from markdown_pricing.erp.connection import one_value, transaction
+from markdown_pricing.erp.ledger import ALREADY_PUBLISHED, BLOCKED, FAILED, PUBLISHED, SUPERSEDED
 from markdown_pricing.erp.locks import lock
 
 _FRAME_TEXT_COLUMNS = ("country", "article_id")
@@ -132,9 +133,12 @@ def publish_country(
     metrics: Mapping[str, float | None],
     gate_override: bool = False,
     message: str | None = None,
+    rollback: bool = False,
 ) -> str:
     """Replaces one country's predictions and records the run in one transaction; idempotent per (run, country).
 
+    The newest week wins: where the table holds a later week than `run_date`, nothing changes and the country is
+    recorded `superseded`, unless `rollback` (an operator's deliberate return to an older week, recorded).
     `gate_override` records that an operator published despite the quality gate; `message` says what was overridden.
     """
     predictions_table, ledger_table = tables.predictions(settings), tables.ledger(settings)
@@ -149,6 +153,24 @@ def publish_country(
         found = cur.fetchone()
         if found is not None and found[0] == PUBLISHED:
             return ALREADY_PUBLISHED
+        # Under the country's lock: of two runs racing, the later week always has the last word.
+        cur.execute(sql.SQL("SELECT max(valid_from) FROM {} WHERE country = %s").format(predictions_table), (country,))
+        held = one_value(cur)
+        if held is not None and held > run_date:
+            if not rollback:
+                _record_not_published(
+                    cur,
+                    settings,
+                    run_id=run_id,
+                    run_date=run_date,
+                    country=country,
+                    metrics=metrics,
+                    status=SUPERSEDED,
+                    message=f"the ERP holds the newer week {held}: its rows kept",
+                )
+                return SUPERSEDED
+            rolled_back = f"rollback by operator: replaced the newer week {held}"
+            message = f"{message}; {rolled_back}" if message else rolled_back
         cur.execute(sql.SQL("DELETE FROM {} WHERE country = %s").format(predictions_table), (country,))
         cur.copy_expert(
             sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FORCE_NULL ({}))")
@@ -192,6 +214,38 @@ def publish_country(
     return PUBLISHED
 
 
+def _record_not_published(
+    cur: Cursor,
+    settings: ErpSettings,
+    *,
+    run_id: str,
+    run_date: date,
+    country: str,
+    message: str,
+    metrics: Mapping[str, float | None],
+    status: str,
+) -> None:
+    """The ledger row of a country the run did not publish, inside the caller's transaction and country lock."""
+    cur.execute(
+        sql.SQL(
+            """
+            INSERT INTO {} AS ledger
+                (run_id, country, run_date, status, rows, model_version,
+                 model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at)
+            VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, now())
+            ON CONFLICT (run_id, country) DO UPDATE SET
+                run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = NULL, model_version = NULL,
+                model_wape = EXCLUDED.model_wape, baseline_wape = EXCLUDED.baseline_wape,
+                model_bias = EXCLUDED.model_bias, model_kind = EXCLUDED.model_kind,
+                fallback_reason = EXCLUDED.fallback_reason, message = EXCLUDED.message,
+                recorded_at = EXCLUDED.recorded_at, gate_override = false
+            WHERE ledger.status <> %s
+            """
+        ).format(tables.ledger(settings)),
+        (run_id, country, run_date, status, *_ledger_values(metrics), message, PUBLISHED),
+    )
+
+
 def record_not_published(
     conn: Connection,
     settings: ErpSettings,
@@ -206,24 +260,15 @@ def record_not_published(
     """Records that a run did not publish a country; a 'published' ledger row for that run and country stays."""
     if status not in (FAILED, BLOCKED):
         raise ValueError(f"a country that was not published is {FAILED!r} or {BLOCKED!r}, not {status!r}")
-    ledger_table = tables.ledger(settings)
     with transaction(conn) as cur:
         lock(cur, "publish", settings.schema, country)
-        cur.execute(
-            sql.SQL(
-                """
-                INSERT INTO {} AS ledger
-                    (run_id, country, run_date, status, rows, model_version,
-                     model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at)
-                VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, now())
-                ON CONFLICT (run_id, country) DO UPDATE SET
-                    run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = NULL, model_version = NULL,
-                    model_wape = EXCLUDED.model_wape, baseline_wape = EXCLUDED.baseline_wape,
-                    model_bias = EXCLUDED.model_bias, model_kind = EXCLUDED.model_kind,
-                    fallback_reason = EXCLUDED.fallback_reason, message = EXCLUDED.message,
-                    recorded_at = EXCLUDED.recorded_at, gate_override = false
-                WHERE ledger.status <> %s
-                """
-            ).format(ledger_table),
-            (run_id, country, run_date, status, *_ledger_values(metrics), message, PUBLISHED),
+        _record_not_published(
+            cur,
+            settings,
+            run_id=run_id,
+            run_date=run_date,
+            country=country,
+            message=message,
+            metrics=metrics,
+            status=status,
         )

@@ -13,8 +13,14 @@ from markdown_pricing.core.errors import InputError
 from markdown_pricing.core.schemas import ACCEPTED_RAW_TYPES, RAW_DATASETS, WEEKLY
 
 KEYS = ("country", "article_id")
-COUNTRY_CODE = r"^[A-Z]{3}$"
+# Three ASCII capitals and nothing else: \z is the true end (Java's $ also matches before a final line terminator).
+COUNTRY_CODE = r"^[A-Z]{3}\z"
 REJECT_REASON = "reject_reason"
+# Rows dated on or after the run date are outside its window, not bad (a backfill reads a raw root that holds later
+# weeks): they carry this reason so that they are left out and counted, but never quarantined nor rejected.
+OUT_OF_WINDOW = "dated on or after the run date"
+# The date that places each dated dataset's rows in or out of a run's window.
+DATE_COLUMNS = {"sales": "sale_date", "prices": "valid_from", "stock": "snapshot_date"}
 
 
 class RawSchemaError(InputError):
@@ -71,7 +77,6 @@ def _reject_rules(dataset: str, run_date: dt.date) -> list[tuple[str, Column]]:
         "sales": [
             *keyed,
             ("null key", _null_key("sale_date", "units")),
-            ("dated on or after run date", F.col("sale_date") >= F.lit(run_date)),
         ],
         "prices": [
             *keyed,
@@ -84,7 +89,11 @@ def _reject_rules(dataset: str, run_date: dt.date) -> list[tuple[str, Column]]:
             ("negative stock", F.col("units_on_hand") < 0),
         ],
     }
-    return rules[dataset]
+    if dataset not in DATE_COLUMNS:
+        return rules[dataset]
+    # First: a row outside the window is left out whatever else is wrong with it. A null date falls through.
+    outside = F.coalesce(F.col(DATE_COLUMNS[dataset]) >= F.lit(run_date), F.lit(False))
+    return [(OUT_OF_WINDOW, outside), *rules[dataset]]
 
 
 def with_known_article(articles: DataFrame) -> Callable[[DataFrame], DataFrame]:
@@ -112,9 +121,9 @@ def valid_rows(dataset: str) -> Callable[[DataFrame], DataFrame]:
 
 
 def quarantine_rows(dataset: str) -> Callable[[DataFrame], DataFrame]:
-    """The rejected rows as (dataset, reason, row_json), for operators to inspect."""
+    """The rejected rows as (dataset, reason, row_json), for operators to inspect; rows outside the window are not."""
     columns = RAW_DATASETS[dataset].fieldNames()
-    return lambda df: df.where(F.col(REJECT_REASON).isNotNull()).select(
+    return lambda df: df.where(F.col(REJECT_REASON).isNotNull() & (F.col(REJECT_REASON) != OUT_OF_WINDOW)).select(
         F.lit(dataset).alias("dataset"),
         F.col(REJECT_REASON).alias("reason"),
         F.to_json(F.struct(*columns)).alias("row_json"),
@@ -122,12 +131,14 @@ def quarantine_rows(dataset: str) -> Callable[[DataFrame], DataFrame]:
 
 
 def check_rejected_share(counts: Mapping[str, Mapping[str, int]], threshold: float) -> None:
-    """Raises RejectedShareError naming the dataset whose rejected share passes the threshold."""
+    """Raises RejectedShareError naming the dataset whose rejected share of the rows in the run's window passes the
+    threshold."""
     for dataset, count in counts.items():
-        share = count["rejected"] / count["rows"] if count["rows"] else 0.0
+        in_window = count["rows"] - count.get("out_of_window", 0)
+        share = count["rejected"] / in_window if in_window else 0.0
         if share > threshold:
             raise RejectedShareError(
-                f"dataset {dataset!r}: {count['rejected']} of {count['rows']} rows rejected "
+                f"dataset {dataset!r}: {count['rejected']} of {in_window} rows rejected "
                 f"({share:.2%}), above the threshold of {threshold:.2%}; see the quarantine folder"
             )
 

@@ -61,8 +61,8 @@ class MarkerTarget(luigi.Target):
 
 
 class LedgerTarget(luigi.Target):
-    """Complete when the ERP ledger shows every country of the run published. Reads only: an ERP that is not
-    running or has no ledger yet means not complete."""
+    """Complete when the ERP ledger shows every country of the run published (or superseded by a later week). Reads
+    only: an ERP that is not running or has no ledger yet means not complete."""
 
     def __init__(self, ctx: RunContext, cfg: Config) -> None:
         self.ctx, self.cfg = ctx, cfg
@@ -79,7 +79,7 @@ class LedgerTarget(luigi.Target):
                 statuses = ledger.run_statuses(conn, settings, self.ctx.run_id)
         except ErpUnavailableError:
             return False
-        return bool(expected) and all(statuses.get(country) == ledger.PUBLISHED for country in expected)
+        return bool(expected) and all(statuses.get(country) in ledger.DONE_STATUSES for country in expected)
 
 
 class PipelineParameters:
@@ -101,6 +101,7 @@ class RunParameters(PipelineParameters):
     run_date = luigi.DateParameter()
     run_id = luigi.Parameter(default="")
     model_run = luigi.Parameter(default="", description="rescore with this earlier run's saved models; empty: train")
+    rollback = luigi.BoolParameter(default=False, description="publish even where the ERP holds a later week")
 
     @classmethod
     def from_context(cls, ctx: RunContext, wait_for_inputs: float = -1.0) -> Any:
@@ -113,6 +114,7 @@ class RunParameters(PipelineParameters):
             env=ctx.env,
             override_gate=ctx.gate_overrides,
             model_run=ctx.model_run or "",
+            rollback=ctx.rollback,
             wait_for_inputs=wait_for_inputs,
         )
 
@@ -132,6 +134,7 @@ class RunParameters(PipelineParameters):
             env=self.env,
             gate_overrides=self.override_gate,
             model_run=self.model_run or None,
+            rollback=self.rollback,
         )
 
     @cached_property

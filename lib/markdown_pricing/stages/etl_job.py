@@ -101,11 +101,13 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
             # Checked before reading the observation: Spark may skip an empty input's metrics altogether.
             raise EmptyInputError(f"dataset {name!r} at {ctx.layout.raw_dataset(name)} holds no rows")
         rows = int(read.get["rows"])
-        kept, rejected = by_reason.pop(None, 0), sum(by_reason.values())
+        kept, out_of_window = by_reason.pop(None, 0), by_reason.pop(transforms.OUT_OF_WINDOW, 0)
+        rejected = sum(by_reason.values())
         counts[name] = {
             "rows": rows,
-            "duplicates": rows - kept - rejected,
+            "duplicates": rows - kept - rejected - out_of_window,
             "valid": kept,
+            "out_of_window": out_of_window,
             "rejected": rejected,
             "rejected_by_reason": by_reason,
         }

@@ -81,10 +81,15 @@ def publish_or_record(
             model_version=model_version(ctx, country, result),
             gate_override=bool(reasons),
             message=message,
+            rollback=ctx.rollback,
             **common,
         )
-    except (ValueError, psycopg2.DataError, psycopg2.IntegrityError) as err:
-        problem = f"publish rejected: {err}"
+    except (ValueError, psycopg2.Error) as err:
+        # Any database error (a trigger, a constraint, a timeout, a privilege, an oversize value) rolled this
+        # country back: it is recorded and the others go on. A lost connection leaves nothing to record with.
+        if conn.closed:
+            raise
+        problem = f"publish rejected: {' '.join(str(err).split())}"
         writer.record_not_published(conn, settings, message=problem, **common)
         return ledger.FAILED, problem
     return outcome, None
@@ -102,7 +107,12 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     problems: dict[str, str] = {}
     # The explicit steps before any write: the embedded ERP when none is configured, its tables when missing.
     dsn = start_dsn(settings, cfg.paths.work)
-    retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
+    retries = {
+        "attempts": settings.connect_attempts,
+        "backoff_s": settings.connect_backoff_s,
+        "lock_timeout_s": settings.lock_timeout_s,
+        "statement_timeout_s": settings.statement_timeout_s,
+    }
     with closing(connect(dsn, settings.connect_timeout_s, **retries)) as conn, ExitStack() as held:
         schema.ensure_current(conn, settings)
         # One publisher per run date, held from the ledger reads below to the last country's commit.
@@ -126,6 +136,9 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
             if problem is not None:
                 problems[country] = problem.splitlines()[0]
             log.info("country %s: %s%s", country, outcome, f" ({problems[country]})" if problem else "")
+            if outcome == ledger.SUPERSEDED:
+                # Not a failure: a later week's rows stand, as the contract wants; the ledger says which week.
+                log.warning("country %s: the ERP holds a later week than %s, its rows kept", country, ctx.run_date)
             tracker.finish(country, outcome)
     unknown = sorted(set(ctx.gate_overrides) - set(results))
     if unknown:
