@@ -15,7 +15,7 @@ from markdown_pricing.core.config import load_config, project_root
 from markdown_pricing.core.context import RunContext, load_run_config, mondays
 from markdown_pricing.orchestrate import cli
 from markdown_pricing.orchestrate.submit import JOBS
-from markdown_pricing.orchestrate.tasks import SparkStage, WeeklyRun
+from markdown_pricing.orchestrate.tasks import RunIdTakenError, SparkStage, WeeklyRun, claim_run_id
 
 RUN_DATE = dt.date(2026, 11, 23)
 
@@ -118,3 +118,42 @@ def test_the_earlier_luigi_module_name_still_schedules_the_weekly_run() -> None:
         task = parsed.get_task_obj()
 
     assert isinstance(task, WeeklyRun) and task.ctx == RunContext.create(RUN_DATE)
+
+
+def test_a_run_id_of_another_run_date_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    week_47 = RunContext.create(
+        dt.date(2026, 11, 16), run_id="weekly", raw=str(tmp_path / "raw"), work=str(tmp_path / "w")
+    )
+    claim_run_id(week_47)
+    run = [
+        "--run-id",
+        "weekly",
+        "--raw",
+        str(tmp_path / "raw"),
+        "--work",
+        str(tmp_path / "w"),
+        "--wait-for-inputs",
+        "0",
+    ]
+
+    assert cli.main(["run", "--run-date", "2026-11-23", *run]) == 2
+
+    assert "run id 'weekly' belongs to run date 2026-11-16, not 2026-11-23" in capsys.readouterr().err
+    luigi_args = [
+        "--module",
+        "markdown_pricing.orchestrate.tasks",
+        "WeeklyRun",
+        "--run-date",
+        "2026-11-23",
+        "--run-id",
+        "weekly",
+        "--raw-uri",
+        str(tmp_path / "raw"),
+        "--work-uri",
+        str(tmp_path / "w"),
+    ]
+    with CmdlineParser.global_instance(luigi_args) as parsed, pytest.raises(RunIdTakenError, match="2026-11-16"):
+        parsed.get_task_obj().requires()
+    claim_run_id(week_47)

@@ -249,9 +249,31 @@ def test_a_lock_held_by_a_reader_times_out_its_country_instead_of_waiting_foreve
 
     with closing(connection.connect(erp_settings.dsn, 5)) as reader, reader.cursor() as cur:
         table = sql.SQL("{}.{}").format(sql.Identifier(erp_settings.schema), sql.Identifier("predictions"))
-        cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+        cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(table))
         assert publish_stage.run(spark, second, config(second, impatient)) == 1
         reader.rollback()
 
     assert "lock timeout" in ledger_rows(erp_settings, "week-2")["DEU"][3]
     assert erp_rows(erp_settings)["run_id"].tolist() == ["week-1"]
+
+
+def test_a_rerun_republishes_rows_deleted_behind_the_ledgers_back(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = context(tmp_path, "week-1")
+    rows = [prediction("DEU", "A1", 0.1), prediction("DEU", "A2", 0.2), prediction("FRA", "A1", 0.3)]
+    stage_outputs(spark, ctx, rows, {"DEU": TRAINED, "FRA": TRAINED})
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 0
+    with closing(connection.connect(erp_settings.dsn, 5)) as conn, conn, conn.cursor() as cur:
+        table = sql.SQL("{}.{}").format(sql.Identifier(erp_settings.schema), sql.Identifier("predictions"))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE country = 'DEU' AND article_id = 'A2'").format(table))
+
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 0
+
+    table = erp_rows(erp_settings)
+    assert table[["country", "article_id", "run_id"]].values.tolist() == [
+        ["DEU", "A1", "week-1"],
+        ["DEU", "A2", "week-1"],
+        ["FRA", "A1", "week-1"],
+    ]
+    assert "country DEU: the ledger says run week-1 published 2 rows but the table holds 1 of them" in caplog.text

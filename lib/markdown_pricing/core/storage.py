@@ -233,6 +233,11 @@ class RunLayout:
         return join(self.work, "runs", self.run_id)
 
     @property
+    def run_record(self) -> str:
+        """Which run date the run id belongs to."""
+        return join(self.run_dir, "run.json")
+
+    @property
     def weekly(self) -> str:
         return join(self.run_dir, "curated", "weekly")
 

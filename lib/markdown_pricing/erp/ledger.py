@@ -48,3 +48,26 @@ def last_published_rows(conn: Connection, settings: ErpSettings, before_run_id: 
             (PUBLISHED, before_run_id),
         )
         return {str(country): int(rows) for country, rows in cur.fetchall()}
+
+
+def missing_published_rows(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, tuple[int, int]]:
+    """Country -> (rows the table holds, rows the ledger says) for each country this run published whose rows are
+    gone from the table behind the ledger's back: none left, or fewer of this run's than it wrote. A country whose
+    rows another run replaced since (a later week, a new run id) is not missing anything."""
+    with transaction(conn) as cur:
+        cur.execute(
+            sql.SQL(
+                """
+                SELECT l.country, l.rows, count(p.country) FILTER (WHERE p.run_id = l.run_id), count(p.country)
+                FROM {} AS l LEFT JOIN {} AS p ON p.country = l.country
+                WHERE l.run_id = %s AND l.status = %s
+                GROUP BY l.country, l.rows
+                """
+            ).format(tables.ledger(settings), tables.predictions(settings)),
+            (run_id, PUBLISHED),
+        )
+        return {
+            str(country): (int(own), int(expected))
+            for country, expected, own, held in cur.fetchall()
+            if held == 0 or (own and own != expected)
+        }

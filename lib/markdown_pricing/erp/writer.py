@@ -134,12 +134,14 @@ def publish_country(
     gate_override: bool = False,
     message: str | None = None,
     rollback: bool = False,
+    repair: bool = False,
 ) -> str:
     """Replaces one country's predictions and records the run in one transaction; idempotent per (run, country).
 
     The newest week wins: where the table holds a later week than `run_date`, nothing changes and the country is
     recorded `superseded`, unless `rollback` (an operator's deliberate return to an older week, recorded).
     `gate_override` records that an operator published despite the quality gate; `message` says what was overridden.
+    `repair` publishes again over this run's own `published` ledger row, whose rows left the table behind its back.
     """
     predictions_table, ledger_table = tables.predictions(settings), tables.ledger(settings)
     frame = _checked_frame(predictions, country)
@@ -151,7 +153,7 @@ def publish_country(
             (run_id, country),
         )
         found = cur.fetchone()
-        if found is not None and found[0] == PUBLISHED:
+        if found is not None and found[0] == PUBLISHED and not repair:
             return ALREADY_PUBLISHED
         # Under the country's lock: of two runs racing, the later week always has the last word.
         cur.execute(sql.SQL("SELECT max(valid_from) FROM {} WHERE country = %s").format(predictions_table), (country,))

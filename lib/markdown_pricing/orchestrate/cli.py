@@ -160,9 +160,15 @@ def run_command(args: argparse.Namespace) -> int:
     from markdown_pricing.observe.run_report import write_report
     from markdown_pricing.observe.summary import print_run_summary
     from markdown_pricing.orchestrate.submit import JOBS
+    from markdown_pricing.orchestrate.tasks import RunIdTakenError, check_run_id
 
     task = weekly_run(args)
     ctx = task.ctx
+    try:
+        check_run_id(ctx)
+    except RunIdTakenError as err:
+        print(f"markdown-pricing {args.command}: {err}", file=sys.stderr)
+        return 2
     if missing := missing_release_message(task.cfg):
         print(f"markdown-pricing {args.command}: {missing}", file=sys.stderr)
         return 2

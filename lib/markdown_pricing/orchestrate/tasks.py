@@ -24,7 +24,7 @@ from markdown_pricing.core.config import ENVIRONMENTS, Config
 from markdown_pricing.core.context import RunContext, countries, load_run_config, mondays
 from markdown_pricing.core.contract import RAW_DATASET_NAMES
 from markdown_pricing.core.results import read_country_results
-from markdown_pricing.core.storage import SUCCESS_MARKER, filesystem, join
+from markdown_pricing.core.storage import SUCCESS_MARKER, filesystem, join, read_json, write_json
 from markdown_pricing.erp import ledger
 from markdown_pricing.erp.connection import ErpUnavailableError, connect, running_dsn
 from markdown_pricing.observe import logs, progress
@@ -35,6 +35,31 @@ log = logging.getLogger("luigi-interface")
 
 # The status message and percentage last sent to the scheduler.
 Shown = tuple[str, int | None]
+
+
+class RunIdTakenError(ValueError):
+    """Raised when a run id that belongs to one run date is given for another."""
+
+
+def check_run_id(ctx: RunContext) -> None:
+    """Refuses a run id that an earlier run of another run date used: its finished stages would be taken as this
+    week's. Reads only."""
+    uri = ctx.layout.run_record
+    if not filesystem(uri).exists(uri):
+        return
+    owner = read_json(uri).get("run_date")
+    if owner != ctx.run_date.isoformat():
+        raise RunIdTakenError(
+            f"run id {ctx.run_id!r} belongs to run date {owner}, not {ctx.run_date}: give this run another --run-id"
+        )
+
+
+def claim_run_id(ctx: RunContext) -> None:
+    """Binds the run id to its run date, the first time a stage of the run starts."""
+    check_run_id(ctx)
+    uri = ctx.layout.run_record
+    if not filesystem(uri).exists(uri):
+        write_json(uri, {"run_id": ctx.run_id, "run_date": ctx.run_date.isoformat()})
 
 
 class CountriesParameter(luigi.Parameter):
@@ -190,6 +215,7 @@ class SparkStage(RunParameters, luigi.Task):
         return job_command(self.cfg, self.job, self.ctx)
 
     def run(self) -> None:
+        claim_run_id(self.ctx)
         command = self.command()
         log.info("submitting %s", " ".join(command))
         channel = progress.progress_uri(self.ctx.layout, self.job)
@@ -274,6 +300,7 @@ class WeeklyRun(RunParameters, luigi.WrapperTask):
     """One weekly markdown run: ETL, train and score per country, publish to the ERP."""
 
     def requires(self) -> Publish:
+        check_run_id(self.ctx)
         return self.clone(Publish)
 
 

@@ -39,6 +39,7 @@ def publish_or_record(
     result: dict[str, Any],
     rows: pd.DataFrame,
     previous_rows: int | None,
+    repair: bool = False,
 ) -> tuple[str, str | None]:
     """Publishes one country unless it has nothing to publish or its gate blocks it; returns (outcome, why not)."""
     settings = cfg.erp
@@ -82,6 +83,7 @@ def publish_or_record(
             gate_override=bool(reasons),
             message=message,
             rollback=ctx.rollback,
+            repair=repair,
             **common,
         )
     except (ValueError, psycopg2.Error) as err:
@@ -126,13 +128,25 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         previous_rows = ledger.last_published_rows(conn, settings, ctx.run_id)
         # A rerun leaves this run's rows alone: the gate judged them (or an operator overrode it) the first time.
         this_run = ledger.run_statuses(conn, settings, ctx.run_id)
+        # Unless the table lost them: the ledger and the table must agree before a country counts as published.
+        missing = ledger.missing_published_rows(conn, settings, ctx.run_id)
+        for country, (held, written) in sorted(missing.items()):
+            log.warning(
+                "country %s: the ledger says run %s published %d rows but the table holds %d of them: publishing again",
+                country,
+                ctx.run_id,
+                written,
+                held,
+            )
         tracker = StageProgress(ctx.layout, "publish", total=len(results))
         for country, result in sorted(results.items()):
             tracker.begin(country)
             outcome, problem = ledger.ALREADY_PUBLISHED, None
-            if this_run.get(country) != ledger.PUBLISHED:
+            if this_run.get(country) != ledger.PUBLISHED or country in missing:
                 rows = predictions[predictions["country"] == country]
-                outcome, problem = publish_or_record(conn, ctx, cfg, country, result, rows, previous_rows.get(country))
+                outcome, problem = publish_or_record(
+                    conn, ctx, cfg, country, result, rows, previous_rows.get(country), repair=country in missing
+                )
             if problem is not None:
                 problems[country] = problem.splitlines()[0]
             log.info("country %s: %s%s", country, outcome, f" ({problems[country]})" if problem else "")
