@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from markdown_pricing.core.results import read_country_results
-from markdown_pricing.core.storage import SUCCESS_MARKER, RunLayout, filesystem, join, local_path
+from markdown_pricing.core.storage import SUCCESS_MARKER, LocalFileSystem, RunLayout, filesystem, join, local_path
 
 REPORT_FILE = "report.html"
 # The prediction columns the report reads.
@@ -600,19 +600,21 @@ def read_predictions(uri: str) -> pd.DataFrame | None:
     fs = filesystem(uri)
     if not fs.exists(join(uri, SUCCESS_MARKER)):
         return None
+    if isinstance(fs, LocalFileSystem):
+        return _report_columns(local_path(uri))
+    # On HDFS: a local copy of the folder, which Arrow reads as it reads a local one.
     with tempfile.TemporaryDirectory(prefix="markdown-report-") as scratch:
-        try:
-            folder = local_path(uri)
-        except ValueError:
-            # On HDFS: a local copy of the folder, which Arrow reads as it reads a local one.
-            folder = Path(scratch) / "predictions"
-            fs.download(uri, folder)
-        # pyarrow skips Spark's _SUCCESS and .crc files, as it skips every name starting with "_" or ".".
-        dataset = ds.dataset(folder, format="parquet", partitioning="hive")
-        if not set(REPORT_COLUMNS) <= set(dataset.schema.names):
-            # A run whose countries all failed writes only the marker.
-            return pd.DataFrame(columns=list(REPORT_COLUMNS))
-        return dataset.to_table(columns=list(REPORT_COLUMNS)).to_pandas()
+        fs.download(uri, Path(scratch) / "predictions")
+        return _report_columns(Path(scratch) / "predictions")
+
+
+def _report_columns(folder: Path) -> pd.DataFrame:
+    # pyarrow skips Spark's _SUCCESS and .crc files, as it skips every name starting with "_" or ".".
+    dataset = ds.dataset(folder, format="parquet", partitioning="hive")
+    if not set(REPORT_COLUMNS) <= set(dataset.schema.names):
+        # A run whose countries all failed writes only the marker.
+        return pd.DataFrame(columns=list(REPORT_COLUMNS))
+    return dataset.to_table(columns=list(REPORT_COLUMNS)).to_pandas()
 
 
 def read_run(work: str, run_id: str) -> RunOutputs:

@@ -17,10 +17,8 @@ from markdown_pricing.erp.embedded import psql_binary
 
 
 def erp_rows(conn: Any, settings: ErpSettings, run_id: str) -> dict[str, dict[float, int]]:
-    """Per country, how many of the run's published rows recommend each discount; none before the first migrate."""
+    """Per country, how many of the run's published rows recommend each discount."""
     mix: dict[str, dict[float, int]] = {}
-    if not ledger.run_statuses(conn, settings, run_id):
-        return mix
     query = sql.SQL(
         "SELECT country, recommended_discount::float8, count(*) FROM {} WHERE run_id = %s GROUP BY 1, 2"
     ).format(tables.predictions(settings))
@@ -59,7 +57,9 @@ def print_run_summary(ctx: RunContext, settings: ErpSettings) -> None:
         dsn = running_dsn(settings, ctx.work)
         with closing(connect(dsn, settings.connect_timeout_s)) as conn:
             conn.set_session(readonly=True)
-            statuses, mix = ledger.run_statuses(conn, settings, ctx.run_id), erp_rows(conn, settings, ctx.run_id)
+            statuses = ledger.run_statuses(conn, settings, ctx.run_id)
+            # No ledger rows: the run published nothing, or the tables do not exist yet (before the first migrate).
+            mix = erp_rows(conn, settings, ctx.run_id) if statuses else {}
     except ErpUnavailableError as err:
         print(f"\nrun {ctx.run_id}: ERP not read ({err})")
         statuses, mix, dsn = {}, {}, None
