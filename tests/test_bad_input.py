@@ -22,9 +22,10 @@ from pyspark.sql import SparkSession
 
 from markdown_pricing.core.config import load_config
 from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.errors import StaleInputError
 from markdown_pricing.core.storage import read_json
 from markdown_pricing.erp import connection
-from markdown_pricing.etl.transforms import RawSchemaError, RejectedShareError
+from markdown_pricing.etl.transforms import RawSchemaError, RejectedShareError, check_fresh
 from markdown_pricing.stages import etl_job as etl_stage
 from markdown_pricing.stages.per_country import country_function
 from markdown_pricing.synthetic.sample import generate_sample
@@ -128,6 +129,48 @@ def test_etl_fails_when_rejected_share_passes_threshold(spark: SparkSession, raw
         run_etl(spark, context(raw, tmp_path), max_rejected_share=0.0)
 
 
+def deliver_sales_before(raw: Path, day: dt.date) -> dt.date:
+    """Re-delivers the sales as complete but ending before `day` (last week's export); returns its latest date."""
+    sales = pq.read_table(raw / "sales", partitioning="hive").to_pandas()
+    sales["country"] = sales["country"].astype(str)
+    kept = sales[sales["sale_date"] < day]
+    shutil.rmtree(raw / "sales")
+    (raw / "sales").mkdir()
+    pq.write_table(pa.Table.from_pandas(kept, preserve_index=False), raw / "sales" / "part-0.parquet")
+    (raw / "sales" / "_SUCCESS").touch()
+    return max(kept["sale_date"])
+
+
+def test_etl_refuses_sales_that_do_not_reach_the_week_before_the_run_date_and_writes_nothing(
+    spark: SparkSession, raw: Path, tmp_path: Path
+) -> None:
+    latest = deliver_sales_before(raw, RUN_DATE - dt.timedelta(days=7))
+    ctx = context(raw, tmp_path)
+    with pytest.raises(StaleInputError, match=rf"dataset 'sales' is stale: its latest sale_date .* is {latest}"):
+        run_etl(spark, ctx)
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    ("latest", "lag_days", "fresh"),
+    [
+        (RUN_DATE - dt.timedelta(days=1), 0, True),
+        (RUN_DATE - dt.timedelta(days=7), 0, True),
+        (RUN_DATE - dt.timedelta(days=8), 0, False),
+        (RUN_DATE - dt.timedelta(days=8), 1, True),
+        (None, 7, False),
+    ],
+)
+def test_the_feed_is_fresh_when_it_reaches_the_week_before_the_run_date_within_the_allowed_lag(
+    latest: dt.date | None, lag_days: int, fresh: bool
+) -> None:
+    if fresh:
+        check_fresh("sales", latest, RUN_DATE, lag_days)
+    else:
+        with pytest.raises(StaleInputError, match="dataset 'sales' is stale"):
+            check_fresh("sales", latest, RUN_DATE, lag_days)
+
+
 def test_country_with_one_article_and_two_weeks_asks_for_a_fallback_not_raised() -> None:
     weeks = [RUN_DATE - dt.timedelta(weeks=2), RUN_DATE - dt.timedelta(weeks=1), RUN_DATE]
     tiny = pd.DataFrame(
@@ -211,3 +254,18 @@ def test_run_with_mistyped_column_exits_non_zero_naming_it(raw: Path, tmp_path: 
     assert "dataset 'stock': column 'units_on_hand' expected bigint, found string" in output
     assert "Traceback" not in output.split("etl stopped")[-1].split("\n")[0]
     assert "bad-input-cli" not in published_runs(erp_dsn)
+
+
+@pytest.mark.slow
+def test_a_run_waits_for_fresh_sales_then_fails_naming_the_dataset_and_its_latest_date(
+    raw: Path, tmp_path: Path, erp_dsn: str
+) -> None:
+    latest = deliver_sales_before(raw, RUN_DATE - dt.timedelta(days=10))
+    result = run_cli(raw, tmp_path / "work", erp_dsn, "--wait-for-inputs", "20")
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    # Submitted again after the wait, and stale both times.
+    assert output.count(f"dataset 'sales' is stale: its latest sale_date before the run date is {latest}") >= 2
+    assert "waiting for fresh data" in output
+    assert "bad-input-cli" not in published_runs(erp_dsn)
+    assert not (tmp_path / "work" / "weekly").exists()

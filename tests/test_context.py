@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shlex
 import subprocess
@@ -11,11 +12,20 @@ import luigi
 import pytest
 from luigi.cmdline_parser import CmdlineParser
 
-from markdown_pricing.core.config import load_config, project_root
+from markdown_pricing.core.config import ErpSettings, load_config, project_root
 from markdown_pricing.core.context import RunContext, load_run_config, mondays
+from markdown_pricing.core.storage import read_json
+from markdown_pricing.erp.locks import LockedError
 from markdown_pricing.orchestrate import cli
 from markdown_pricing.orchestrate.submit import JOBS
-from markdown_pricing.orchestrate.tasks import RunIdTakenError, SparkStage, WeeklyRun, claim_run_id
+from markdown_pricing.orchestrate.tasks import (
+    Publish,
+    RunIdTakenError,
+    SparkStage,
+    TrainScore,
+    WeeklyRun,
+    claim_run_id,
+)
 
 RUN_DATE = dt.date(2026, 11, 23)
 
@@ -157,3 +167,21 @@ def test_a_run_id_of_another_run_date_is_refused_before_any_work(
     with CmdlineParser.global_instance(luigi_args) as parsed, pytest.raises(RunIdTakenError, match="2026-11-16"):
         parsed.get_task_obj().requires()
     claim_run_id(week_47)
+
+
+def test_two_processes_of_one_run_id_never_run_stages_at_once(tmp_path: Path, erp_settings: ErpSettings) -> None:
+    ctx = RunContext.create(RUN_DATE, run_id="weekly", raw=str(tmp_path / "raw"), work=str(tmp_path / "w"))
+    first, second = (TrainScore.from_context(ctx), Publish.from_context(ctx))
+    for task in (first, second):
+        task.cfg = dataclasses.replace(task.cfg, erp=erp_settings)
+
+    with first.exclusive_run():
+        holder = r"'markdown-pricing train_score run=weekly \d+@"
+        message = rf"another process is running a stage of run weekly, writing .*/w/runs/weekly: .*{holder}"
+        with pytest.raises(LockedError, match=message):
+            second.run()
+        assert not (tmp_path / "w" / "runs" / "weekly" / "stages").exists()
+
+    # Once the first has finished, the second carries on.
+    with second.exclusive_run():
+        assert read_json(ctx.layout.run_record)["run_date"] == RUN_DATE.isoformat()

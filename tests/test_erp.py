@@ -22,7 +22,7 @@ from psycopg2.extensions import connection as Connection
 from markdown_pricing.core.config import ConfigError, ErpSettings
 from markdown_pricing.erp import embedded, ledger, writer
 from markdown_pricing.erp.connection import ErpUnavailableError, connect, describe_dsn, running_dsn, start_dsn
-from markdown_pricing.erp.schema import ensure_current, is_current, migrate
+from markdown_pricing.erp.schema import is_current, migrate, prepare
 
 RUN_DATE = date(2024, 3, 4)
 METRICS = {"model_wape": 0.21, "baseline_wape": 0.35, "model_bias": -0.02}
@@ -524,7 +524,37 @@ def test_describe_dsn_strips_password(dsn: str) -> None:
 
 
 def test_describe_dsn_hides_unparseable_dsn() -> None:
-    assert "s3cret" not in describe_dsn("host=erp password='s3cret")
+    assert describe_dsn("host=erp password='s3cret") == "<malformed DSN>"
+
+
+def test_describe_dsn_shows_allowed_keys_only() -> None:
+    dsn = (
+        "host=erp.example.com port=5433 dbname=erp user=alice password=s3cret sslpassword=s3cret sslmode=require "
+        "options='-c search_path=s3cret' sslkey=/keys/s3cret.key application_name=s3cret"
+    )
+
+    assert describe_dsn(dsn) == "host=erp.example.com port=5433 dbname=erp user=alice sslmode=require"
+
+
+def test_describe_dsn_quotes_values_as_conninfo() -> None:
+    assert describe_dsn("host='/run/my sockets' dbname=it\\'s") == "host='/run/my sockets' dbname='it\\'s'"
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://alice:s3/cret@erp.example.com/erp",  # libpq: host alice, port s3, dbname cret@erp...
+        "postgresql://alice:s3@cret@erp.example.com/erp",  # libpq: password s3, host cret@erp.example.com
+        "postgresql://alice:s3%zzcret@erp.example.com/erp",
+        "host=erp port=54s3cret",
+    ],
+)
+def test_describe_dsn_and_connect_refuse_a_dsn_libpq_would_misread(dsn: str) -> None:
+    assert describe_dsn(dsn) == "<malformed DSN>"
+    with pytest.raises(ConfigError, match="the ERP DSN is malformed") as raised:
+        connect(dsn, 2)
+    assert "s3" not in str(raised.value) and "cret" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__context__ is None
 
 
 def test_describe_dsn_empty_shows_pg_environment_without_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -560,7 +590,7 @@ def test_migrate_migrates_a_ledger_from_before_the_quality_gate(erp_settings: Er
             )
 
         assert not is_current(connection, erp_settings)
-        ensure_current(connection, erp_settings)
+        prepare(connection, erp_settings)
         assert is_current(connection, erp_settings)
         migrate(connection, erp_settings)
         writer.record_not_published(
@@ -624,7 +654,7 @@ def test_publish_country_after_a_blocked_run_clears_the_block(conn: Connection, 
 
 
 def test_record_not_published_refuses_an_unknown_status(conn: Connection, erp_settings: ErpSettings) -> None:
-    with pytest.raises(ValueError, match="'failed' or 'blocked', not 'published'"):
+    with pytest.raises(ValueError, match="not published is one of .*, not 'published'"):
         writer.record_not_published(
             conn,
             erp_settings,
@@ -636,23 +666,6 @@ def test_record_not_published_refuses_an_unknown_status(conn: Connection, erp_se
             status="published",
         )
     assert _ledger_table(conn, erp_settings) == []
-
-
-def test_last_published_rows_takes_each_countrys_latest_publish_by_another_run(
-    conn: Connection, erp_settings: ErpSettings
-) -> None:
-    _publish(conn, erp_settings, "r1", _predictions("DE", "a1", "a2", "a3"))
-    _publish(conn, erp_settings, "r1", _predictions("FR", "a1"))
-    _publish(conn, erp_settings, "r2", _predictions("DE", "a1", "a2"))
-    writer.record_not_published(
-        conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="FR", message="x", metrics={}, status=ledger.BLOCKED
-    )
-    writer.record_not_published(
-        conn, erp_settings, run_id="r3", run_date=RUN_DATE, country="IT", message="x", metrics={}
-    )
-
-    assert ledger.last_published_rows(conn, erp_settings, "r3") == {"DE": 2, "FR": 1}
-    assert ledger.last_published_rows(conn, erp_settings, "r2") == {"DE": 3, "FR": 1}
 
 
 def _held_weeks(conn: Connection, settings: ErpSettings, country: str) -> set[Any]:

@@ -35,11 +35,19 @@ def config(ctx: RunContext, settings: ErpSettings) -> Config:
     return dataclasses.replace(load_run_config(ctx), erp=settings)
 
 
-def stage_outputs(spark: SparkSession, ctx: RunContext, rows: list[tuple], results: dict[str, dict]) -> None:
+ARTICLE_STATES = "country string, article_id string, stock_on_hand bigint, season_end date, active boolean"
+
+
+def stage_outputs(
+    spark: SparkSession, ctx: RunContext, rows: list[tuple], results: dict[str, dict], sold_out: tuple[str, ...] = ()
+) -> None:
+    """The outputs of ETL and train+score that publish reads; `sold_out` are 'COUNTRY/ARTICLE' that ended."""
     spark.createDataFrame(rows, PREDICTIONS).write.mode("overwrite").partitionBy("country").parquet(
         ctx.layout.predictions
     )
     write_json(ctx.layout.country_results, results)
+    states = [(*key.split("/"), 0, ctx.run_date + dt.timedelta(weeks=8), False) for key in sold_out]
+    spark.createDataFrame(states, ARTICLE_STATES).write.mode("overwrite").parquet(ctx.layout.article_states)
 
 
 def erp_rows(settings: ErpSettings) -> pd.DataFrame:
@@ -111,18 +119,22 @@ def ledger_rows(settings: ErpSettings, run_id: str) -> dict[str, tuple]:
 
 
 TRAINED = {"status": "trained", **METRICS}
-DROP_REASON = "recommendations dropped 20.0% (10 -> 8), more than the allowed 10.0%"
+DROP_REASON = (
+    "3 of 10 articles recommended last time are missing now although they neither sold out nor reached their season "
+    "end (30.0%, more than the allowed 10.0% and at least 3 articles): A7, A8, A9"
+)
 
 
 def dropping_deu(spark: SparkSession, tmp_path: Path, settings: ErpSettings) -> RunContext:
-    """Publishes week-1 (DEU 10 articles, FRA 2) and writes week-2's outputs, where DEU has only 8."""
+    """Publishes week-1 (DEU 10 articles, FRA 2) and writes week-2's outputs, where DEU has only 6: A6 sold out,
+    A7 to A9 lost."""
     first = context(tmp_path, "week-1")
     rows = [prediction("DEU", f"A{i}", 0.1) for i in range(10)] + [prediction("FRA", f"A{i}", 0.3) for i in range(2)]
     stage_outputs(spark, first, rows, {"DEU": TRAINED, "FRA": TRAINED})
     assert publish_stage.run(spark, first, config(first, settings)) == 0
     second = context(tmp_path, "week-2")
-    rows = [prediction("DEU", f"A{i}", 0.2) for i in range(8)] + [prediction("FRA", f"A{i}", 0.4) for i in range(2)]
-    stage_outputs(spark, second, rows, {"DEU": TRAINED, "FRA": TRAINED})
+    rows = [prediction("DEU", f"A{i}", 0.2) for i in range(6)] + [prediction("FRA", f"A{i}", 0.4) for i in range(2)]
+    stage_outputs(spark, second, rows, {"DEU": TRAINED, "FRA": TRAINED}, sold_out=("DEU/A6",))
     return second
 
 
@@ -154,8 +166,8 @@ def test_publish_run_with_an_override_publishes_a_blocked_country_and_records_it
 
     table = erp_rows(erp_settings)
     assert table.groupby("country")["run_id"].agg(set).to_dict() == {"DEU": {"week-2"}, "FRA": {"week-2"}}
-    assert len(table[table["country"] == "DEU"]) == 8
-    recorded = ("published", 8, True, f"gate overridden by operator: {DROP_REASON}")
+    assert len(table[table["country"] == "DEU"]) == 6
+    recorded = ("published", 6, True, f"gate overridden by operator: {DROP_REASON}")
     assert ledger_rows(erp_settings, "week-2")["DEU"] == recorded
     # A rerun without the override leaves the overridden publish as it is.
     assert publish_stage.run(spark, blocked, config(blocked, erp_settings)) == 0
@@ -277,3 +289,56 @@ def test_a_rerun_republishes_rows_deleted_behind_the_ledgers_back(
         ["FRA", "A1", "week-1"],
     ]
     assert "country DEU: the ledger says run week-1 published 2 rows but the table holds 1 of them" in caplog.text
+
+
+def test_a_country_missing_from_the_input_keeps_its_rows_is_recorded_and_fails_the_run(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    week_1 = context(tmp_path / "1", "week-1")
+    stage_outputs(
+        spark, week_1, [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.3)], {"DEU": TRAINED, "FRA": TRAINED}
+    )
+    assert publish_stage.run(spark, week_1, config(week_1, erp_settings)) == 0
+    week_2 = dataclasses.replace(context(tmp_path / "2", "week-2"), run_date=RUN_DATE + dt.timedelta(weeks=1))
+    stage_outputs(spark, week_2, [prediction("DEU", "A1", 0.2)], {"DEU": TRAINED})
+
+    assert publish_stage.run(spark, week_2, config(week_2, erp_settings)) == 1
+
+    assert erp_rows(erp_settings)[["country", "run_id"]].values.tolist() == [["DEU", "week-2"], ["FRA", "week-1"]]
+    status, rows, _, message = ledger_rows(erp_settings, "week-2")["FRA"]
+    assert (status, rows) == ("missing_input", None)
+    assert message == f"missing from this run's input: the ERP keeps its rows of {RUN_DATE}"
+
+
+def test_a_backfilled_week_does_not_miss_a_country_that_only_later_weeks_have(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    newer = context(tmp_path / "new", "newer")
+    stage_outputs(
+        spark, newer, [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.3)], {"DEU": TRAINED, "FRA": TRAINED}
+    )
+    assert publish_stage.run(spark, newer, config(newer, erp_settings)) == 0
+    older = dataclasses.replace(context(tmp_path / "old", "older"), run_date=RUN_DATE - dt.timedelta(weeks=1))
+    stage_outputs(spark, older, [prediction("DEU", "A1", 0.2)], {"DEU": TRAINED})
+
+    assert publish_stage.run(spark, older, config(older, erp_settings)) == 0
+
+    assert ledger_rows(erp_settings, "older") == {
+        "DEU": ("superseded", None, False, f"the ERP holds the newer week {RUN_DATE}: its rows kept")
+    }
+
+
+def test_sell_outs_and_a_lost_article_in_a_small_country_do_not_block_it(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    first = context(tmp_path / "1", "week-1")
+    stage_outputs(spark, first, [prediction("LUX", f"A{i}", 0.1) for i in range(9)], {"LUX": TRAINED})
+    assert publish_stage.run(spark, first, config(first, erp_settings)) == 0
+    second = dataclasses.replace(context(tmp_path / "2", "week-2"), run_date=RUN_DATE + dt.timedelta(weeks=1))
+    # A0 and A1 sold out, A2 is gone without a reason: one loss in nine is under the minimum number of articles.
+    rows = [prediction("LUX", f"A{i}", 0.2) for i in range(3, 9)]
+    stage_outputs(spark, second, rows, {"LUX": TRAINED}, sold_out=("LUX/A0", "LUX/A1"))
+
+    assert publish_stage.run(spark, second, config(second, erp_settings)) == 0
+
+    assert ledger_rows(erp_settings, "week-2")["LUX"][:2] == ("published", 6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import pandas as pd
@@ -36,28 +37,62 @@ def recommendations(count: int = 4, **columns: list[Any]) -> pd.DataFrame:
     return frame
 
 
-def reasons(rows: pd.DataFrame, result: dict[str, Any] = TRAINED, previous_rows: int | None = None) -> list[str]:
-    return gate_reasons(result, rows, previous_rows=previous_rows, ladder=LADDER, max_drop_share=0.10)
+def reasons(
+    rows: pd.DataFrame,
+    result: dict[str, Any] = TRAINED,
+    previous: Collection[str] = (),
+    ended: Collection[str] = (),
+) -> list[str]:
+    return gate_reasons(
+        result,
+        rows,
+        previous_articles=previous,
+        ended_articles=ended,
+        ladder=LADDER,
+        max_drop_share=0.10,
+        min_lost_articles=3,
+    )
+
+
+def articles(count: int) -> list[str]:
+    return [f"A{i}" for i in range(count)]
 
 
 def test_gate_reasons_pass_a_sound_result() -> None:
-    assert reasons(recommendations(), previous_rows=4) == []
+    assert reasons(recommendations(), previous=articles(4)) == []
 
 
 def test_gate_reasons_pass_any_count_without_a_previous_publish() -> None:
-    assert reasons(recommendations(1), previous_rows=None) == []
+    assert reasons(recommendations(1)) == []
 
 
 @pytest.mark.parametrize(("previous", "now"), [(100, 90), (100, 100), (100, 130)])
-def test_gate_reasons_allow_a_drop_up_to_the_threshold(previous: int, now: int) -> None:
-    assert reasons(recommendations(now), previous_rows=previous) == []
+def test_gate_reasons_allow_losing_articles_up_to_the_share(previous: int, now: int) -> None:
+    assert reasons(recommendations(now), previous=articles(previous)) == []
 
 
-def test_gate_reasons_block_a_drop_beyond_the_threshold() -> None:
-    assert reasons(recommendations(90), previous_rows=120) == [
-        "recommendations dropped 25.0% (120 -> 90), more than the allowed 10.0%"
+def test_gate_reasons_block_lost_articles_beyond_the_share_and_the_minimum_naming_them() -> None:
+    assert reasons(recommendations(16), previous=articles(20)) == [
+        "4 of 20 articles recommended last time are missing now although they neither sold out nor reached their "
+        "season end (20.0%, more than the allowed 10.0% and at least 3 articles): A16, A17, A18, A19"
     ]
-    assert len(reasons(recommendations(89), previous_rows=100)) == 1
+
+
+def test_gate_reasons_shorten_a_long_list_of_lost_articles() -> None:
+    (reason,) = reasons(recommendations(10), previous=articles(30))
+    assert reason.endswith(": A10, A11, A12, A13, A14, A15, A16, A17, A18, A19 and 10 more")
+
+
+def test_gate_reasons_explain_sell_outs_and_season_ends() -> None:
+    assert reasons(recommendations(10), previous=articles(20), ended=articles(20)[10:]) == []
+    assert len(reasons(recommendations(10), previous=articles(20), ended=articles(20)[13:])) == 1
+
+
+def test_gate_reasons_let_a_small_country_lose_fewer_than_the_minimum() -> None:
+    # One lost article of nine is 11 %, above the share, but one article is not a pattern.
+    assert reasons(recommendations(8), previous=articles(9)) == []
+    assert reasons(recommendations(7), previous=articles(9)) == []
+    assert len(reasons(recommendations(6), previous=articles(9))) == 1
 
 
 @pytest.mark.parametrize(
@@ -160,8 +195,9 @@ def test_gate_reasons_pass_a_current_discount_snapped_down_to_its_step() -> None
 def test_gate_reasons_list_every_broken_rule() -> None:
     result = {**TRAINED, "model_wape": 0.5}
     rows = recommendations(2, predicted_units_next_week=[-1.0], recommended_discount=[0.2, 0.33])
-    assert reasons(rows, result, previous_rows=10) == [
-        "recommendations dropped 80.0% (10 -> 2), more than the allowed 10.0%",
+    assert reasons(rows, result, previous=articles(10)) == [
+        "8 of 10 articles recommended last time are missing now although they neither sold out nor reached their "
+        "season end (80.0%, more than the allowed 10.0% and at least 3 articles): A2, A3, A4, A5, A6, A7, A8, A9",
         "model loses to its baseline: model WAPE 0.500 >= baseline WAPE 0.400",
         "1 of 2 rows have a negative predicted_units_next_week (e.g. A0: predicted_units_next_week -1)",
         "1 of 2 rows recommend a discount off the ladder (e.g. A1: recommended_discount 0.33)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from markdown_pricing.core.config import ConfigError, load_config, site_spark_co
 from markdown_pricing.core.version import package_version, spark_version
 from markdown_pricing.hadoop import minicluster
 from markdown_pricing.orchestrate import cli
-from markdown_pricing.orchestrate.deploy import DeployError, missing_release, release_uris
+from markdown_pricing.orchestrate.deploy import DeployError, environment_outdated, missing_release, release_uris
 
 
 def test_site_spark_conf_reads_spark_defaults_lines(tmp_path: Path) -> None:
@@ -82,3 +83,15 @@ def test_dev_hadoop_without_maven_names_the_fix(tmp_path: Path, monkeypatch: pyt
 def test_dev_hadoop_stop_without_a_cluster_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["hadoop", "stop", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == "not running"
+
+
+def test_the_environment_archive_is_rebuilt_when_conf_changed_after_it(tmp_path: Path) -> None:
+    conf, archive = tmp_path / "conf", tmp_path / "environment.tar.gz"
+    (conf / "erp").mkdir(parents=True)
+    (conf / "erp" / "role.sql").write_text("-- a")
+    assert environment_outdated(archive, conf)
+    archive.write_bytes(b"archive")
+    os.utime(conf / "erp" / "role.sql", (1_000_000, 1_000_000))
+    assert not environment_outdated(archive, conf)
+    (conf / "base.toml").write_text("[run]")
+    assert environment_outdated(archive, conf)

@@ -8,6 +8,7 @@ command it calls is a small script that records its arguments, not YARN.
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -17,15 +18,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from markdown_pricing.core.config import project_root
+from markdown_pricing.core.config import load_config, project_root
 from markdown_pricing.core.context import mondays
 from markdown_pricing.core.storage import (
     LocalFileSystem,
@@ -35,7 +38,7 @@ from markdown_pricing.core.storage import (
     has_success_marker,
     webhdfs_url,
 )
-from markdown_pricing.erp import connection
+from markdown_pricing.erp import connection, schema, writer
 from markdown_pricing.observe import logs
 from markdown_pricing.orchestrate.cli import parser
 from markdown_pricing.orchestrate.launcher import LaunchedApplication, kill_yarn_application, yarn_kill_command
@@ -46,7 +49,7 @@ from servers import luigid_api as api
 
 BIN = Path(sys.executable).parent
 CONF = project_root() / "conf"
-WEEKS = (dt.date(2026, 11, 16), dt.date(2026, 11, 23))
+WEEKS = (dt.date(2026, 11, 9), dt.date(2026, 11, 16), dt.date(2026, 11, 23))
 
 
 # --- storage: one abstraction over local paths and hdfs:// -----------------------------------------------------
@@ -186,11 +189,11 @@ def test_backfill_requires_each_monday_oldest_first_and_publishes_oldest_first()
 
 
 def test_mondays_refuses_other_days_and_reversed_ranges() -> None:
-    assert mondays(WEEKS[1], WEEKS[1]) == [WEEKS[1]]
+    assert mondays(WEEKS[2], WEEKS[2]) == [WEEKS[2]]
     with pytest.raises(ValueError, match="backfill start 2026-11-17 is a Tuesday"):
-        mondays(dt.date(2026, 11, 17), WEEKS[1])
+        mondays(dt.date(2026, 11, 17), WEEKS[2])
     with pytest.raises(ValueError, match="end 2026-11-16 is before its start 2026-11-23"):
-        mondays(WEEKS[1], WEEKS[0])
+        mondays(WEEKS[2], WEEKS[1])
 
 
 # --- killing a stage -----------------------------------------------------------------------------------------------
@@ -339,23 +342,81 @@ def drop_markdown_schema(dsn: str) -> None:
         cur.execute("DROP SCHEMA IF EXISTS markdown CASCADE")
 
 
+class PollingReader(threading.Thread):
+    """An ERP reader that takes one consistent snapshot after another of what each country shows: its run, its week,
+    its row count and the count the ledger says that run wrote. Keeps every distinct snapshot."""
+
+    QUERY = """
+        SELECT p.country, p.run_id, p.valid_from, count(*), min(l.rows), count(DISTINCT p.article_id)
+        FROM markdown.predictions AS p
+        LEFT JOIN markdown.publish_ledger AS l ON l.run_id = p.run_id AND l.country = p.country
+        GROUP BY p.country, p.run_id, p.valid_from ORDER BY 1, 2
+    """
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.snapshots, self.done = dsn, [], threading.Event()
+
+    def run(self) -> None:
+        with closing(connection.connect(self.dsn, 5)) as conn:
+            conn.set_session(readonly=True, autocommit=True)
+            while not self.done.is_set():
+                with conn.cursor() as cur:
+                    cur.execute(self.QUERY)
+                    snapshot = cur.fetchall()
+                if not self.snapshots or snapshot != self.snapshots[-1]:
+                    self.snapshots.append(snapshot)
+                time.sleep(0.02)
+
+
 @pytest.mark.slow
-def test_backfill_of_two_weeks_through_luigid_publishes_each_week_oldest_first(
+def test_backfill_of_three_weeks_through_luigid_publishes_oldest_first_and_never_replaces_a_newer_week(
     central_config: tuple[Path, int], tmp_path: Path, erp_dsn: str
 ) -> None:
     config_path, port = central_config
     raw, work = tmp_path / "raw", tmp_path / "work"
-    # Data up to the later week; the earlier week rejects the one week of sales on or after its run date (1/30).
-    summary = generate_sample(raw, countries=2, articles=40, weeks=30, seed=3, run_date=WEEKS[1], inject_bad_rows=False)
+    # Data up to the last week: each earlier week leaves the sales on or after its run date out of its window.
+    summary = generate_sample(
+        raw, countries=2, articles=40, weeks=30, seed=3, run_date=WEEKS[-1], inject_bad_rows=False
+    )
+    newer_country, *backfilled = summary.countries
+    newer_week = WEEKS[-1] + dt.timedelta(weeks=1)
     drop_markdown_schema(erp_dsn)
+    settings = dataclasses.replace(load_config("local").erp, dsn=erp_dsn)
+    with closing(connection.connect(erp_dsn, 5)) as conn:
+        schema.migrate(conn, settings)
+        frame = pd.DataFrame(
+            {
+                "country": [newer_country],
+                "article_id": ["A-newer"],
+                "current_price": [50.0],
+                "recommended_discount": [0.1],
+                "recommended_price": [45.0],
+                "predicted_units_next_week": [3.0],
+                "expected_revenue": [120.0],
+                "expected_sell_through": [0.8],
+            }
+        )
+        writer.publish_country(
+            conn,
+            settings,
+            run_id="newer",
+            run_date=newer_week,
+            country=newer_country,
+            predictions=frame,
+            model_version="newer/model",
+            metrics={},
+        )
     env = {
         **os.environ,
         "MARKDOWN_ERP_DSN": erp_dsn,
         "LUIGI_CONFIG_PATH": str(config_path),
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
-    # The gate compares the two weeks' recommendation counts; overriding keeps both weeks publishing on any sample.
+    # The gate compares each week with the ERP's rows; overriding keeps every week publishing on any sample.
     overrides = [part for country in summary.countries for part in ("--override-gate", country)]
+    reader = PollingReader(erp_dsn)
+    reader.start()
     try:
         result = subprocess.run(
             [
@@ -364,7 +425,7 @@ def test_backfill_of_two_weeks_through_luigid_publishes_each_week_oldest_first(
                 "--from",
                 WEEKS[0].isoformat(),
                 "--to",
-                WEEKS[1].isoformat(),
+                WEEKS[-1].isoformat(),
                 "--raw",
                 str(raw),
                 "--work",
@@ -374,24 +435,50 @@ def test_backfill_of_two_weeks_through_luigid_publishes_each_week_oldest_first(
             env=env,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=900,
         )
+        reader.done.set()
+        reader.join()
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
         ledger = erp_rows(
-            erp_dsn, "SELECT run_id, country, status, gate_override, message FROM markdown.publish_ledger"
+            erp_dsn, "SELECT run_id, country, status FROM markdown.publish_ledger WHERE run_id <> 'newer'"
         )
         weeks = [week.isoformat() for week in WEEKS]
-        expected = sorted((week, country, "published") for week in weeks for country in summary.countries)
-        assert sorted(row[:3] for row in ledger) == expected
-        # Where a gate tripped (on this sample: a model losing to its baseline), the override is on record.
-        assert all(row[3] == ("gate overridden by operator" in (row[4] or "")) for row in ledger)
-        published = erp_rows(erp_dsn, "SELECT DISTINCT run_id, valid_from FROM markdown.predictions")
-        assert published == [(weeks[1], WEEKS[1])]
-        order = erp_rows(erp_dsn, "SELECT run_id FROM markdown.publish_ledger GROUP BY 1 ORDER BY max(recorded_at)")
-        assert [row[0] for row in order] == weeks
+        expected = [(week, country, "published") for week in weeks for country in backfilled]
+        expected += [(week, newer_country, "superseded") for week in weeks]
+        assert sorted(ledger) == sorted(expected)
+        published = erp_rows(
+            erp_dsn, "SELECT DISTINCT country, run_id, valid_from FROM markdown.predictions ORDER BY 1"
+        )
+        assert published == sorted(
+            [(newer_country, "newer", newer_week)] + [(c, weeks[-1], WEEKS[-1]) for c in backfilled]
+        )
+        order = erp_rows(
+            erp_dsn,
+            "SELECT run_id FROM markdown.publish_ledger WHERE status = 'published' "
+            "GROUP BY 1 ORDER BY max(recorded_at)",
+        )
+        assert [row[0] for row in order] == ["newer", *weeks]
     finally:
+        reader.done.set()
         drop_markdown_schema(erp_dsn)
+
+    # What the reader saw: one run and one week per country at a time (no mix), exactly the rows its ledger row
+    # counts (no gap, no double), a country never gone once there, and a country's week never going back.
+    assert len(reader.snapshots) >= 2
+    weeks_seen: dict[str, list[dt.date]] = {}
+    for snapshot in reader.snapshots:
+        countries = [row[0] for row in snapshot]
+        assert len(countries) == len(set(countries)), snapshot
+        assert set(weeks_seen) <= set(countries), snapshot
+        for country, _run_id, week, rows, ledger_rows, articles in snapshot:
+            assert rows == ledger_rows == articles, snapshot
+            weeks_seen.setdefault(country, []).append(week)
+    assert weeks_seen[newer_country] == [newer_week] * len(weeks_seen[newer_country])
+    for country in backfilled:
+        assert weeks_seen[country] == sorted(weeks_seen[country])
+        assert set(weeks_seen[country]) == set(WEEKS)
 
     done = api(port, "task_list", status="DONE")
     families = {

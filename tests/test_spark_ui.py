@@ -135,9 +135,11 @@ def test_every_etl_job_carries_the_run_group_and_a_description(etl_app: EtlApp) 
     assert {job.get("jobGroup") for job in jobs} == {f"etl-{RUN_ID}"}
     assert {job.get("description") for job in jobs} == {
         "ETL: check raw schemas",
+        "ETL: check the sales reach the run's week",
         *(f"ETL: read and check {name}" for name in DATASETS),
         "ETL: write quarantine",
         "ETL: write curated weekly",
+        "ETL: write article states",
     }
     assert all(job["status"] == "SUCCEEDED" for job in jobs)
 

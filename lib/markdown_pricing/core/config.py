@@ -35,8 +35,10 @@ class RunRules:
     salvage_value_share: float
     max_rejected_share: float
     max_recommendation_drop_share: float
+    min_lost_articles: int
     wait_for_inputs_s: float
     input_poll_s: float
+    max_sales_lag_days: int
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,10 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 salvage_value_share=float(run["salvage_value_share"]),
                 max_rejected_share=float(run["max_rejected_share"]),
                 max_recommendation_drop_share=float(run["max_recommendation_drop_share"]),
+                min_lost_articles=int(run["min_lost_articles"]),
                 wait_for_inputs_s=float(run["wait_for_inputs_s"]),
                 input_poll_s=float(run["input_poll_s"]),
+                max_sales_lag_days=int(run["max_sales_lag_days"]),
             ),
             model=ModelParams(
                 **{key: value for key, value in model.items() if key != "tuning"},

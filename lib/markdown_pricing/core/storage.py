@@ -242,6 +242,10 @@ class RunLayout:
         return join(self.run_dir, "curated", "weekly")
 
     @property
+    def article_states(self) -> str:
+        return join(self.run_dir, "curated", "article_states")
+
+    @property
     def quarantine(self) -> str:
         return join(self.run_dir, "quarantine")
 

@@ -1,15 +1,19 @@
 """Connecting to the ERP: which database (the configured one, the PG* environment or the embedded server), with
-retries, and one transaction at a time. Only password-free descriptions of a connection are ever shown."""
+retries, and one transaction at a time. Only password-free descriptions of a connection are ever shown: a DSN is
+checked before any connect, a malformed one is refused without quoting it, and libpq's messages are scrubbed of the
+password before they reach an error or a log line."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import psycopg2
 from psycopg2.extensions import connection as Connection
@@ -25,7 +29,18 @@ log = logging.getLogger(__name__)
 APPLICATION_NAME = "markdown-pricing"
 # Any of these makes libpq connect somewhere other than the embedded server, so their presence means "ERP configured".
 _LIBPQ_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGSERVICE")
-_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_SECRET_KEYS = ("password", "sslpassword")
+# What a description may show: an allow-list, so that a key libpq adds later can never print a secret.
+_SHOWN_KEYS = ("service", "host", "hostaddr", "port", "dbname", "user", "sslmode", "target_session_attrs")
+_URI_PREFIXES = ("postgresql://", "postgres://")
+_PORTS = re.compile(r"\s*[0-9]*\s*(,\s*[0-9]*\s*)*")
+_MALFORMED = (
+    "the ERP DSN is malformed: {problem} (its text is not shown: it may hold a password). In a postgresql:// URI, "
+    "percent-encode the special characters of the user name and password (%40 for @, %2F for /, %25 for %, "
+    "%3A for :, %23 for #, %3F for ?, %20 for a space; urllib.parse.quote(password, safe='') does it), or use the "
+    "key=value form with the password in single quotes (\\' and \\\\ inside them), or leave the password out and "
+    "set PGPASSWORD or PGPASSFILE"
+)
 _SHOWN_VARIABLES = (
     ("service", "PGSERVICE"),
     ("host", "PGHOST"),
@@ -84,17 +99,82 @@ def running_dsn(settings: ErpSettings, work: str) -> str:
     return uri
 
 
+def _uri_splits_user_info(dsn: str) -> bool:
+    """Whether libpq would cut a URI's user name or password short at an unencoded @ or / in it.
+
+    libpq ends the user info at the first @ that comes before any /; after it, the host, port and database name
+    hold no literal @ in a well-formed URI. An @ there is the rest of a password: libpq would read its pieces as
+    host, port or database names and print them in its messages.
+    """
+    prefix = next((prefix for prefix in _URI_PREFIXES if dsn.startswith(prefix)), None)
+    if prefix is None:
+        return False
+    rest = dsn[len(prefix) :]
+    end = re.search("[@/]", rest)
+    if end is not None and end.group() == "@":
+        rest = rest[end.end() :]
+    return "@" in rest.split("?", 1)[0]
+
+
+def check_dsn(dsn: str) -> dict[str, Any]:
+    """The parameters of a DSN that libpq reads as written, or ConfigError that shows no part of it.
+
+    "" (the PG* environment) gives no parameters. Call it before any connect: libpq's own parse errors quote the
+    token they stumble on, a piece of the password as often as not.
+    """
+    params: dict[str, Any] | None
+    try:
+        params = parse_dsn(dsn)
+    except (psycopg2.Error, ValueError):
+        # ValueError: psycopg2 cannot decode a %-escape that is no UTF-8. Not raised here, so that the error
+        # carries no chained exception with libpq's text.
+        params = None
+    if params is None:
+        problem = "libpq cannot parse it"
+    elif _uri_splits_user_info(dsn):
+        problem = "an unencoded @ or / in the URI (in its password, most likely) would make libpq misread it"
+    elif not _PORTS.fullmatch(str(params.get("port", ""))):
+        problem = "its port is not a number (an unencoded / in a URI's password makes one)"
+    else:
+        return params
+    raise ConfigError(_MALFORMED.format(problem=problem))
+
+
+def _conninfo_value(value: Any) -> str:
+    """A value as key=value conninfo writes it: quoted when it is empty or holds a space, quote or backslash."""
+    text = str(value)
+    if text and not re.search(r"[\s'\\]", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def describe_dsn(dsn: str) -> str:
-    """A printable, password-free description of where a DSN (or, when empty, the PG* environment) points."""
+    """A printable, password-free description of where a DSN (or, when empty, the PG* environment) points.
+
+    Only the keys in an allow-list show; a DSN check_dsn refuses shows as "<malformed DSN>", nothing of it.
+    """
     if not dsn.strip():
         shown = [f"{key}={os.environ[var]}" for key, var in _SHOWN_VARIABLES if os.environ.get(var)]
         return f"PG* environment ({' '.join(shown)})" if shown else "PG* environment (libpq defaults)"
     try:
-        params = parse_dsn(dsn)
-    except psycopg2.ProgrammingError:
-        return "<unparseable DSN>"
-    shown = [f"{key}={value}" for key, value in params.items() if key not in _SECRET_KEYS]
+        params = check_dsn(dsn)
+    except ConfigError:
+        return "<malformed DSN>"
+    shown = [f"{key}={_conninfo_value(params[key])}" for key in _SHOWN_KEYS if key in params]
     return " ".join(shown) or "libpq defaults"
+
+
+def scrub_password(text: str, params: Mapping[str, Any]) -> str:
+    """`text` with each password a connection may use (the DSN's and PGPASSWORD), as written, percent-encoded or
+    percent-decoded, replaced by ***."""
+    secrets = [str(params[key]) for key in _SECRET_KEYS if params.get(key)]
+    if os.environ.get("PGPASSWORD"):
+        secrets.append(os.environ["PGPASSWORD"])
+    forms = {form for secret in secrets for form in (secret, quote(secret, safe=""), quote(secret), unquote(secret))}
+    for form in sorted(forms, key=len, reverse=True):
+        if form:
+            text = text.replace(form, "***")
+    return text
 
 
 @contextmanager
@@ -134,9 +214,11 @@ def connect(
 
     TCP keepalives let a half-open connection die within a minute or two instead of holding its locks for hours;
     `lock_timeout_s` and `statement_timeout_s` bound how long one statement may wait or run. An ERP still
-    unreachable after the last attempt raises ErpUnavailableError; only the password-free description of the
-    DSN is ever logged or raised.
+    unreachable after the last attempt raises ErpUnavailableError, a malformed DSN ConfigError before any attempt;
+    only the password-free description of the DSN and libpq's message scrubbed of the password are ever logged or
+    raised.
     """
+    params = check_dsn(dsn)
     target = describe_dsn(dsn)
     timeouts = {"lock_timeout": lock_timeout_s, "statement_timeout": statement_timeout_s}
     options = " ".join(f"-c {name}={int(seconds * 1000)}" for name, seconds in timeouts.items() if seconds)
@@ -155,22 +237,24 @@ def connect(
             connection: Connection = psycopg2.connect(dsn, **parameters)
             return connection
         except psycopg2.OperationalError as err:
-            # libpq messages name host and port, never the password.
-            reason = " ".join(str(err).split())
-            if attempt == attempts:
-                raise ErpUnavailableError(
-                    f"cannot connect to the ERP database at {target} after {attempts} attempt(s) over "
-                    f"{time.monotonic() - started:.1f} s: {reason}"
-                ) from err
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning(
-                "ERP at %s unreachable (attempt %d of %d): %s; retrying in %.1f s",
-                target,
-                attempt,
-                attempts,
-                reason,
-                delay,
+            # libpq's messages name host, port, user and database, not the password; scrubbing it anyway costs
+            # nothing. Before the whitespace is folded, or a password with a run of spaces would no longer match.
+            reason = " ".join(scrub_password(str(err), params).split())
+        # Raised outside the except clause: the error then chains no OperationalError with libpq's raw text.
+        if attempt == attempts:
+            raise ErpUnavailableError(
+                f"cannot connect to the ERP database at {target} after {attempts} attempt(s) over "
+                f"{time.monotonic() - started:.1f} s: {reason}"
             )
-            time.sleep(delay)
+        delay = backoff_s * 2 ** (attempt - 1)
+        log.warning(
+            "ERP at %s unreachable (attempt %d of %d): %s; retrying in %.1f s",
+            target,
+            attempt,
+            attempts,
+            reason,
+            delay,
+        )
+        time.sleep(delay)
     # Reached only when the loop never ran.
     raise ValueError(f"connect attempts must be at least 1, not {attempts}")

@@ -7,7 +7,7 @@ Plain pandas, no Spark and no database, so every rule is unit-tested on small fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ NON_NEGATIVE_COLUMNS = ("predicted_units_next_week", "expected_revenue")
 POSITIVE_COLUMNS = ("current_price", "recommended_price")
 LADDER_TOLERANCE = 1e-6
 EXAMPLES = 3
+LOST_SHOWN = 10
 
 
 def not_publishable_because(result: Mapping[str, Any], rows: pd.DataFrame) -> str | None:
@@ -37,27 +38,44 @@ def gate_reasons(
     result: Mapping[str, Any],
     rows: pd.DataFrame,
     *,
-    previous_rows: int | None,
+    previous_articles: Collection[str],
+    ended_articles: Collection[str],
     ladder: tuple[float, ...],
     max_drop_share: float,
+    min_lost_articles: int,
 ) -> list[str]:
-    """Why a trained country's recommendations should not be published; empty when the gate passes."""
+    """Why a trained country's recommendations should not be published; empty when the gate passes.
+
+    `previous_articles` are those the ERP holds for the country now (none before its first publish);
+    `ended_articles` those known to have sold out or reached their season end by the run date.
+    """
     return [
-        *_count_reasons(len(rows), previous_rows, max_drop_share),
+        *_lost_article_reasons(rows, previous_articles, ended_articles, max_drop_share, min_lost_articles),
         *_baseline_reasons(result),
         *_range_reasons(rows, ladder),
     ]
 
 
-def _count_reasons(rows: int, previous_rows: int | None, max_drop_share: float) -> list[str]:
-    # No earlier publish (or an empty one) leaves nothing to drop from.
-    if not previous_rows:
+def _lost_article_reasons(
+    rows: pd.DataFrame,
+    previous: Collection[str],
+    ended: Collection[str],
+    max_drop_share: float,
+    min_lost_articles: int,
+) -> list[str]:
+    """An article recommended last time, missing now, that neither sold out nor reached its season end is lost:
+    too many of them, by share and by number, block the country. Sell-outs and season ends are normal."""
+    if not previous:
         return []
-    drop = (previous_rows - rows) / previous_rows
-    if drop <= max_drop_share:
+    lost = sorted(set(previous) - set(rows["article_id"]) - set(ended))
+    share = len(lost) / len(previous)
+    if share <= max_drop_share or len(lost) < min_lost_articles:
         return []
+    shown = ", ".join(lost[:LOST_SHOWN]) + (f" and {len(lost) - LOST_SHOWN} more" if len(lost) > LOST_SHOWN else "")
     return [
-        f"recommendations dropped {drop:.1%} ({previous_rows} -> {rows}), more than the allowed {max_drop_share:.1%}"
+        f"{len(lost)} of {len(previous)} articles recommended last time are missing now although they neither sold "
+        f"out nor reached their season end ({share:.1%}, more than the allowed {max_drop_share:.1%} and at least "
+        f"{min_lost_articles} articles): {shown}"
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
@@ -17,13 +19,15 @@ FAILED = "failed"
 BLOCKED = "blocked"
 # Not published because the ERP already holds a later week for the country: the newest week wins.
 SUPERSEDED = "superseded"
-LEDGER_STATUSES = (PUBLISHED, FAILED, BLOCKED, SUPERSEDED)
+# Not in the run's input although the ERP holds its rows of an earlier week: they stay, and the run fails.
+MISSING_INPUT = "missing_input"
+LEDGER_STATUSES = (PUBLISHED, FAILED, BLOCKED, SUPERSEDED, MISSING_INPUT)
 # Statuses after which a run has nothing left to do for a country.
 DONE_STATUSES = (PUBLISHED, SUPERSEDED)
 
 
 def run_statuses(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, str]:
-    """Country -> ledger status ('published', 'failed' or 'blocked') for one run; none before the first migrate."""
+    """Country -> ledger status (one of LEDGER_STATUSES) for one run; none before the first migrate."""
     ledger_table = tables.ledger(settings)
     with transaction(conn) as cur:
         cur.execute("SELECT to_regclass(%s)", (ledger_table.as_string(cur),))
@@ -33,21 +37,14 @@ def run_statuses(conn: Connection, settings: ErpSettings, run_id: str) -> dict[s
         return {str(country): str(status) for country, status in cur.fetchall()}
 
 
-def last_published_rows(conn: Connection, settings: ErpSettings, before_run_id: str) -> dict[str, int]:
-    """Country -> row count of its most recent publish by a run other than `before_run_id` (what the ERP holds)."""
-    ledger_table = tables.ledger(settings)
+def held_articles(conn: Connection, settings: ErpSettings) -> dict[str, set[str]]:
+    """Country -> the articles the ERP table recommends for it now."""
     with transaction(conn) as cur:
-        cur.execute(
-            sql.SQL(
-                """
-                SELECT DISTINCT ON (country) country, rows FROM {}
-                WHERE status = %s AND run_id <> %s AND rows IS NOT NULL
-                ORDER BY country, recorded_at DESC
-                """
-            ).format(ledger_table),
-            (PUBLISHED, before_run_id),
-        )
-        return {str(country): int(rows) for country, rows in cur.fetchall()}
+        cur.execute(sql.SQL("SELECT country, article_id FROM {}").format(tables.predictions(settings)))
+        held: dict[str, set[str]] = {}
+        for country, article_id in cur.fetchall():
+            held.setdefault(str(country), set()).add(str(article_id))
+        return held
 
 
 def missing_published_rows(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, tuple[int, int]]:
@@ -71,3 +68,12 @@ def missing_published_rows(conn: Connection, settings: ErpSettings, run_id: str)
             for country, expected, own, held in cur.fetchall()
             if held == 0 or (own and own != expected)
         }
+
+
+def held_weeks(conn: Connection, settings: ErpSettings) -> dict[str, date]:
+    """Country -> the week (valid_from) of the rows the ERP table holds for it now."""
+    with transaction(conn) as cur:
+        cur.execute(
+            sql.SQL("SELECT country, max(valid_from) FROM {} GROUP BY country").format(tables.predictions(settings))
+        )
+        return {str(country): week for country, week in cur.fetchall()}

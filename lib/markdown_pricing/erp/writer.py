@@ -22,7 +22,7 @@ from markdown_pricing.core.contract import FORECASTERS, MEASURES
 from markdown_pricing.core.results import metric
 from markdown_pricing.erp import tables
 from markdown_pricing.erp.connection import one_value, transaction
-from markdown_pricing.erp.ledger import ALREADY_PUBLISHED, BLOCKED, FAILED, PUBLISHED, SUPERSEDED
+from markdown_pricing.erp.ledger import ALREADY_PUBLISHED, BLOCKED, FAILED, MISSING_INPUT, PUBLISHED, SUPERSEDED
 from markdown_pricing.erp.locks import lock
 
 _FRAME_TEXT_COLUMNS = ("country", "article_id")
@@ -42,6 +42,8 @@ _FORCE_NULL_COLUMNS = ("valid_from", *_FRAME_NUMERIC_COLUMNS)
 METRIC_KEYS = ("model_wape", "baseline_wape", "model_bias")
 # Which model scored the country and, for a fallback, why: text the ledger carries beside the metrics.
 MODEL_KEYS = ("model_kind", "fallback_reason")
+# What record_not_published may record: superseded is decided inside publish_country, under the country's lock.
+NOT_PUBLISHED_STATUSES = (FAILED, BLOCKED, MISSING_INPUT)
 # What the ledger records of a country's train+score result.
 LEDGER_METRICS = (*METRIC_KEYS, *MODEL_KEYS)
 
@@ -260,8 +262,8 @@ def record_not_published(
     status: str = FAILED,
 ) -> None:
     """Records that a run did not publish a country; a 'published' ledger row for that run and country stays."""
-    if status not in (FAILED, BLOCKED):
-        raise ValueError(f"a country that was not published is {FAILED!r} or {BLOCKED!r}, not {status!r}")
+    if status not in NOT_PUBLISHED_STATUSES:
+        raise ValueError(f"a country that was not published is one of {NOT_PUBLISHED_STATUSES}, not {status!r}")
     with transaction(conn) as cur:
         lock(cur, "publish", settings.schema, country)
         _record_not_published(

@@ -9,7 +9,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from markdown_pricing.core.errors import InputError
+from markdown_pricing.core.errors import InputError, StaleInputError
 from markdown_pricing.core.schemas import ACCEPTED_RAW_TYPES, RAW_DATASETS, WEEKLY
 
 KEYS = ("country", "article_id")
@@ -143,6 +143,30 @@ def check_rejected_share(counts: Mapping[str, Mapping[str, int]], threshold: flo
             )
 
 
+def latest_in_window(dataset: str, run_date: dt.date) -> Callable[[DataFrame], DataFrame]:
+    """One row, `latest`: the dataset's latest date before the run date (null when it holds none)."""
+    column = F.col(DATE_COLUMNS[dataset])
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.where(column < F.lit(run_date)).agg(F.max(column).alias("latest"))
+
+    return transform
+
+
+def check_fresh(dataset: str, latest: dt.date | None, run_date: dt.date, max_lag_days: int) -> None:
+    """Raises StaleInputError unless the dataset reaches the week before the run date, give or take the allowed lag:
+    older data under a _SUCCESS marker is last week's delivery, not this week's."""
+    needed = run_date - dt.timedelta(days=7 + max_lag_days)
+    if latest is not None and latest >= needed:
+        return
+    found = f"its latest {DATE_COLUMNS[dataset]} before the run date is {latest}" if latest else "it holds no rows"
+    raise StaleInputError(
+        f"dataset {dataset!r} is stale: {found}, but the run of {run_date} needs data from {needed} on "
+        f"(the week before the run date, run.max_sales_lag_days = {max_lag_days}); this week's delivery has not "
+        "arrived"
+    )
+
+
 def weekly_units(sales: DataFrame) -> DataFrame:
     """Daily sales summed to (country, article, week); returns net out within the week."""
     return sales.groupBy(*KEYS, week_start(F.col("sale_date")).alias("week_start")).agg(F.sum("units").alias("units"))
@@ -176,23 +200,35 @@ def history_grid(pairs: DataFrame, articles: DataFrame, run_date: dt.date) -> Da
     )
 
 
-def active_articles(articles: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date) -> DataFrame:
-    """Articles whose latest stock snapshot before the run is positive and whose season runs past it."""
+def article_states(articles: DataFrame, stock: DataFrame, run_date: dt.date) -> DataFrame:
+    """Where each stocked article stands at the run date: its latest stock snapshot before it, its season end, and
+    whether it is active (stock above zero, season running past the run date)."""
     before_run = F.lit(run_date)
     current_stock = (
         stock.where(F.col("snapshot_date") < before_run)
         .groupBy(*KEYS)
         .agg(F.max_by("units_on_hand", "snapshot_date").alias("stock_on_hand"))
     )
+    return current_stock.join(articles, on="article_id", how="inner").select(
+        *KEYS,
+        "stock_on_hand",
+        "season_end",
+        ((F.col("stock_on_hand") > 0) & (F.col("season_end") > before_run)).alias("active"),
+    )
+
+
+def active_articles(articles: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date) -> DataFrame:
+    """The active articles with their stock and shelf price at the run date."""
     current_price = (
-        prices.where(F.col("valid_from") < before_run)
+        prices.where(F.col("valid_from") < F.lit(run_date))
         .groupBy(*KEYS)
         .agg(F.max_by("price", "valid_from").alias("price"))
     )
     return (
-        current_stock.join(articles, on="article_id", how="inner")
+        article_states(articles, stock, run_date)
+        .where(F.col("active"))
+        .join(articles.select("article_id", "original_price"), on="article_id", how="inner")
         .join(current_price, on=list(KEYS), how="left")
-        .where((F.col("stock_on_hand") > 0) & (F.col("season_end") > before_run))
         .select(*KEYS, "stock_on_hand", F.coalesce("price", "original_price").alias("price"))
     )
 

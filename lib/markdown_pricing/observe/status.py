@@ -19,7 +19,7 @@ from markdown_pricing.erp import ledger, tables
 from markdown_pricing.erp.connection import connect, running_dsn
 
 # Statuses the writer knows come first; any other the ledger holds follows alphabetically, so a new one shows up.
-KNOWN_STATUSES = (ledger.PUBLISHED, ledger.SUPERSEDED, ledger.BLOCKED, ledger.FAILED)
+KNOWN_STATUSES = (ledger.PUBLISHED, ledger.SUPERSEDED, ledger.BLOCKED, ledger.FAILED, ledger.MISSING_INPUT)
 # Long messages (the quality gate's reasons) are cut in the table; --json has them whole.
 MESSAGE_WIDTH = 100
 

@@ -33,8 +33,9 @@ def erp_rows(conn: Any, settings: ErpSettings, run_id: str) -> dict[str, dict[fl
 def format_summary(results: dict[str, dict[str, Any]], ledger: dict[str, str], mix: dict[str, dict[float, int]]) -> str:
     """A fixed-width table, one line per country."""
     lines = [f"{'country':<8}{'status':<12}{'model':<10}{'rows':>7}{'model WAPE':>12}{'base WAPE':>12}  discount mix"]
-    for country in sorted(results):
-        result, counts = results[country], mix.get(country, {})
+    # A country in the ledger alone was missing from the run's input.
+    for country in sorted(set(results) | set(ledger)):
+        result, counts = results.get(country) or {"status": ledger[country]}, mix.get(country, {})
         total = sum(counts.values())
         shares = " ".join(f"{discount:.0%}:{count / total:.0%}" for discount, count in sorted(counts.items()))
         model_wape, baseline_wape = result.get("model_wape"), result.get("baseline_wape")

@@ -250,8 +250,15 @@ def erp_command(args: argparse.Namespace) -> int:
     if args.action == "migrate":
         dsn = connection.start_dsn(cfg.erp, cfg.paths.work)
         with closing(connection.connect(dsn, cfg.erp.connect_timeout_s)) as conn:
-            schema.migrate(conn, cfg.erp)
-        print(f"ERP tables in schema {cfg.erp.schema} at {connection.describe_dsn(dsn)} are current")
+            try:
+                done = schema.migrate(conn, cfg.erp)
+            except schema.ErpNotReadyError as err:
+                print(f"markdown-pricing erp migrate: {err}", file=sys.stderr)
+                return 1
+        for step in done:
+            print(f"applied {step}")
+        state = "are current" if done else "were already current"
+        print(f"ERP tables in schema {cfg.erp.schema} at {connection.describe_dsn(dsn)} {state}")
         return 0
     if connection.configured_dsn(cfg.erp) is not None and args.action != "dsn":
         print(f"markdown-pricing erp {args.action}: an ERP is configured, no embedded server is used", file=sys.stderr)

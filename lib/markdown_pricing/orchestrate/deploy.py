@@ -64,9 +64,18 @@ def _build_spark_jars_archive(target: Path) -> None:
     partial.replace(target)
 
 
+def environment_outdated(archive: Path, conf: Path) -> bool:
+    """Whether the environment archive is missing or older than a file of conf/, which it carries to the cluster."""
+    if not archive.is_file():
+        return True
+    built = archive.stat().st_mtime
+    return any(path.stat().st_mtime > built for path in conf.rglob("*") if path.is_file())
+
+
 def _build(cfg: Config, dist: Path, code: str, environment: str) -> None:
-    """The wheel, always (the code changes without a new version); the environment archive when it is missing."""
-    if not (dist / environment).is_file():
+    """The wheel, always (the code changes without a new version); the environment archive when it is missing or
+    conf/ changed since it was built (its settings change without a new version too)."""
+    if environment_outdated(dist / environment, cfg.project_root / "conf"):
         log.warning("building %s with `make package` (a clean venv with the pinned dependencies)", environment)
         command = ["make", "-C", str(cfg.project_root), "package", f"PYTHON={sys.executable}"]
     else:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable
-from contextlib import closing
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -23,10 +23,11 @@ import luigi
 from markdown_pricing.core.config import ENVIRONMENTS, Config
 from markdown_pricing.core.context import RunContext, countries, load_run_config, mondays
 from markdown_pricing.core.contract import RAW_DATASET_NAMES
+from markdown_pricing.core.errors import StaleInputError
 from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.storage import SUCCESS_MARKER, filesystem, join, read_json, write_json
-from markdown_pricing.erp import ledger
-from markdown_pricing.erp.connection import ErpUnavailableError, connect, running_dsn
+from markdown_pricing.erp import ledger, locks, schema
+from markdown_pricing.erp.connection import ErpUnavailableError, connect, running_dsn, start_dsn
 from markdown_pricing.observe import logs, progress
 from markdown_pricing.orchestrate.launcher import LaunchedApplication, run_job
 from markdown_pricing.orchestrate.submit import job_command, submit_environment
@@ -86,8 +87,9 @@ class MarkerTarget(luigi.Target):
 
 
 class LedgerTarget(luigi.Target):
-    """Complete when the ERP ledger shows every country of the run published (or superseded by a later week). Reads
-    only: an ERP that is not running or has no ledger yet means not complete."""
+    """Complete when the ERP ledger shows every country of the run published (or superseded by a later week) and no
+    country the ERP holds missing from the run's input. Reads only: an ERP that is not running or has no ledger yet
+    means not complete."""
 
     def __init__(self, ctx: RunContext, cfg: Config) -> None:
         self.ctx, self.cfg = ctx, cfg
@@ -104,7 +106,9 @@ class LedgerTarget(luigi.Target):
                 statuses = ledger.run_statuses(conn, settings, self.ctx.run_id)
         except ErpUnavailableError:
             return False
-        return bool(expected) and all(statuses.get(country) in ledger.DONE_STATUSES for country in expected)
+        # Every country of the run done, and none the run found missing from its input.
+        done = all(status in ledger.DONE_STATUSES for status in statuses.values())
+        return bool(expected) and expected <= set(statuses) and done
 
 
 class PipelineParameters:
@@ -215,7 +219,43 @@ class SparkStage(RunParameters, luigi.Task):
         return job_command(self.cfg, self.job, self.ctx)
 
     def run(self) -> None:
-        claim_run_id(self.ctx)
+        with self.exclusive_run():
+            code = self.submit()
+        if code != 0:
+            raise self.failure(code)
+
+    @contextmanager
+    def exclusive_run(self) -> Iterator[None]:
+        """Before any Spark work: the ERP's tables current and this role's privileges checked; then, for the block,
+        this process alone writes the run's folder, and the run id is bound to its run date."""
+        settings = self.cfg.erp
+        dsn = start_dsn(settings, self.ctx.work)
+        retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
+        with closing(connect(dsn, settings.connect_timeout_s, **retries)) as conn:
+            schema.prepare(conn, settings)
+            with locks.run_folder_lock(
+                conn, self.ctx.run_id, self.ctx.layout.run_dir, locks.stage_holder(self.job, self.ctx.run_id)
+            ):
+                claim_run_id(self.ctx)
+                yield
+
+    def input_problem(self, code: int) -> str | None:
+        """What was wrong with the input, as the job that just exited with `code` recorded it."""
+        record_uri = self.ctx.layout.stage_record(self.job)
+        record = read_json(record_uri) if filesystem(record_uri).exists(record_uri) else {}
+        return record.get("input_error") if record.get("exit_code") == code else None
+
+    def failure(self, code: int) -> RuntimeError:
+        """The error a failed job ends its task with, naming the input problem the job reported, if any."""
+        problem = self.input_problem(code)
+        log_path = logs.stage_log_path(self.ctx.layout, self.job)
+        return RuntimeError(
+            f"{self.job} for run {self.ctx.run_id} failed with exit code {code}"
+            f"{f': {problem}' if problem else ''}; its output is in {log_path}"
+        )
+
+    def submit(self) -> int:
+        """Runs the job once through spark-submit, showing its progress; returns its exit code."""
         command = self.command()
         log.info("submitting %s", " ".join(command))
         channel = progress.progress_uri(self.ctx.layout, self.job)
@@ -241,10 +281,7 @@ class SparkStage(RunParameters, luigi.Task):
             on_poll=poll,
         )
         self._show(progress.stage_finished(channel, self.job, code, str(log_path)), shown)
-        if code != 0:
-            raise RuntimeError(
-                f"{self.job} for run {self.ctx.run_id} failed with exit code {code}; its output is in {log_path}"
-            )
+        return code
 
     def _show(self, document: progress.Document | None, shown: Shown) -> Shown:
         """Sends the document's status message and percentage to the scheduler where they changed."""
@@ -262,13 +299,29 @@ class SparkStage(RunParameters, luigi.Task):
 class Etl(SparkStage):
     job = "etl"
 
+    @property
+    def input_wait_s(self) -> float:
+        return self.cfg.run.wait_for_inputs_s if self.wait_for_inputs < 0 else self.wait_for_inputs
+
     def requires(self) -> list[RawDataset]:
-        rules = self.cfg.run
-        wait_s = rules.wait_for_inputs_s if self.wait_for_inputs < 0 else self.wait_for_inputs
         return [
-            RawDataset(dataset=name, raw_uri=self.ctx.raw, wait_s=wait_s, poll_s=rules.input_poll_s)
+            RawDataset(dataset=name, raw_uri=self.ctx.raw, wait_s=self.input_wait_s, poll_s=self.cfg.run.input_poll_s)
             for name in RAW_DATASET_NAMES
         ]
+
+    def run(self) -> None:
+        """Submits the ETL again while the feed is stale (marked complete over last week's data) and the wait for
+        inputs lasts: the job checks freshness before writing anything, so a stale attempt leaves nothing behind."""
+        deadline = time.monotonic() + self.input_wait_s
+        with self.exclusive_run():
+            while (code := self.submit()) == StaleInputError.exit_code:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                log.warning("%s; waiting for fresh data (%.0f s left)", self.input_problem(code), remaining)
+                time.sleep(min(self.cfg.run.input_poll_s, remaining))
+        if code != 0:
+            raise self.failure(code)
 
     def output(self) -> MarkerTarget:
         return MarkerTarget(self.ctx.layout.weekly)

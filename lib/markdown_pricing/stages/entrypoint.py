@@ -22,8 +22,6 @@ from markdown_pricing.core.session import build_session
 from markdown_pricing.core.storage import write_json
 from markdown_pricing.observe import logs
 
-INPUT_ERROR_EXIT_CODE = 2
-
 Stage = Callable[[SparkSession, RunContext, Config], int]
 
 
@@ -44,14 +42,14 @@ def job_entrypoint(stage: str, run: Stage, argv: Sequence[str] | None = None) ->
     if spark_log_level := os.environ.get(logs.SPARK_LOG_LEVEL_ENV):
         spark.sparkContext.setLogLevel(spark_log_level.upper())
     started = dt.datetime.now(dt.timezone.utc)
-    code = 1
+    code, error = 1, None
     try:
         code = run(spark, ctx, cfg)
         return code
     except InputError as err:
         # Bad input is the operator's to fix, not a bug: a clear message, no stack trace.
         logging.getLogger(f"markdown_pricing.{stage}").error("%s stopped, nothing published: %s", stage, err)
-        code = INPUT_ERROR_EXIT_CODE
+        code, error = err.exit_code, str(err)
         return code
     except Exception as err:
         logging.getLogger(f"markdown_pricing.{stage}").error("%s failed: %s", stage, err)
@@ -67,5 +65,6 @@ def job_entrypoint(stage: str, run: Stage, argv: Sequence[str] | None = None) ->
                 "finished_at": finished.isoformat(),
                 "seconds": (finished - started).total_seconds(),
                 "exit_code": code,
+                "input_error": error,
             },
         )

@@ -79,6 +79,10 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     job = partial(spark_job, spark, f"etl-{ctx.run_id}")
     with job("ETL: check raw schemas"):
         raw = {name: read_raw(spark, ctx, name) for name in RAW_DATASETS}
+    # Before any write: a stale feed leaves nothing behind, so the scheduler can wait and submit the job again.
+    with job("ETL: check the sales reach the run's week"), naming_unreadable_files("sales"):
+        latest = raw["sales"].transform(transforms.latest_in_window("sales", ctx.run_date)).first()
+    transforms.check_fresh("sales", latest["latest"] if latest else None, ctx.run_date, cfg.run.max_sales_lag_days)
     counts: dict[str, dict[str, Any]] = {}
     tagged: dict[str, DataFrame] = {}
     progress = StageProgress(ctx.layout, "etl", total=len(RAW_DATASETS), unit="datasets")
@@ -127,4 +131,9 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     with job("ETL: write curated weekly"):
         curated.repartition("country").write.mode("overwrite").partitionBy("country").parquet(ctx.layout.weekly)
     log.info("curated weekly rows written to %s", ctx.layout.weekly)
+    # The publish gate tells an article that sold out or whose season ended from one that went missing.
+    with job("ETL: write article states"):
+        transforms.article_states(valid["articles"], valid["stock"], ctx.run_date).write.mode("overwrite").parquet(
+            ctx.layout.article_states
+        )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from contextlib import ExitStack, closing
 from typing import Any
 
@@ -10,11 +11,13 @@ import pandas as pd
 import psycopg2
 from psycopg2.extensions import connection as Connection
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.context import RunContext
 from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.core.storage import filesystem
 from markdown_pricing.erp import ledger, locks, schema, writer
 from markdown_pricing.erp.connection import connect, start_dsn
 from markdown_pricing.erp.gate import gate_reasons, not_publishable_because
@@ -31,6 +34,16 @@ def model_version(ctx: RunContext, country: str, result: dict[str, Any]) -> str:
     return result.get("model_version") or f"{ctx.run_id}/{country}"
 
 
+def ended_articles(spark: SparkSession, ctx: RunContext) -> dict[str, set[str]]:
+    """Country -> its articles that sold out or reached their season end by the run date, as the ETL found them."""
+    uri = ctx.layout.article_states
+    if not filesystem(uri).exists(uri):
+        # A run from before the ETL wrote them: no loss is explained.
+        return {}
+    states = spark.read.parquet(uri).where(~F.col("active")).select("country", "article_id").toPandas()
+    return {str(country): set(group["article_id"]) for country, group in states.groupby("country")}
+
+
 def publish_or_record(
     conn: Connection,
     ctx: RunContext,
@@ -38,7 +51,8 @@ def publish_or_record(
     country: str,
     result: dict[str, Any],
     rows: pd.DataFrame,
-    previous_rows: int | None,
+    previous_articles: Collection[str],
+    ended_articles: Collection[str],
     repair: bool = False,
 ) -> tuple[str, str | None]:
     """Publishes one country unless it has nothing to publish or its gate blocks it; returns (outcome, why not)."""
@@ -60,9 +74,11 @@ def publish_or_record(
     reasons = gate_reasons(
         result,
         rows,
-        previous_rows=previous_rows,
+        previous_articles=previous_articles,
+        ended_articles=ended_articles,
         ladder=rules.ladder,
         max_drop_share=rules.max_recommendation_drop_share,
+        min_lost_articles=rules.min_lost_articles,
     )
     if reasons and not override:
         problem = "blocked by the quality gate: " + "; ".join(reasons)
@@ -105,6 +121,7 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         return 1
     spark.sparkContext.setJobGroup(f"publish-{ctx.run_id}", f"publish: read predictions of {len(results)} countries")
     predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
+    ended = ended_articles(spark, ctx)
     settings = cfg.erp
     problems: dict[str, str] = {}
     # The explicit steps before any write: the embedded ERP when none is configured, its tables when missing.
@@ -116,27 +133,35 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         "statement_timeout_s": settings.statement_timeout_s,
     }
     with closing(connect(dsn, settings.connect_timeout_s, **retries)) as conn, ExitStack() as held:
-        schema.ensure_current(conn, settings)
+        schema.prepare(conn, settings)
         # One publisher per run date, held from the ledger reads below to the last country's commit.
         try:
-            held.enter_context(locks.publish_run_lock(conn, settings, ctx.run_date, locks.publisher_name(ctx.run_id)))
+            held.enter_context(
+                locks.publish_run_lock(conn, settings, ctx.run_date, locks.stage_holder("publish", ctx.run_id))
+            )
         except locks.PublishLockedError as err:
             log.error("nothing published: %s", err)
             return LOCKED_EXIT_CODE
         writer.record_metrics(conn, settings, run_id=ctx.run_id, run_date=ctx.run_date, results=results)
-        # The gate compares each country with what the ERP holds now: its last publish by another run.
-        previous_rows = ledger.last_published_rows(conn, settings, ctx.run_id)
+        # The gate compares each country's articles with those the ERP holds now.
+        held_articles = ledger.held_articles(conn, settings)
         # A rerun leaves this run's rows alone: the gate judged them (or an operator overrode it) the first time.
         this_run = ledger.run_statuses(conn, settings, ctx.run_id)
+        # A country the ERP holds a week up to this one for must be in this run: else its input went missing.
+        absent = {
+            country: week
+            for country, week in ledger.held_weeks(conn, settings).items()
+            if country not in results and week <= ctx.run_date
+        }
         # Unless the table lost them: the ledger and the table must agree before a country counts as published.
         missing = ledger.missing_published_rows(conn, settings, ctx.run_id)
-        for country, (held, written) in sorted(missing.items()):
+        for country, (table_rows, written) in sorted(missing.items()):
             log.warning(
                 "country %s: the ledger says run %s published %d rows but the table holds %d of them: publishing again",
                 country,
                 ctx.run_id,
                 written,
-                held,
+                table_rows,
             )
         tracker = StageProgress(ctx.layout, "publish", total=len(results))
         for country, result in sorted(results.items()):
@@ -145,7 +170,15 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
             if this_run.get(country) != ledger.PUBLISHED or country in missing:
                 rows = predictions[predictions["country"] == country]
                 outcome, problem = publish_or_record(
-                    conn, ctx, cfg, country, result, rows, previous_rows.get(country), repair=country in missing
+                    conn,
+                    ctx,
+                    cfg,
+                    country,
+                    result,
+                    rows,
+                    held_articles.get(country, set()),
+                    ended.get(country, set()),
+                    repair=country in missing,
                 )
             if problem is not None:
                 problems[country] = problem.splitlines()[0]
@@ -154,6 +187,19 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
                 # Not a failure: a later week's rows stand, as the contract wants; the ledger says which week.
                 log.warning("country %s: the ERP holds a later week than %s, its rows kept", country, ctx.run_date)
             tracker.finish(country, outcome)
+        for country, week in sorted(absent.items()):
+            problems[country] = f"missing from this run's input: the ERP keeps its rows of {week}"
+            writer.record_not_published(
+                conn,
+                settings,
+                run_id=ctx.run_id,
+                run_date=ctx.run_date,
+                country=country,
+                message=problems[country],
+                metrics={},
+                status=ledger.MISSING_INPUT,
+            )
+            log.error("country %s: %s", country, problems[country])
     unknown = sorted(set(ctx.gate_overrides) - set(results))
     if unknown:
         log.warning("--override-gate names countries that are not in this run: %s", ", ".join(unknown))
