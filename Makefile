@@ -40,6 +40,7 @@ DEMO_SAMPLE = $(BIN)/markdown-pricing generate-sample --out $(DEMO_RAW) --truth 
 
 demo: check-java $(BIN)/markdown-pricing
 	@test -f $(DEMO_RAW)/sales/_SUCCESS || $(DEMO_SAMPLE)
+	$(BIN)/markdown-pricing seed-rules --run-date $(RUN_DATE) --raw $(DEMO_RAW) --work $(DEMO_WORK)
 	$(BIN)/markdown-pricing run --run-date $(RUN_DATE) --raw $(DEMO_RAW) --work $(DEMO_WORK)
 
 # The evidence for issue 3 in docs/evaluation.md: forecast errors and revenue regret against the known truth for

@@ -143,6 +143,12 @@ def test_migrate_creates_contract_columns(conn: Connection, erp_settings: ErpSet
         ("expected_sell_through", "double precision", 53, None),
         ("run_id", "text", None, None),
         ("model_version", "text", None, None),
+        ("hold_expected_revenue", "double precision", 53, None),
+        ("gain_over_hold", "double precision", 53, None),
+        ("hold_sell_through", "double precision", 53, None),
+        ("stock_on_hand", "integer", 32, 0),
+        ("weeks_to_season_end", "integer", 32, 0),
+        ("rule_applied", "text", None, None),
     ]
     assert primary_key == ["article_id", "country"]
 
@@ -175,9 +181,13 @@ def test_publish_country_writes_exactly_the_rows(conn: Connection, erp_settings:
     status = _publish(conn, erp_settings, "r1", frame, model_version=model)
 
     assert status == "published"
+    # A frame without the explanation columns (a caller from before them) leaves them NULL.
+    no_explanation = (None,) * 6
     assert _predictions_table(conn, erp_settings) == [
-        ("DE", "a1", RUN_DATE, Decimal("19.99"), Decimal("0.300"), Decimal("13.99"), 2.5, 100.125, 0.8, "r1", model),
-        ("DE", "a2", RUN_DATE, Decimal("5.00"), Decimal("0.000"), Decimal("5.00"), None, None, 0.1, "r1", model),
+        ("DE", "a1", RUN_DATE, Decimal("19.99"), Decimal("0.300"), Decimal("13.99"), 2.5, 100.125, 0.8, "r1", model)
+        + no_explanation,
+        ("DE", "a2", RUN_DATE, Decimal("5.00"), Decimal("0.000"), Decimal("5.00"), None, None, 0.1, "r1", model)
+        + no_explanation,
     ]
     assert [row[:10] for row in _ledger_table(conn, erp_settings)] == [
         ("r1", "DE", RUN_DATE, "published", 2, model, 0.21, 0.35, -0.02, None)

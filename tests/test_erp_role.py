@@ -16,7 +16,8 @@ from psycopg2 import sql
 
 from markdown_pricing.core.config import ErpSettings, load_config, project_root
 from markdown_pricing.core.context import RunContext
-from markdown_pricing.erp import connection, ledger, schema, writer
+from markdown_pricing.core.contract import CANDIDATE_COLUMNS
+from markdown_pricing.erp import connection, ledger, rules, schema, writer
 from markdown_pricing.erp.schema import ErpNotReadyError
 from markdown_pricing.orchestrate import cli
 from markdown_pricing.orchestrate.tasks import Etl
@@ -138,6 +139,107 @@ def test_data_role_runs_the_week_on_current_tables_without_ddl(data_roles: tuple
             conn, run, run_id="r1", run_date=RUN_DATE, country="FRA", message="failed: x", metrics={}
         )
     assert _ledger_rows(owner) == [("DEU", ledger.PUBLISHED), ("FRA", ledger.FAILED)]
+
+
+def _candidates(country: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            (country, "A1", discount, 50.0 * (1 - discount), 3.0, 9.0, 120.0, 0.8, None, discount == 0.1)
+            for discount in (0.0, 0.1, 0.2)
+        ],
+        columns=list(CANDIDATE_COLUMNS),
+    )
+
+
+def _as_dba(erp_dsn: str, statement: str) -> None:
+    with closing(psycopg2.connect(as_user(erp_dsn, "postgres", "data_role_check"))) as dba, dba, dba.cursor() as cur:
+        cur.execute(statement)
+
+
+def test_data_role_publishes_candidates_and_reads_the_buyers_rules_without_ddl(
+    erp_dsn: str, data_roles: tuple[ErpSettings, ErpSettings]
+) -> None:
+    owner, run = data_roles
+    with closing(connection.connect(owner.dsn, 5)) as conn:
+        schema.migrate(conn, owner)
+    # What conf/erp/data_role.sql suggests once the table exists: the run only reads the rules, the role behind the
+    # ERP's rule screens writes them (no privilege on the identity's sequence needed).
+    _as_dba(
+        erp_dsn,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'erp_rules_editor') THEN"
+        " CREATE ROLE erp_rules_editor LOGIN; END IF; END $$;"
+        " GRANT CONNECT ON DATABASE data_role_check TO erp_rules_editor;"
+        " GRANT USAGE ON SCHEMA markdown TO erp_rules_editor;"
+        f" GRANT SELECT, INSERT, UPDATE, DELETE ON markdown.{owner.rules_table} TO erp_rules_editor;"
+        f" REVOKE INSERT, UPDATE, DELETE ON markdown.{owner.rules_table} FROM {RUNNER};",
+    )
+    editor = as_user(erp_dsn, "erp_rules_editor", "data_role_check")
+    with closing(psycopg2.connect(editor)) as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO markdown.{} (country, article_id, rule, value, note) VALUES ('DEU', 'A1', 'max_discount',"
+                " 0.1, 'brand agreement')"
+            ).format(sql.Identifier(owner.rules_table))
+        )
+
+    with closing(connection.connect(run.dsn, 5)) as conn:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT has_schema_privilege('markdown', 'CREATE'), has_table_privilege(%s, 'INSERT')",
+                (f"markdown.{run.rules_table}",),
+            )
+            assert cur.fetchone() == (False, False)
+        schema.prepare(conn, run)
+        in_force = rules.rules_in_force(conn, run, RUN_DATE)
+        outcome = writer.publish_country(
+            conn,
+            run,
+            run_id="r1",
+            run_date=RUN_DATE,
+            country="DEU",
+            predictions=_frame("DEU").assign(rule_applied=["max_discount 0.1 [article]"]),
+            candidates=_candidates("DEU"),
+            model_version="r1/DEU",
+            metrics={},
+        )
+
+    assert in_force[["country", "article_id", "rule", "value", "note"]].to_dict("records") == [
+        {"country": "DEU", "article_id": "A1", "rule": "max_discount", "value": 0.1, "note": "brand agreement"}
+    ]
+    assert outcome == ledger.PUBLISHED
+    with closing(connection.connect(owner.dsn, 5)) as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT candidate_discount::float8, chosen, run_id FROM markdown.{} ORDER BY 1").format(
+                sql.Identifier(owner.candidates_table)
+            )
+        )
+        assert cur.fetchall() == [(0.0, False, "r1"), (0.1, True, "r1"), (0.2, False, "r1")]
+
+
+def test_prepare_names_a_missing_delete_on_candidates_and_read_on_the_rules(
+    data_roles: tuple[ErpSettings, ErpSettings],
+) -> None:
+    owner, run = data_roles
+    with closing(connection.connect(owner.dsn, 5)) as conn:
+        schema.migrate(conn, owner)
+    _owner_executes(
+        owner,
+        sql.SQL("REVOKE DELETE ON markdown.{} FROM {}; REVOKE SELECT ON markdown.{} FROM {}").format(
+            sql.Identifier(owner.candidates_table),
+            sql.Identifier(RUNNER),
+            sql.Identifier(owner.rules_table),
+            sql.Identifier(RUNNER),
+        ),
+    )
+
+    with closing(connection.connect(run.dsn, 5)) as conn:
+        with pytest.raises(ErpNotReadyError) as refused:
+            schema.prepare(conn, run)
+
+    assert str(refused.value) == (
+        f"role {RUNNER} lacks privileges the weekly run needs: DELETE on markdown.{run.candidates_table}, "
+        f"SELECT on markdown.{run.rules_table}; the tables' owner must grant them (conf/erp/data_role.sql shows how)"
+    )
 
 
 def test_data_role_asks_the_owner_to_migrate_tables_from_before_versioning(

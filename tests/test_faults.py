@@ -324,6 +324,9 @@ def config(ctx: RunContext, settings: ErpSettings) -> Config:
 
 def stage_outputs(spark: SparkSession, ctx: RunContext, frames: list[pd.DataFrame]) -> None:
     frame = pd.concat(frames, ignore_index=True)
+    # The explanation columns these tests do not need stay null.
+    frame = frame.reindex(columns=PREDICTIONS.fieldNames()).astype(object)
+    frame = frame.where(frame.notna(), None)
     spark.createDataFrame(frame, PREDICTIONS).write.mode("overwrite").partitionBy("country").parquet(
         ctx.layout.predictions
     )

@@ -88,7 +88,145 @@ def test_migrate_creates_the_contract_columns_of_predictions(erp_settings: ErpSe
         "expected_sell_through": ("double precision", False),
         "run_id": ("text", True),
         "model_version": ("text", True),
+        "hold_expected_revenue": ("double precision", False),
+        "gain_over_hold": ("double precision", False),
+        "hold_sell_through": ("double precision", False),
+        "stock_on_hand": ("integer", False),
+        "weeks_to_season_end": ("integer", False),
+        "rule_applied": ("text", False),
     }
+
+
+def _columns(conn: Connection, settings: ErpSettings, table: str) -> list[tuple[str, str, bool]]:
+    return [
+        (name, kind, not_null)
+        for relation, _, name, kind, not_null, _ in _definitions(conn, settings)
+        if relation == table and not_null is not None
+    ]
+
+
+def _constraints(conn: Connection, settings: ErpSettings, table: str) -> list[str]:
+    """A table's constraints other than NOT NULL (PostgreSQL 18 lists those as constraints too)."""
+    return [
+        kind
+        for relation, position, _, kind, _, _ in _definitions(conn, settings)
+        if relation == table and position is None and not kind.startswith("NOT NULL")
+    ]
+
+
+def test_migrate_creates_the_contract_columns_of_candidates_and_article_rules(erp_settings: ErpSettings) -> None:
+    with closing(connect(erp_settings.dsn, 5)) as conn:
+        schema.migrate(conn, erp_settings)
+        candidates = _columns(conn, erp_settings, erp_settings.candidates_table)
+        candidate_keys = _constraints(conn, erp_settings, erp_settings.candidates_table)
+        rules = _columns(conn, erp_settings, erp_settings.rules_table)
+        rule_keys = _constraints(conn, erp_settings, erp_settings.rules_table)
+
+    assert candidates == [
+        ("country", "text", True),
+        ("article_id", "text", True),
+        ("candidate_discount", "numeric(4,3)", True),
+        ("candidate_price", "numeric(12,2)", False),
+        ("predicted_units_next_week", "double precision", False),
+        ("predicted_units_season", "double precision", False),
+        ("expected_revenue", "double precision", False),
+        ("expected_sell_through", "double precision", False),
+        ("ruled_out_by", "text", False),
+        ("chosen", "boolean", True),
+        ("run_id", "text", True),
+    ]
+    assert candidate_keys == ["PRIMARY KEY (country, article_id, candidate_discount)"]
+    assert rules == [
+        ("id", "bigint", True),
+        ("country", "text", True),
+        ("article_id", "text", False),
+        ("category", "text", False),
+        ("rule", "text", True),
+        ("value", "numeric", False),
+        ("valid_from", "date", False),
+        ("valid_to", "date", False),
+        ("note", "text", False),
+    ]
+    assert rule_keys == ["PRIMARY KEY (id)"]
+
+
+def _migrated_to(conn: Connection, settings: ErpSettings, version: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema as `migrate` of a release whose last step was `version` left it."""
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "MIGRATIONS", tuple(step for step in schema.MIGRATIONS if step.version <= version))
+        schema.migrate(conn, settings)
+
+
+def test_migration_3_upgrades_a_schema_of_version_2_and_keeps_its_rows(
+    erp_settings: ErpSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = dataclasses.replace(erp_settings, schema=f"{erp_settings.schema}_fresh")
+    with closing(connect(erp_settings.dsn, 5)) as conn:
+        _migrated_to(conn, erp_settings, 2, monkeypatch)
+        with transaction(conn) as cur:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {}.{} (country, article_id, valid_from, current_price, recommended_discount,"
+                    " recommended_price, run_id, model_version)"
+                    " VALUES ('DE', 'a1', '2026-11-23', 10, 0.2, 8, 'r1', 'm')"
+                ).format(sql.Identifier(erp_settings.schema), sql.Identifier(erp_settings.predictions_table))
+            )
+        assert not schema.is_current(conn, erp_settings)
+        assert [row[0] for row in _versions(conn, erp_settings)] == [1, 2]
+
+        done = schema.migrate(conn, erp_settings)
+
+        assert done == [f"migration 3: {schema.MIGRATIONS[2].description}"]
+        assert schema.is_current(conn, erp_settings)
+        assert [row[0] for row in _versions(conn, erp_settings)] == [1, 2, 3]
+        with transaction(conn) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT article_id, run_id, hold_expected_revenue, stock_on_hand, rule_applied FROM {}.{}"
+                ).format(sql.Identifier(erp_settings.schema), sql.Identifier(erp_settings.predictions_table))
+            )
+            assert cur.fetchall() == [("a1", "r1", None, None, None)]
+        try:
+            schema.migrate(conn, fresh)
+            assert _definitions(conn, erp_settings) == _definitions(conn, fresh)
+        finally:
+            with transaction(conn) as cur:
+                cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(fresh.schema)))
+
+
+def test_migration_3_leaves_the_erp_teams_own_rules_table_as_it_is(
+    erp_settings: ErpSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with closing(connect(erp_settings.dsn, 5)) as conn:
+        _migrated_to(conn, erp_settings, 2, monkeypatch)
+        # Created by the ERP team before the pipeline's step, with an id and audit columns of its own.
+        with transaction(conn) as cur:
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE {}.{} (rule_id serial PRIMARY KEY, country text NOT NULL, article_id text,"
+                    " category text, rule text NOT NULL, value numeric, valid_from date, valid_to date, note text,"
+                    " entered_by text NOT NULL DEFAULT current_user, entered_at timestamptz DEFAULT now())"
+                ).format(sql.Identifier(erp_settings.schema), sql.Identifier(erp_settings.rules_table))
+            )
+            cur.execute(
+                sql.SQL("INSERT INTO {}.{} (country, article_id, rule) VALUES ('DE', 'a1', 'hold')").format(
+                    sql.Identifier(erp_settings.schema), sql.Identifier(erp_settings.rules_table)
+                )
+            )
+        before = _columns(conn, erp_settings, erp_settings.rules_table)
+
+        schema.migrate(conn, erp_settings)
+
+        assert _columns(conn, erp_settings, erp_settings.rules_table) == before
+        assert [name for name, _, _ in before][:2] == ["rule_id", "country"]
+        assert schema.is_current(conn, erp_settings)
+        with transaction(conn) as cur:
+            cur.execute(
+                sql.SQL("SELECT country, article_id, rule FROM {}.{}").format(
+                    sql.Identifier(erp_settings.schema), sql.Identifier(erp_settings.rules_table)
+                )
+            )
+            assert cur.fetchall() == [("DE", "a1", "hold")]
 
 
 def _tables_of_before_versioning(cur: Cursor, settings: ErpSettings) -> None:

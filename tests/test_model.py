@@ -268,6 +268,7 @@ def test_a_country_with_too_little_history_needs_a_fallback() -> None:
     assert result.metrics["status"] == "needs_fallback"
     assert result.metrics["fallback_reason"] == "10 weeks of in-stock history, fewer than min_history_weeks = 16"
     assert result.predictions.empty and result.model_text is None
+    assert result.candidates.empty and result.rule_problems == []
 
 
 def steady_world(country: str) -> pd.DataFrame:
@@ -287,19 +288,58 @@ def test_a_country_whose_model_loses_falls_back_and_the_baseline_holds_todays_pr
     predictions = fallback.predictions
     assert (predictions["recommended_discount"] == predictions["current_discount"]).all()
     assert np.allclose(predictions["predicted_units_next_week"], 5.0)
+    # Holding offers today's discount alone: each article's one candidate is chosen.
+    assert len(fallback.candidates) == len(predictions) and fallback.candidates["chosen"].all()
 
 
 def test_pooled_model_scores_a_small_country_with_the_others_history() -> None:
     # A shop opened two weeks ago: in the backtest its baselines know nothing of it yet.
     small = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
     both = pd.concat([elastic_world(), small], ignore_index=True)
-    [fallback] = train_pooled(both, {"LUX": "too little history"}, PARAMS, RULES, num_threads=1)
+    # The buyers' rules by country: only LUX's apply to LUX.
+    buyer_rules = {
+        "LUX": buyer_rules_frame("LUX", ("A009", "exclude")),
+        "DEU": buyer_rules_frame("DEU", ("A000", "exclude")),
+    }
+    [fallback] = train_pooled(
+        both, {"LUX": "too little history"}, PARAMS, RULES, num_threads=1, buyer_rules=buyer_rules
+    )
     assert fallback.country == "LUX"
     assert (fallback.metrics["status"], fallback.metrics["model_kind"]) == ("trained", "pooled")
     assert fallback.card["model"]["features"] == list(forecast.POOLED_FEATURES)
     assert fallback.card["model"]["categories"]["country"] == ["DEU", "LUX"]
-    assert sorted(fallback.predictions["article_id"]) == sorted(small["article_id"].unique())
+    assert sorted(fallback.predictions["article_id"]) == sorted(set(small["article_id"]) - {"A009"})
     assert (fallback.predictions["country"] == "LUX").all()
+    assert set(fallback.candidates["article_id"]) == set(small["article_id"])
+    assert (fallback.candidates.loc[fallback.candidates["article_id"] == "A009", "ruled_out_by"] == "exclude").all()
+    assert fallback.rule_problems == []
+
+
+def buyer_rules_frame(country: str, *rules: tuple[str, str]) -> pd.DataFrame:
+    """Buyer rules as the ERP gives them, from (article_id, rule) pairs without values."""
+    return pd.DataFrame(
+        [(country, article, None, rule, np.nan, None, None, None) for article, rule in rules],
+        columns=["country", "article_id", "category", "rule", "value", "valid_from", "valid_to", "note"],
+    )
+
+
+def test_train_country_honours_buyer_rules_and_a_saved_model_rescores_them_the_same() -> None:
+    world = elastic_world()
+    rules = buyer_rules_frame("DEU", ("A000", "exclude"), ("A001", "hold"), ("A999", "hold"))
+    result = train_country(world, PARAMS, RULES, num_threads=1, buyer_rules=rules)
+    predictions, candidates = result.predictions.set_index("article_id"), result.candidates
+    assert "A000" not in predictions.index and len(predictions) == 39
+    assert (candidates.loc[candidates["article_id"] == "A000", "ruled_out_by"] == "exclude").all()
+    assert predictions.loc["A001", "recommended_discount"] == pytest.approx(predictions.loc["A001", "current_discount"])
+    assert result.rule_problems == ["DEU A999: hold [article]: the country has no article A999; not applied"]
+    # One chosen candidate per recommendation, the one recommended.
+    chosen = candidates[candidates["chosen"]].set_index("article_id")
+    assert sorted(chosen.index) == sorted(predictions.index)
+    assert (chosen["candidate_discount"] == predictions["recommended_discount"].reindex(chosen.index)).all()
+    rescored = rescore(world, result.model_text, result.card, PARAMS, RULES, buyer_rules=rules)
+    pd.testing.assert_frame_equal(rescored.predictions, result.predictions)
+    pd.testing.assert_frame_equal(rescored.candidates, result.candidates)
+    assert rescored.rule_problems == result.rule_problems
 
 
 def test_trained_model_never_predicts_fewer_units_for_more_discount() -> None:
@@ -328,4 +368,5 @@ def test_train_country_is_reproducible_and_a_saved_model_rescores_the_same() -> 
     assert first.model_text == second.model_text
     rescored = rescore(world, first.model_text, first.card, PARAMS, RULES)
     pd.testing.assert_frame_equal(rescored.predictions, first.predictions)
+    pd.testing.assert_frame_equal(rescored.candidates, first.candidates)
     assert rescored.metrics["model_wape"] == first.metrics["model_wape"]

@@ -3,6 +3,7 @@ a real embedded PostgreSQL. The ERP table is then checked against the contract f
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -18,7 +19,9 @@ import pytest
 
 from markdown_pricing.core.config import load_config
 from markdown_pricing.core.version import package_version
-from markdown_pricing.erp import connection
+from markdown_pricing.erp import connection, schema
+from markdown_pricing.erp.rules import replace_rules_noted
+from markdown_pricing.synthetic.rules import SEED_NOTE, sample_rules
 from markdown_pricing.synthetic.sample import generate_sample
 
 # Whole runs through `markdown-pricing run` and Luigi's command line.
@@ -74,7 +77,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, erp_dsn: str) -> Iterator[di
     # of its own, so a fallback scores it.
     summary = generate_sample(root / "raw", countries=4, articles=90, weeks=40, seed=11, run_date=RUN_DATE)
     env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    yield {"raw": root / "raw", "work": root / "work", "env": env, "countries": summary.countries}
+    # Buyers' rules of every kind, one expired and two that disagree, in the ERP before the first run.
+    rules = sample_rules(root / "raw", RUN_DATE)
+    settings = dataclasses.replace(load_config("local").erp, dsn=erp_dsn)
+    with closing(connection.connect(erp_dsn, 5)) as conn:
+        schema.migrate(conn, settings)
+        replace_rules_noted(conn, settings, rules, SEED_NOTE)
+    yield {"raw": root / "raw", "work": root / "work", "env": env, "countries": summary.countries, "rules": rules}
     with closing(connection.connect(erp_dsn, 5)) as conn, conn, conn.cursor() as cur:
         cur.execute("DROP SCHEMA IF EXISTS markdown CASCADE")
 
@@ -100,8 +109,13 @@ def test_pipeline_publishes_one_row_per_active_article_by_contract(world: dict[s
     active = expected_active(world["raw"])  # type: ignore[arg-type]
     active = active[active["country"].isin(world["countries"])]  # type: ignore[arg-type]
 
+    rules: pd.DataFrame = world["rules"]  # type: ignore[assignment]
+    exclusions = rules[rules["rule"] == "exclude"]
+    excluded = set(zip(exclusions["country"], exclusions["article_id"], strict=True))
     published = sorted(zip(table["country"], table["article_id"], strict=True))
-    assert published == sorted(zip(active["country"], active["article_id"], strict=True))
+    expected = set(zip(active["country"], active["article_id"], strict=True))
+    assert excluded and excluded <= expected
+    assert published == sorted(expected - excluded)
     ladder = load_config("local").run.ladder
     assert set(table["recommended_discount"].round(3)) <= set(ladder)
     merged = table.merge(active, on=["country", "article_id"])
@@ -133,6 +147,78 @@ def test_pipeline_publishes_one_row_per_active_article_by_contract(world: dict[s
     assert sorted(line["country"] for line in lines) == sorted(
         world["countries"]  # type: ignore[arg-type]
     )
+
+
+def erp_recommendations(dsn: str) -> pd.DataFrame:
+    with closing(connection.connect(dsn, 5)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT p.country, p.article_id, p.current_price::float8, p.recommended_discount::float8,"
+            " p.recommended_price::float8, p.expected_revenue, p.hold_expected_revenue, p.gain_over_hold,"
+            " p.rule_applied, p.run_id, c.candidates, c.chosen, c.run_ids"
+            " FROM markdown.predictions AS p JOIN ("
+            "   SELECT country, article_id, count(*) AS candidates,"
+            "     array_agg(candidate_discount::float8) FILTER (WHERE chosen) AS chosen,"
+            "     array_agg(DISTINCT run_id) AS run_ids"
+            "   FROM markdown.candidates GROUP BY 1, 2) AS c USING (country, article_id)"
+        )
+        return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+
+
+def test_published_rows_honour_the_buyers_rules_name_them_and_are_explained(
+    world: dict[str, object], erp_dsn: str
+) -> None:
+    rows = erp_recommendations(erp_dsn).set_index(["country", "article_id"])
+    rules: pd.DataFrame = world["rules"]  # type: ignore[assignment]
+    in_force = rules[rules["valid_to"].isna()]
+    active = expected_active(world["raw"]).set_index(["country", "article_id"])  # type: ignore[arg-type]
+    articles = read_raw(world["raw"], "articles").set_index("article_id")  # type: ignore[arg-type]
+    for rule in in_force.itertuples():
+        if rule.rule == "exclude":
+            assert (rule.country, rule.article_id) not in rows.index
+            continue
+        if rule.article_id is not None:
+            keys = [(rule.country, rule.article_id)]
+        else:
+            in_category = articles.index[articles["category"] == rule.category]
+            keys = [key for key in rows.index if key[0] == rule.country and key[1] in in_category]
+        assert keys
+        for key in keys:
+            row, current = rows.loc[key], round(float(active.loc[key, "current_discount"]), 3)
+            if rule.rule == "hold":
+                assert row["recommended_discount"] == pytest.approx(current, abs=0.005)
+            elif rule.rule == "max_discount":
+                assert row["recommended_discount"] <= max(rule.value, current) + 1e-9
+            elif rule.rule == "min_price":
+                assert row["recommended_price"] >= min(rule.value, row["current_price"]) - 1e-9
+    # A rule that changed a recommendation is named on its row; an expired one never is.
+    bound = rows[rows["rule_applied"].notna()]
+    assert not bound.empty
+    expired = rules[rules["valid_to"].notna()]
+    for rule in expired.itertuples():
+        assert "hold" not in str(rows.loc[(rule.country, rule.article_id), "rule_applied"])
+    # Every row has its candidate curve of the same run, with exactly the recommended candidate chosen.
+    assert (rows["candidates"] >= 1).all()
+    assert all(len(chosen) == 1 for chosen in rows["chosen"])
+    assert all(c[0] == pytest.approx(d) for c, d in zip(rows["chosen"], rows["recommended_discount"], strict=True))
+    assert all(ids == [run] for ids, run in zip(rows["run_ids"], rows["run_id"], strict=True))
+    assert list(rows["gain_over_hold"]) == pytest.approx(list(rows["expected_revenue"] - rows["hold_expected_revenue"]))
+    # The disagreeing rules are reported, not dropped.
+    log = Path(str(world["work"])) / "runs" / RUN_DATE.isoformat() / "logs" / "train_score.log"
+    assert "buyer rules:" in log.read_text()
+    # explain answers with the ERP's figures.
+    (country, article), row = next(iter(bound.iterrows()))
+    result = subprocess.run(
+        [str(BIN / "markdown-pricing"), "explain", "--country", country, "--article", article, "--json"],
+        env=world["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    explained = json.dumps(json.loads(result.stdout))
+    for figure in (row["expected_revenue"], row["hold_expected_revenue"]):
+        assert repr(float(figure)) in explained or str(float(figure)) in explained
+    assert str(row["rule_applied"]) in explained
 
 
 def test_runs_lists_each_countrys_error_against_both_baselines(world: dict[str, object], erp_dsn: str) -> None:

@@ -24,7 +24,8 @@ METRICS = {"train_rows": 100, "holdout_rows": 10, "model_wape": 0.3, "model_bias
 
 
 def prediction(country: str, article: str, discount: float) -> tuple:
-    return (country, article, 50.0, 0.0, discount, round(50.0 * (1 - discount), 2), 3.0, 120.0, 0.8, 10)
+    explanation = (100.0, 20.0, 0.6, 8, None)  # hold revenue, gain over hold, hold sell-through, weeks left, rule
+    return (country, article, 50.0, 0.0, discount, round(50.0 * (1 - discount), 2), 3.0, 120.0, 0.8, 10, *explanation)
 
 
 def context(tmp_path: Path, run_id: str) -> RunContext:

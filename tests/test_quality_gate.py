@@ -9,8 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from markdown_pricing.core.contract import PREDICTION_COLUMNS
-from markdown_pricing.erp.gate import gate_reasons, not_publishable_because
+from markdown_pricing.erp.gate import FINITE_COLUMNS, gate_reasons, not_publishable_because
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 TRAINED = {"status": "trained", "model_wape": 0.30, "baseline_wape": 0.40, "model_bias": 0.01}
@@ -128,7 +127,7 @@ def test_gate_reasons_for_fallbacks(kind: str, model: float | None, expected: li
     assert reasons(recommendations(), result) == expected
 
 
-NUMERIC_PREDICTIONS = [c for c in PREDICTION_COLUMNS if c not in ("country", "article_id", "stock_on_hand")]
+NUMERIC_PREDICTIONS = list(FINITE_COLUMNS)
 
 
 @pytest.mark.parametrize("column", NUMERIC_PREDICTIONS)

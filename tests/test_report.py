@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from pyspark.sql import SparkSession
 
+from markdown_pricing.core.contract import CANDIDATE_COLUMNS
 from markdown_pricing.core.schemas import PREDICTIONS
 from markdown_pricing.core.storage import RunLayout, write_json
 from markdown_pricing.observe import run_report
@@ -169,8 +170,44 @@ def write_predictions(layout: RunLayout, frame: pd.DataFrame) -> None:
     (folder / "_SUCCESS").touch()
 
 
-def fabricate_run(work: Path, run_id: str, started: dt.datetime, shift: float, failed: tuple[str, ...] = ()) -> None:
-    """One run's small outputs: predictions, country results, ETL record and stage records."""
+def write_candidates(layout: RunLayout, predictions: pd.DataFrame) -> None:
+    """Each article's candidate curve as train-and-score leaves it: from today's discount up the ladder, expected
+    revenue rising to the recommended discount and falling after it, the step above it ruled out by a rule."""
+    rows = []
+    for row in predictions.itertuples():
+        steps = np.round(np.arange(row.current_discount, 0.71, 0.1), 3)
+        for step in steps:
+            distance = abs(step - row.recommended_discount)
+            rows.append(
+                (
+                    row.country,
+                    row.article_id,
+                    float(step),
+                    round(50.0 * (1 - step), 2),
+                    3.0 * (1 + step),
+                    20.0 * (1 + step),
+                    row.expected_revenue - 300.0 * distance,
+                    min(1.0, row.expected_sell_through * (1 + step)),
+                    "max_discount 0.5 [category jeans]" if step > max(0.5, row.recommended_discount) else None,
+                    bool(distance < 1e-9),
+                )
+            )
+    frame = pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
+    folder = Path(layout.candidates)
+    pq.write_to_dataset(pa.Table.from_pandas(frame, preserve_index=False), folder, partition_cols=["country"])
+    (folder / "_SUCCESS").touch()
+
+
+def fabricate_run(
+    work: Path,
+    run_id: str,
+    started: dt.datetime,
+    shift: float,
+    failed: tuple[str, ...] = (),
+    explained: bool = True,
+) -> None:
+    """One run's small outputs: predictions, country results, ETL record and stage records; unless the run is
+    from before explanations, the predictions say what holding would bring and the candidates are written."""
     layout = RunLayout(raw="", work=str(work), run_id=run_id)
     # The same base discounts in every run, so that the week-over-week change is exactly the shift.
     rng = np.random.default_rng(7)
@@ -188,6 +225,13 @@ def fabricate_run(work: Path, run_id: str, started: dt.datetime, shift: float, f
         rows, columns=["country", "article_id", "recommended_discount", "expected_sell_through", "stock_on_hand"]
     )
     frame["current_discount"] = (frame["recommended_discount"] - 0.1).clip(lower=0.0)
+    frame["expected_revenue"] = 400.0 + 1000.0 * frame["expected_sell_through"]
+    if explained:
+        frame["hold_expected_revenue"] = frame["expected_revenue"] - 600.0 * (
+            frame["recommended_discount"] - frame["current_discount"]
+        )
+        frame["gain_over_hold"] = frame["expected_revenue"] - frame["hold_expected_revenue"]
+        write_candidates(layout, frame)
     write_predictions(layout, frame)
     results = {
         country: (
@@ -270,7 +314,7 @@ def chromium(*arguments: str, profile: Path) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_report_command_writes_a_page_with_six_plots_that_chromium_renders(
+def test_report_command_writes_a_page_with_every_plot_that_chromium_renders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     work = tmp_path / "work"
@@ -334,8 +378,8 @@ def test_report_without_runs_says_so(tmp_path: Path) -> None:
 def test_read_predictions_reads_what_spark_writes(spark: SparkSession, tmp_path: Path) -> None:
     layout = RunLayout(raw="", work=str(tmp_path), run_id="r")
     rows = [
-        ("DEU", "A1", 50.0, 0.0, 0.1, 45.0, 3.0, 120.0, 0.8, 10),
-        ("FRA", "A2", 40.0, 0.1, 0.2, 32.0, 1.0, 50.0, 0.5, 4),
+        ("DEU", "A1", 50.0, 0.0, 0.1, 45.0, 3.0, 120.0, 0.8, 10, 100.0, 20.0, 0.6, 9, None),
+        ("FRA", "A2", 40.0, 0.1, 0.2, 32.0, 1.0, 50.0, 0.5, 4, 50.0, 0.0, 0.5, 3, "hold [article]"),
     ]
     spark.createDataFrame(rows, PREDICTIONS).write.partitionBy("country").parquet(layout.predictions)
 
@@ -349,6 +393,146 @@ def test_read_predictions_reads_what_spark_writes(spark: SparkSession, tmp_path:
             "recommended_discount": [0.1, 0.2],
             "expected_sell_through": [0.8, 0.5],
             "stock_on_hand": [10, 4],
+            "expected_revenue": [120.0, 50.0],
+            "hold_expected_revenue": [100.0, 50.0],
+            "gain_over_hold": [20.0, 0.0],
         }
     )
     pd.testing.assert_frame_equal(frame.sort_values("country", ignore_index=True), expected)
+
+
+# --- the money section ---------------------------------------------------------------------------------------------
+
+
+def money_frame() -> pd.DataFrame:
+    """Predictions of two countries with what holding today's discount would bring."""
+    frame = pd.DataFrame(
+        [
+            ("DEU", "A1", 0.0, 0.3, 500.0, 400.0),
+            ("DEU", "A2", 0.1, 0.1, 200.0, 200.0),
+            ("DEU", "A3", 0.0, 0.2, 310.0, 250.0),
+            ("FRA", "A1", 0.2, 0.5, 900.0, 750.0),
+            ("FRA", "A2", 0.0, 0.1, 100.0, 100.0),
+            ("ITA", "A1", 0.0, 0.0, 0.0, 0.0),
+        ],
+        columns=[
+            "country",
+            "article_id",
+            "current_discount",
+            "recommended_discount",
+            "expected_revenue",
+            "hold_expected_revenue",
+        ],
+    )
+    frame["gain_over_hold"] = frame["expected_revenue"] - frame["hold_expected_revenue"]
+    return frame
+
+
+def test_revenue_against_hold_sums_each_country_in_euros_and_percent() -> None:
+    revenue = run_report.revenue_against_hold(money_frame())
+
+    assert revenue.index.tolist() == ["DEU", "FRA", "ITA"]
+    assert revenue["articles"].tolist() == [3, 2, 1]
+    assert revenue["expected_revenue"].tolist() == [1010.0, 1000.0, 0.0]
+    assert revenue["hold_expected_revenue"].tolist() == [850.0, 850.0, 0.0]
+    assert revenue["gain"].tolist() == [160.0, 150.0, 0.0]
+    # Nothing to hold, no percentage.
+    assert revenue["gain_share"].tolist()[:2] == pytest.approx([160 / 850, 150 / 850])
+    assert np.isnan(revenue.loc["ITA", "gain_share"])
+
+
+def test_largest_gains_ranks_the_gaining_articles_of_every_country() -> None:
+    gains = run_report.largest_gains(money_frame(), top=2)
+
+    assert list(zip(gains["country"], gains["article_id"], gains["gain_over_hold"], strict=True)) == [
+        ("FRA", "A1", 150.0),
+        ("DEU", "A1", 100.0),
+    ]
+    assert gains["gain_share"].tolist() == pytest.approx([0.2, 0.25])
+    # Articles that gain nothing are not among the largest gains.
+    assert run_report.largest_gains(money_frame())["article_id"].tolist() == ["A1", "A1", "A3"]
+
+
+def test_candidate_curves_keep_the_order_of_the_articles_and_sort_each_by_discount() -> None:
+    candidates = pd.DataFrame(
+        [
+            ("DEU", "A1", 0.2, 480.0, None, False),
+            ("DEU", "A1", 0.0, 400.0, None, False),
+            ("DEU", "A1", 0.3, 500.0, None, True),
+            ("FRA", "A1", 0.5, 900.0, None, True),
+            ("FRA", "A1", 0.2, 750.0, None, False),
+            ("FRA", "A2", 0.0, 100.0, None, True),
+        ],
+        columns=["country", *run_report.CURVE_COLUMNS],
+    )
+    top = run_report.largest_gains(money_frame(), top=2)
+
+    curves = run_report.candidate_curves(candidates, top)
+
+    assert list(zip(curves["curve"], curves["country"], curves["candidate_discount"], strict=True)) == [
+        (0, "FRA", 0.2),
+        (0, "FRA", 0.5),
+        (1, "DEU", 0.0),
+        (1, "DEU", 0.2),
+        (1, "DEU", 0.3),
+    ]
+
+
+def test_read_partitions_reads_only_the_countries_and_articles_asked_for(tmp_path: Path) -> None:
+    layout = RunLayout(raw="", work=str(tmp_path), run_id="r")
+    assert run_report.read_partitions(layout.candidates, ["DEU"]) is None
+    write_candidates(layout, money_frame().assign(expected_sell_through=0.5))
+
+    found = run_report.read_partitions(
+        layout.candidates, ["FRA", "ITA", "POL"], articles={"A1"}, columns=run_report.CURVE_COLUMNS
+    )
+
+    assert found is not None
+    assert found.columns.tolist() == ["country", *run_report.CURVE_COLUMNS]
+    assert sorted(set(zip(found["country"], found["article_id"], strict=True))) == [("FRA", "A1"), ("ITA", "A1")]
+
+
+def test_report_shows_revenue_against_holding_and_the_curves_of_the_largest_gains(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    fabricate_run(work, "2026-11-23", dt.datetime(2026, 11, 23, 5, 0, tzinfo=UTC), shift=0.1)
+
+    page = Path(run_report.write_report(str(work), "2026-11-23")).read_text()
+
+    with Image.open(io.BytesIO(image_sources(page)[run_report.CURVES_ALT])) as image:
+        assert image.format == "PNG" and image.width >= 1000
+    outputs = run_report.read_run(str(work), "2026-11-23")
+    assert outputs.predictions is not None and outputs.candidates is not None
+    revenue = run_report.revenue_against_hold(outputs.predictions)
+    for country, row in revenue.iterrows():
+        cells = (f"{row['expected_revenue']:,.0f} EUR", f"{row['gain']:+,.0f} EUR", f"{row['gain_share']:+.1%}")
+        assert re.search(rf"<td[^>]*>{country}</td>.*" + ".*".join(map(re.escape, cells)), page), country
+    gains = run_report.largest_gains(outputs.predictions)
+    assert len(gains) == run_report.TOP_GAINS
+    assert "<h3>Largest gains over holding</h3>" in page
+    for row in gains.itertuples():
+        assert re.search(rf"<td[^>]*>{row.country}</td><td[^>]*>{row.article_id}</td>", page)
+    # Only the curves plotted are read: those of the first three of the largest gains.
+    shown = set(zip(gains["country"][:3], gains["article_id"][:3], strict=True))
+    assert set(zip(outputs.candidates["country"], outputs.candidates["article_id"], strict=True)) == shown
+
+
+def test_report_of_a_run_from_before_explanations_shows_a_note_for_the_money(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    fabricate_run(work, "2026-11-23", dt.datetime(2026, 11, 23, 5, 0, tzinfo=UTC), shift=0.1, explained=False)
+
+    page = Path(run_report.write_report(str(work), "2026-11-23")).read_text()
+
+    assert run_report.CURVES_ALT not in image_sources(page)
+    assert "<h2>Revenue against holding today&#x27;s prices</h2>" in page
+    assert "do not say what holding today&#x27;s prices would bring (no hold_expected_revenue)" in page
+    assert sorted(image_sources(page)) == sorted(
+        set(run_report.PLOT_ALTS) - {run_report.CURVES_ALT, run_report.WEEK_OVER_WEEK_ALT}
+    )
+
+
+def test_money_section_without_candidates_keeps_the_tables_and_notes_the_curves() -> None:
+    section = run_report.money_section(money_frame(), None)
+
+    assert section.png is None
+    assert "<h3>Largest gains over holding</h3>" in section.table and "+150 EUR" in section.table
+    assert "no candidates folder" in section.missing

@@ -43,9 +43,9 @@ def test_publish_job_keeps_password_out_of_command_output_and_event_log(
     }
     cfg = dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, conf=MappingProxyType(conf)), erp=erp_settings)
     ctx = RunContext(RUN_DATE, "security", raw=cfg.paths.raw, work=cfg.paths.work)
-    spark.createDataFrame([("DEU", "A1", 50.0, 0.0, 0.1, 45.0, 3.0, 120.0, 0.8, 10)], PREDICTIONS).write.partitionBy(
-        "country"
-    ).parquet(ctx.layout.predictions)
+    spark.createDataFrame(
+        [("DEU", "A1", 50.0, 0.0, 0.1, 45.0, 3.0, 120.0, 0.8, 10, 100.0, 20.0, 0.6, 8, None)], PREDICTIONS
+    ).write.partitionBy("country").parquet(ctx.layout.predictions)
     write_json(ctx.layout.country_results, {"DEU": {"status": "trained", **METRICS}})
 
     command = job_command(dataclasses.replace(cfg, spark=load_config("local").spark), "publish", ctx)

@@ -39,6 +39,12 @@ class RunRules:
     wait_for_inputs_s: float
     input_poll_s: float
     max_sales_lag_days: int
+    # Run-level pricing rules: 0 means no limit.
+    max_markdown_steps: int
+    min_weeks_between_markdowns: int
+    # Country -> the ending of a new markdown's price in euros (0.99, 0.95; 0.0 for whole euros). A plain dict: the
+    # rules travel to the executors pickled, and a read-only mapping proxy does not pickle.
+    price_endings: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,10 @@ class ErpSettings:
     # How long a publishing statement may wait for a lock, and run, before its country fails (0: no limit).
     lock_timeout_s: float = 60.0
     statement_timeout_s: float = 900.0
+    # Every candidate discount behind each published recommendation, replaced with the country's predictions.
+    candidates_table: str = "candidates"
+    # The buyers' rules, owned by the ERP team and filled in through its screens: the run only reads them.
+    rules_table: str = "article_rules"
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,9 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 wait_for_inputs_s=float(run["wait_for_inputs_s"]),
                 input_poll_s=float(run["input_poll_s"]),
                 max_sales_lag_days=int(run["max_sales_lag_days"]),
+                max_markdown_steps=int(run["max_markdown_steps"]),
+                min_weeks_between_markdowns=int(run["min_weeks_between_markdowns"]),
+                price_endings={str(c): float(e) for c, e in run.get("price_endings", {}).items()},
             ),
             model=ModelParams(
                 **{key: value for key, value in model.items() if key != "tuning"},

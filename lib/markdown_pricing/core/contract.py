@@ -17,7 +17,8 @@ MEASURES = ("wape", "bias", "rwape")
 # Which model scored a country: its own, the pooled fallback, or the baseline that holds today's prices.
 MODEL_KINDS = ("country", "pooled", "baseline")
 
-# One row per active article of a trained country, as train+score writes them and publish reads them.
+# One row per active article of a trained country that no rule excludes, as train+score writes them and publish
+# reads them: the recommendation, what holding today's price would bring, and the rule that bound it (if any).
 PREDICTION_COLUMNS = (
     "country",
     "article_id",
@@ -29,7 +30,28 @@ PREDICTION_COLUMNS = (
     "expected_revenue",
     "expected_sell_through",
     "stock_on_hand",
+    "hold_expected_revenue",
+    "gain_over_hold",
+    "hold_sell_through",
+    "weeks_to_season_end",
+    "rule_applied",
 )
+# One row per (active article, candidate discount): the curve a recommendation was chosen from, each candidate with
+# the rule that forbids it (if any). Articles a rule excludes keep theirs, marked "exclude", so that publish knows them.
+CANDIDATE_COLUMNS = (
+    "country",
+    "article_id",
+    "candidate_discount",
+    "candidate_price",
+    "predicted_units_next_week",
+    "predicted_units_season",
+    "expected_revenue",
+    "expected_sell_through",
+    "ruled_out_by",
+    "chosen",
+)
+# The label a candidate of an excluded article carries in ruled_out_by.
+EXCLUDED = "exclude"
 
 # A price rounded to cents sits within half a cent of its ladder step: a current discount this close to a step is
 # that step, so a recommendation may lie this far below the current discount without reversing a markdown.

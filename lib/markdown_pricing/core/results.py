@@ -36,6 +36,8 @@ RESULT_FIELDS: dict[str, type] = {
     # Where the model trained ("cpu", "gpu:1", "cpu (gpu fallback: <why>)") and the GPUs Spark gave the task.
     "device": str,
     "task_gpus": str,
+    # What was wrong with the buyers' rules for the country (contradictions, unknown articles), one per line.
+    "rule_problems": str,
 }
 # What the stage adds for a trained country: models/<run_id>/<country>, the model that scored it.
 MODEL_VERSION = "model_version"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-from markdown_pricing.core.contract import PREDICTION_COLUMNS
+from markdown_pricing.core.contract import CANDIDATE_COLUMNS, PREDICTION_COLUMNS
 from markdown_pricing.core.results import RESULT_FIELDS
 
 RAW_DATASETS: dict[str, T.StructType] = {
@@ -84,21 +84,35 @@ WEEKLY = T.StructType(
 # A country record's fields as Spark types (core.results names them and their Python types).
 _SPARK_TYPES: dict[type, T.DataType] = {str: T.StringType(), int: T.LongType(), float: T.DoubleType()}
 
-PREDICTIONS = T.StructType(
-    [
-        T.StructField("country", T.StringType(), False),
-        T.StructField("article_id", T.StringType()),
-        *(T.StructField(name, T.DoubleType()) for name in PREDICTION_COLUMNS[2:-1]),
-        T.StructField("stock_on_hand", T.LongType()),
-    ]
-)
+# Columns that are not doubles; every other prediction and candidate column is.
+_COLUMN_TYPES: dict[str, T.DataType] = {
+    "country": T.StringType(),
+    "article_id": T.StringType(),
+    "stock_on_hand": T.LongType(),
+    "weeks_to_season_end": T.LongType(),
+    "rule_applied": T.StringType(),
+    "ruled_out_by": T.StringType(),
+    "chosen": T.BooleanType(),
+}
 
-# What the per-country function returns: one "prediction" row per active article and one "country" row per country
-# (its status, metrics and model), so a country that fails still reports.
+
+def _columns(names: tuple[str, ...]) -> T.StructType:
+    return T.StructType(
+        [T.StructField(name, _COLUMN_TYPES.get(name, T.DoubleType()), name != "country") for name in names]
+    )
+
+
+PREDICTIONS = _columns(PREDICTION_COLUMNS)
+CANDIDATES = _columns(CANDIDATE_COLUMNS)
+
+# What the per-country function returns: one "prediction" row per recommended article, one "candidate" row per
+# (article, candidate discount) and one "country" row per country (its status, metrics and model), so a country that
+# fails still reports.
 TRAIN_SCORE_OUTPUT = T.StructType(
     [
         T.StructField("record", T.StringType(), False),
         *PREDICTIONS.fields,
+        *(field for field in CANDIDATES.fields if field.name not in PREDICTION_COLUMNS),
         *(T.StructField(name, _SPARK_TYPES[kind]) for name, kind in RESULT_FIELDS.items() if name != "country"),
         T.StructField("model_text", T.StringType()),
         # The model card (model.country.CountryResult.card) as JSON; the stage adds run, version and commit.

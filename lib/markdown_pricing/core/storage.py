@@ -269,6 +269,10 @@ class RunLayout:
     def predictions(self) -> str:
         return join(self.run_dir, "predictions")
 
+    @property
+    def candidates(self) -> str:
+        return join(self.run_dir, "candidates")
+
     def stage_record(self, stage: str) -> str:
         return join(self.run_dir, "stages", f"{stage}.json")
 

@@ -13,11 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from markdown_pricing.core.contract import LADDER_SNAP, PREDICTION_COLUMNS
+from markdown_pricing.core.contract import LADDER_SNAP
 from markdown_pricing.core.results import metric
 
 # A NaN or an infinity in any of these makes the row out of range: the ERP would store it as a recommendation.
-FINITE_COLUMNS = tuple(c for c in PREDICTION_COLUMNS if c not in ("country", "article_id", "stock_on_hand"))
+FINITE_COLUMNS = (
+    "current_price",
+    "current_discount",
+    "recommended_discount",
+    "recommended_price",
+    "predicted_units_next_week",
+    "expected_revenue",
+    "expected_sell_through",
+)
 NON_NEGATIVE_COLUMNS = ("predicted_units_next_week", "expected_revenue")
 POSITIVE_COLUMNS = ("current_price", "recommended_price")
 LADDER_TOLERANCE = 1e-6

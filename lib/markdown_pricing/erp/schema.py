@@ -20,13 +20,26 @@ from markdown_pricing.erp.locks import lock
 MIGRATE_COMMAND = "markdown-pricing erp migrate"
 # The table in the ERP schema that records which migrations the schema has had.
 VERSIONS_TABLE = "schema_migrations"
-# What a run does to the rows of each table it writes: replaces predictions, upserts ledger and metrics rows.
+# What a run does to the rows of each table it writes: replaces predictions and candidates, upserts ledger and
+# metrics rows.
 DATA_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# What it does with the buyers' rules, which the ERP team owns: reads them.
+READ_PRIVILEGES = ("SELECT",)
 # Columns added to the ledger after its first version, with their types: an older ledger gains them.
 _ADDED_LEDGER_COLUMNS = (
     ("gate_override", "boolean NOT NULL DEFAULT false"),
     ("model_kind", "text"),
     ("fallback_reason", "text"),
+)
+# Columns added to the predictions by migration 3: how the recommendation compares with holding today's price, and
+# the rule that bound it. Nullable, so rows of runs from before them stay valid.
+ADDED_PREDICTION_COLUMNS = (
+    ("hold_expected_revenue", "double precision"),
+    ("gain_over_hold", "double precision"),
+    ("hold_sell_through", "double precision"),
+    ("stock_on_hand", "integer"),
+    ("weeks_to_season_end", "integer"),
+    ("rule_applied", "text"),
 )
 
 
@@ -122,17 +135,69 @@ def _add_ledger_columns(cur: Cursor, settings: ErpSettings) -> None:
         )
 
 
+def _add_rules_and_candidates(cur: Cursor, settings: ErpSettings) -> None:
+    """The predictions' explanation columns, the candidates table and the buyers' rules table, each where missing.
+
+    The ERP team owns the rules table: one it created beforehand, with audit columns of its own, stays as it is.
+    """
+    cur.execute(
+        sql.SQL("ALTER TABLE {} ").format(tables.predictions(settings))
+        + sql.SQL(", ").join(
+            sql.SQL("ADD COLUMN IF NOT EXISTS {} " + kind).format(sql.Identifier(column))
+            for column, kind in ADDED_PREDICTION_COLUMNS
+        )
+    )
+    cur.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {} (
+                country text NOT NULL,
+                article_id text NOT NULL,
+                candidate_discount numeric(4,3) NOT NULL,
+                candidate_price numeric(12,2),
+                predicted_units_next_week double precision,
+                predicted_units_season double precision,
+                expected_revenue double precision,
+                expected_sell_through double precision,
+                ruled_out_by text,
+                chosen boolean NOT NULL,
+                run_id text NOT NULL,
+                PRIMARY KEY (country, article_id, candidate_discount)
+            )
+            """
+        ).format(tables.candidates(settings))
+    )
+    cur.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {} (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                country text NOT NULL,
+                article_id text,
+                category text,
+                rule text NOT NULL,
+                value numeric,
+                valid_from date,
+                valid_to date,
+                note text
+            )
+            """
+        ).format(tables.rules(settings))
+    )
+
+
 # In order; append new steps, never change an applied one. The ledger's status CHECK is not a step: `migrate` widens
 # it whenever LEDGER_STATUSES gains a status.
 MIGRATIONS = (
     Migration(1, "predictions, run ledger and model metrics tables", _create_tables),
     Migration(2, "ledger columns gate_override, model_kind and fallback_reason", _add_ledger_columns),
+    Migration(3, "predictions' explanation columns, candidates and buyer rules tables", _add_rules_and_candidates),
 )
 
 
 def _check_names(settings: ErpSettings) -> None:
     """ConfigError for a configured name that is not a plain identifier, before any SQL runs."""
-    for table in (tables.predictions, tables.ledger, tables.metrics):
+    for table in (tables.predictions, tables.ledger, tables.metrics, tables.candidates, tables.rules):
         table(settings)
 
 
@@ -252,9 +317,11 @@ def is_current(conn: Connection, settings: ErpSettings) -> bool:
 
 
 def _run_privileges(settings: ErpSettings) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Each table a run touches with the privileges it needs there: it writes the data tables, reads the versions."""
-    written = (settings.predictions_table, settings.ledger_table, settings.metrics_table)
-    return (*((name, DATA_PRIVILEGES) for name in written), (VERSIONS_TABLE, ("SELECT",)))
+    """Each table a run touches with the privileges it needs there: it writes the data tables, reads the buyers' rules
+    and the versions."""
+    written = (settings.predictions_table, settings.candidates_table, settings.ledger_table, settings.metrics_table)
+    read = (settings.rules_table, VERSIONS_TABLE)
+    return (*((name, DATA_PRIVILEGES) for name in written), *((name, READ_PRIVILEGES) for name in read))
 
 
 def _missing_privileges(cur: Cursor, settings: ErpSettings) -> list[str]:

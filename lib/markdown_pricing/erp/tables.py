@@ -39,3 +39,13 @@ def ledger(settings: ErpSettings) -> sql.Composed:
 def metrics(settings: ErpSettings) -> sql.Composed:
     """Every run's backtest errors per country and forecaster."""
     return _qualified(settings, "metrics_table")
+
+
+def candidates(settings: ErpSettings) -> sql.Composed:
+    """Every candidate discount behind each published recommendation."""
+    return _qualified(settings, "candidates_table")
+
+
+def rules(settings: ErpSettings) -> sql.Composed:
+    """The buyers' rules, which the run only reads."""
+    return _qualified(settings, "rules_table")

@@ -1,7 +1,9 @@
-"""The ERP writer: one transaction per country replaces its predictions and records the run in the ledger.
+"""The ERP writer: one transaction per country replaces its predictions and candidates and records the run in the
+ledger.
 
 The CopyToTable shape: lock, check the ledger, delete the country's rows, COPY the new ones, write the ledger row,
-commit; any error rolls the whole country back, so readers see the complete old set or the complete new set."""
+commit; any error rolls the whole country back, so readers see the complete old set or the complete new set, and
+never candidates of one run beside predictions of another."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from pandas.api.types import infer_dtype
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
@@ -35,10 +38,41 @@ _FRAME_NUMERIC_COLUMNS = (
     "expected_sell_through",
 )
 FRAME_COLUMNS = _FRAME_TEXT_COLUMNS + _FRAME_NUMERIC_COLUMNS
+# The explanation of each recommendation (migration 3): NULL where a frame lacks them, so older callers still publish.
+_EXPLANATION_FLOAT_COLUMNS = ("hold_expected_revenue", "gain_over_hold", "hold_sell_through")
+_EXPLANATION_INTEGER_COLUMNS = ("stock_on_hand", "weeks_to_season_end")
+# Text where an empty string means the same as none: NULL either way.
+_EXPLANATION_LABEL_COLUMNS = ("rule_applied",)
+EXPLANATION_COLUMNS = _EXPLANATION_FLOAT_COLUMNS + _EXPLANATION_INTEGER_COLUMNS + _EXPLANATION_LABEL_COLUMNS
 # Order of the CSV fields and of the COPY column list.
-COPY_COLUMNS = ("country", "article_id", "valid_from", *_FRAME_NUMERIC_COLUMNS, "run_id", "model_version")
+COPY_COLUMNS = (
+    "country",
+    "article_id",
+    "valid_from",
+    *_FRAME_NUMERIC_COLUMNS,
+    "run_id",
+    "model_version",
+    *EXPLANATION_COLUMNS,
+)
 # Quoted empty fields in these columns are NULL; in text columns they stay empty strings.
-_FORCE_NULL_COLUMNS = ("valid_from", *_FRAME_NUMERIC_COLUMNS)
+_FORCE_NULL_COLUMNS = ("valid_from", *_FRAME_NUMERIC_COLUMNS, *EXPLANATION_COLUMNS)
+
+# One row per (article, candidate discount) of a country, as core.contract.CANDIDATE_COLUMNS.
+_CANDIDATE_FLOAT_COLUMNS = (
+    "candidate_discount",
+    "candidate_price",
+    "predicted_units_next_week",
+    "predicted_units_season",
+    "expected_revenue",
+    "expected_sell_through",
+)
+CANDIDATE_FRAME_COLUMNS = (*_FRAME_TEXT_COLUMNS, *_CANDIDATE_FLOAT_COLUMNS, "chosen")
+# The rule that forbids a candidate: NULL where the frame lacks it.
+_CANDIDATE_LABEL_COLUMNS = ("ruled_out_by",)
+CANDIDATE_COPY_COLUMNS = (*CANDIDATE_FRAME_COLUMNS, *_CANDIDATE_LABEL_COLUMNS, "run_id")
+_CANDIDATE_FORCE_NULL_COLUMNS = (*_CANDIDATE_FLOAT_COLUMNS, *_CANDIDATE_LABEL_COLUMNS)
+# The scale of candidate_discount in the table: two discounts equal at it are one candidate.
+_DISCOUNT_DECIMALS = 3
 METRIC_KEYS = ("model_wape", "baseline_wape", "model_bias")
 # Which model scored the country and, for a fallback, why: text the ledger carries beside the metrics.
 MODEL_KEYS = ("model_kind", "fallback_reason")
@@ -49,11 +83,12 @@ LEDGER_METRICS = (*METRIC_KEYS, *MODEL_KEYS)
 
 
 def _checked_frame(predictions: pd.DataFrame, country: str) -> pd.DataFrame:
-    """The publishable columns of one country's predictions; refuses frames that would corrupt the table."""
+    """The publishable columns of one country's predictions, the explanation columns it lacks missing (NULL);
+    refuses frames that would corrupt the table."""
     missing = [column for column in FRAME_COLUMNS if column not in predictions.columns]
     if missing:
         raise ValueError(f"predictions for {country} lack columns: {', '.join(missing)}")
-    frame = predictions.loc[:, list(FRAME_COLUMNS)]
+    frame = predictions.reindex(columns=[*FRAME_COLUMNS, *EXPLANATION_COLUMNS])
     if frame.empty:
         raise ValueError(f"no predictions for {country}: record the country as not published instead")
     others = sorted({str(value) for value in frame["country"] if value != country})
@@ -63,20 +98,92 @@ def _checked_frame(predictions: pd.DataFrame, country: str) -> pd.DataFrame:
     if not duplicated.empty:
         shown = ", ".join(map(str, duplicated.unique()[:10]))
         raise ValueError(f"predictions for {country} repeat article_ids: {shown}")
+    integers = frame.loc[:, list(_EXPLANATION_INTEGER_COLUMNS)].astype("float64")
+    fractional = [column for column in _EXPLANATION_INTEGER_COLUMNS if (integers[column].dropna() % 1 != 0).any()]
+    if fractional:
+        raise ValueError(f"predictions for {country} hold fractions in integer columns: {', '.join(fractional)}")
     return frame
 
 
+def _checked_candidates(candidates: pd.DataFrame | None, country: str, articles: pd.Series) -> pd.DataFrame | None:
+    """The candidates of the published articles (`articles`, the predictions' article_id), or None when there are
+    none to write; refuses candidates that would corrupt the table or belong to another country."""
+    if candidates is None:
+        return None
+    missing = [column for column in CANDIDATE_FRAME_COLUMNS if column not in candidates.columns]
+    if missing:
+        raise ValueError(f"candidates for {country} lack columns: {', '.join(missing)}")
+    countries = candidates["country"]
+    others = sorted({str(value) for value in countries[countries != country].unique()})
+    if others:
+        raise ValueError(f"candidates for {country} contain rows of other countries: {', '.join(others)}")
+    key = pd.DataFrame(
+        {
+            "article_id": candidates["article_id"].astype(str),
+            "candidate_discount": candidates["candidate_discount"].astype("float64").round(_DISCOUNT_DECIMALS),
+        }
+    )
+    duplicated = key[key.duplicated()]
+    if not duplicated.empty:
+        shown = ", ".join(f"{a} at {d:g}" for a, d in duplicated.drop_duplicates().head(10).itertuples(index=False))
+        raise ValueError(f"candidates for {country} repeat (article_id, candidate_discount): {shown}")
+    # Vectorised: "boolean" only when every value is a bool, none missing.
+    if len(candidates) and infer_dtype(candidates["chosen"], skipna=False) != "boolean":
+        raise ValueError(f"candidates for {country}: chosen must be true or false in every row")
+    # An article without a recommendation (a buyer rule excluded it) has no explanation in the ERP either.
+    published = key["article_id"].isin(set(articles.astype(str)))
+    return candidates.loc[published.to_numpy()]
+
+
+def _text(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Text columns as strings, a missing value as an empty string (quoted in the CSV, so it stays text)."""
+    return frame.loc[:, list(columns)].fillna("").astype(str)
+
+
+def _labels(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Optional text columns as strings, empty where missing; FORCE_NULL makes every empty one NULL."""
+    present = frame.reindex(columns=list(columns)).astype(object)
+    return present.where(present.notna(), "").astype(str)
+
+
 def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: str) -> io.BytesIO:
-    """The rows in COPY column order as CSV: every value quoted, so text such as '' or \\N stays text; a missing
-    number is an unquoted empty field, which COPY reads as NULL.
+    """The predictions in COPY column order as CSV (see _write_csv); explanation columns the frame lacks are NULL."""
+    constants = {"valid_from": run_date.isoformat(), "run_id": run_id, "model_version": model_version}
+    rows = pd.concat(
+        [
+            _text(frame, _FRAME_TEXT_COLUMNS),
+            frame.loc[:, list(_FRAME_NUMERIC_COLUMNS)].astype("float64"),
+            frame.loc[:, list(_EXPLANATION_FLOAT_COLUMNS)].astype("float64"),
+            # Nullable integers, written without a fraction (_checked_frame refused any).
+            frame.loc[:, list(_EXPLANATION_INTEGER_COLUMNS)].astype("float64").astype("Int64"),
+            _labels(frame, _EXPLANATION_LABEL_COLUMNS),
+        ],
+        axis=1,
+    )
+    return _write_csv(rows.assign(**constants).loc[:, list(COPY_COLUMNS)])
+
+
+def _candidates_csv(frame: pd.DataFrame, *, run_id: str) -> io.BytesIO:
+    """The candidates in COPY column order as CSV (see _write_csv)."""
+    rows = pd.concat(
+        [
+            _text(frame, _FRAME_TEXT_COLUMNS),
+            frame.loc[:, list(_CANDIDATE_FLOAT_COLUMNS)].astype("float64"),
+            frame["chosen"].astype(bool),
+            _labels(frame, _CANDIDATE_LABEL_COLUMNS),
+        ],
+        axis=1,
+    )
+    return _write_csv(rows.assign(run_id=run_id).loc[:, list(CANDIDATE_COPY_COLUMNS)])
+
+
+def _write_csv(rows: pd.DataFrame) -> io.BytesIO:
+    """The rows as CSV: every value quoted, so text such as '' or \\N stays text; a missing number is an unquoted
+    empty field, which COPY reads as NULL.
 
     Written by Arrow in one vectorised pass: the publish benchmark measured a Python csv.writer loop at a fifth of
     the speed of the COPY it feeds. Arrow writes each double in its shortest form that round-trips exactly.
     """
-    text = frame.loc[:, list(_FRAME_TEXT_COLUMNS)].fillna("").astype(str)
-    numbers = frame.loc[:, list(_FRAME_NUMERIC_COLUMNS)].astype("float64")
-    constants = {"valid_from": run_date.isoformat(), "run_id": run_id, "model_version": model_version}
-    rows = pd.concat([text, numbers], axis=1).assign(**constants).loc[:, list(COPY_COLUMNS)]
     buffer = io.BytesIO()
     options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
     pacsv.write_csv(pa.Table.from_pandas(rows, preserve_index=False), buffer, options)
@@ -133,12 +240,17 @@ def publish_country(
     predictions: pd.DataFrame,
     model_version: str,
     metrics: Mapping[str, float | None],
+    candidates: pd.DataFrame | None = None,
     gate_override: bool = False,
     message: str | None = None,
     rollback: bool = False,
     repair: bool = False,
 ) -> str:
-    """Replaces one country's predictions and records the run in one transaction; idempotent per (run, country).
+    """Replaces one country's predictions and candidates and records the run in one transaction; idempotent per
+    (run, country).
+
+    `candidates` (core.contract.CANDIDATE_COLUMNS) explain the predictions: those of articles without a prediction
+    row (a buyer rule excluded them) are not written; None writes none, so the table never keeps another run's.
 
     The newest week wins: where the table holds a later week than `run_date`, nothing changes and the country is
     recorded `superseded`, unless `rollback` (an operator's deliberate return to an older week, recorded).
@@ -146,8 +258,11 @@ def publish_country(
     `repair` publishes again over this run's own `published` ledger row, whose rows left the table behind its back.
     """
     predictions_table, ledger_table = tables.predictions(settings), tables.ledger(settings)
+    candidates_table = tables.candidates(settings)
     frame = _checked_frame(predictions, country)
     rows = _as_csv(frame, run_date=run_date, run_id=run_id, model_version=model_version)
+    explained = _checked_candidates(candidates, country, frame["article_id"])
+    curves = None if explained is None or explained.empty else _candidates_csv(explained, run_id=run_id)
     with transaction(conn) as cur:
         lock(cur, "publish", settings.schema, country)
         cur.execute(
@@ -176,16 +291,10 @@ def publish_country(
             rolled_back = f"rollback by operator: replaced the newer week {held}"
             message = f"{message}; {rolled_back}" if message else rolled_back
         cur.execute(sql.SQL("DELETE FROM {} WHERE country = %s").format(predictions_table), (country,))
-        cur.copy_expert(
-            sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FORCE_NULL ({}))")
-            .format(
-                predictions_table,
-                sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
-                sql.SQL(", ").join(map(sql.Identifier, _FORCE_NULL_COLUMNS)),
-            )
-            .as_string(conn),
-            rows,
-        )
+        cur.execute(sql.SQL("DELETE FROM {} WHERE country = %s").format(candidates_table), (country,))
+        _copy(cur, predictions_table, COPY_COLUMNS, _FORCE_NULL_COLUMNS, rows)
+        if curves is not None:
+            _copy(cur, candidates_table, CANDIDATE_COPY_COLUMNS, _CANDIDATE_FORCE_NULL_COLUMNS, curves)
         cur.execute(
             sql.SQL(
                 """
@@ -216,6 +325,22 @@ def publish_country(
             ),
         )
     return PUBLISHED
+
+
+def _copy(
+    cur: Cursor, table: sql.Composed, columns: tuple[str, ...], force_null: tuple[str, ...], rows: io.BytesIO
+) -> None:
+    """COPYs CSV rows (from _write_csv) into the columns of a table."""
+    cur.copy_expert(
+        sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FORCE_NULL ({}))")
+        .format(
+            table,
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sql.SQL(", ").join(map(sql.Identifier, force_null)),
+        )
+        .as_string(cur),
+        rows,
+    )
 
 
 def _record_not_published(

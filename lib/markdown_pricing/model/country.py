@@ -29,19 +29,22 @@ from markdown_pricing.model.forecast import (
     training_rows,
     tune,
 )
-from markdown_pricing.model.pricing import score
+from markdown_pricing.model.pricing import Scored, score
 
 
 @dataclass(frozen=True)
 class CountryResult:
-    """One country's outcome: its recommendations (none when it needs a fallback), its flat metrics (the
-    country record's fields), the LightGBM model that scored it and its model card."""
+    """One country's outcome: its recommendations and their candidate curves (none when it needs a fallback), its
+    flat metrics (the country record's fields), the LightGBM model that scored it, its model card and what was
+    wrong with its buyer rules."""
 
     country: str
     predictions: pd.DataFrame
     metrics: dict[str, Any]
     model_text: str | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    candidates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rule_problems: list[str] = field(default_factory=list)
 
 
 def fingerprint(weekly: pd.DataFrame) -> str:
@@ -107,10 +110,12 @@ def train_country(
     rules: RunRules,
     num_threads: int,
     device: Mapping[str, Any] | None = None,
+    buyer_rules: pd.DataFrame | None = None,
 ) -> CountryResult:
     """Backtests the country's model against the baselines (after tuning it, when on); when the model wins,
-    refits on all weeks and recommends a markdown per active article. A country with too little history, or
-    whose model loses, comes back with status `needs_fallback` and why, for the pooled model to score."""
+    refits on all weeks and recommends a markdown per active article within its buyer rules and the run's. A
+    country with too little history, or whose model loses, comes back with status `needs_fallback` and why, for
+    the pooled model to score."""
     weekly = prepare(weekly)
     country = weekly["country"].iloc[0]
     history = weekly[~weekly["is_future"]]
@@ -149,7 +154,7 @@ def train_country(
     booster = fit(usable, encoding, settings, rounds)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    predictions = score(weekly, booster_predictor(booster, encoding), rules)
+    scored = score(weekly, booster_predictor(booster, encoding), rules, buyer_rules=buyer_rules)
     metrics = result_metrics(
         "trained",
         "country",
@@ -159,7 +164,16 @@ def train_country(
         fit_seconds=fit_seconds,
         score_seconds=time.perf_counter() - started,
     )
-    return CountryResult(country, predictions, metrics, booster.model_to_string(), card | {"model_kind": "country"})
+    return scored_result(country, scored, metrics, booster.model_to_string(), card | {"model_kind": "country"})
+
+
+def scored_result(
+    country: str, scored: Scored, metrics: dict[str, Any], model_text: str | None, card: dict[str, Any]
+) -> CountryResult:
+    """A trained country's result from its scores."""
+    return CountryResult(
+        country, scored.predictions, metrics, model_text, card, scored.candidates, list(scored.problems)
+    )
 
 
 def needs_fallback(
@@ -170,7 +184,12 @@ def needs_fallback(
 
 
 def rescore(
-    weekly: pd.DataFrame, model_text: str | None, card: Mapping[str, Any], params: ModelParams, rules: RunRules
+    weekly: pd.DataFrame,
+    model_text: str | None,
+    card: Mapping[str, Any],
+    params: ModelParams,
+    rules: RunRules,
+    buyer_rules: pd.DataFrame | None = None,
 ) -> CountryResult:
     """Recommends with a saved model and its card, without training: the card says which features and
     categories it was trained with (a baseline card has no model and holds today's prices)."""
@@ -179,10 +198,12 @@ def rescore(
     usable = backtest.in_stock(weekly[~weekly["is_future"]])
     started = time.perf_counter()
     if card["model_kind"] == "baseline":
-        predictions = score(weekly, baseline_predictor(usable, params.recent_average_weeks), rules, hold_price=True)
+        predictor = baseline_predictor(usable, params.recent_average_weeks)
+        scored = score(weekly, predictor, rules, hold_price=True, buyer_rules=buyer_rules)
     else:
         encoding = Encoding(tuple(card["model"]["features"]), card["model"]["categories"])
-        predictions = score(weekly, booster_predictor(lgb.Booster(model_str=model_text), encoding), rules)
+        predictor = booster_predictor(lgb.Booster(model_str=model_text), encoding)
+        scored = score(weekly, predictor, rules, buyer_rules=buyer_rules)
     summary = {key: value for key, value in card.get("backtest", {}).items() if key != "by_origin"}
     metrics = result_metrics(
         "trained",
@@ -192,4 +213,4 @@ def rescore(
         summary,
         score_seconds=time.perf_counter() - started,
     )
-    return CountryResult(country, predictions, metrics, model_text, dict(card))
+    return scored_result(country, scored, metrics, model_text, dict(card))

@@ -10,7 +10,7 @@ import pandas as pd
 
 from markdown_pricing.core.config import ModelParams, RunRules
 from markdown_pricing.model import backtest
-from markdown_pricing.model.country import CountryResult, data_card, model_card, result_metrics
+from markdown_pricing.model.country import CountryResult, data_card, model_card, result_metrics, scored_result
 from markdown_pricing.model.forecast import (
     POOLED_FEATURES,
     Encoding,
@@ -32,10 +32,11 @@ def train_pooled(
     rules: RunRules,
     num_threads: int,
     device: Mapping[str, Any] | None = None,
+    buyer_rules: Mapping[str, pd.DataFrame] | None = None,
 ) -> list[CountryResult]:
     """Scores the `fallback` countries (country -> why) with one model trained on every country's history, the
-    country as a feature; a fallback country where the pooled model loses to its baseline in the backtest holds
-    today's prices, as the baseline sees them."""
+    country as a feature, within each country's `buyer_rules` (country -> its rules in force); a fallback country
+    where the pooled model loses to its baseline in the backtest holds today's prices, as the baseline sees them."""
     weekly = prepare(weekly)
     history = weekly[~weekly["is_future"]]
     usable = training_rows(history, params)
@@ -59,6 +60,7 @@ def train_pooled(
         started = time.perf_counter()
         rows, own = weekly[weekly["country"] == country], usable[usable["country"] == country]
         measured = errors[errors["country"] == country]
+        own_rules = (buyer_rules or {}).get(country)
         summary = backtest.summarize(measured) if len(measured) else {}
         card = {"country": country, **data_card(rows, own), "model": model, "pooled_training_rows": len(usable)}
         if summary and summary["model_wape"] >= summary["baseline_wape"]:
@@ -67,15 +69,16 @@ def train_pooled(
                 f"; the pooled model loses too: WAPE {summary['model_wape']:.3f} >= "
                 f"{summary['baseline']} baseline {summary['baseline_wape']:.3f}, so today's prices hold"
             )
-            predictions = score(rows, baseline_predictor(own, params.recent_average_weeks), rules, hold_price=True)
+            predictor = baseline_predictor(own, params.recent_average_weeks)
+            scored = score(rows, predictor, rules, hold_price=True, buyer_rules=own_rules)
         else:
             kind, model_text = "pooled", booster.model_to_string()
-            predictions = score(rows, booster_predictor(booster, encoding), rules)
+            scored = score(rows, booster_predictor(booster, encoding), rules, buyer_rules=own_rules)
         if len(measured):
             card["backtest"] = {**summary, "by_origin": backtest.by_origin(measured)}
         metrics = result_metrics(
             "trained", kind, reason, own, summary, fit_seconds=fit_seconds, score_seconds=time.perf_counter() - started
         )
         card |= {"model_kind": kind, "fallback_reason": reason}
-        results.append(CountryResult(country, predictions, metrics, model_text, card))
+        results.append(scored_result(country, scored, metrics, model_text, card))
     return results

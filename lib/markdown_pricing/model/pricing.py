@@ -1,4 +1,5 @@
-"""Price choice: each active article's candidate discounts, the season each would bring, and the best of them.
+"""Price choice: each active article's candidate discounts, the season each would bring, and the best of them that
+the rules allow (model.rules).
 
 Plain pandas: the forecast is passed in as a function, so the pricing logic is tested without a model.
 """
@@ -6,6 +7,7 @@ Plain pandas: the forecast is passed in as a function, so the pricing logic is t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ import pandas as pd
 from markdown_pricing.core.config import RunRules
 from markdown_pricing.core.contract import LADDER_SNAP
 from markdown_pricing.model import backtest
+from markdown_pricing.model.rules import Policy, buyer_constraints, decide, weeks_since_markdown
 
 
 def candidate_discounts(current: float, ladder: tuple[float, ...]) -> list[float]:
@@ -82,13 +85,38 @@ def future_weeks(weekly: pd.DataFrame) -> pd.DataFrame:
     return future.assign(weeks_ahead=backtest.weeks_ahead(future, future["week_start"].min()))
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One country's recommendations (core.contract.PREDICTION_COLUMNS), their candidate curves
+    (CANDIDATE_COLUMNS) and what was wrong with its buyer rules."""
+
+    predictions: pd.DataFrame
+    candidates: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+
 def score(
-    weekly: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray], rules: RunRules, hold_price: bool = False
-) -> pd.DataFrame:
+    weekly: pd.DataFrame,
+    predict: Callable[[pd.DataFrame], np.ndarray],
+    rules: RunRules,
+    hold_price: bool = False,
+    buyer_rules: pd.DataFrame | None = None,
+) -> Scored:
     """Predicts every active article's future weeks at each candidate discount (today's only when holding the
-    price) and recommends the best markdown per article."""
-    weeks = candidate_weeks(future_weeks(weekly), rules.ladder, hold_price)
+    price) and recommends the best markdown per article that the buyer rules in force and the run's rules allow."""
+    country = str(weekly["country"].iloc[0])
+    future = future_weeks(weekly)
+    weeks = candidate_weeks(future, rules.ladder, hold_price)
     weeks["predicted_units"] = predict(weeks) if len(weeks) else []
-    predictions = recommend(simulate_season(weeks, rules.salvage_value_share))
-    predictions.insert(0, "country", weekly["country"].iloc[0])
-    return predictions
+    constraints = buyer_constraints(country, weekly, buyer_rules)
+    decision = decide(
+        simulate_season(weeks, rules.salvage_value_share),
+        country=country,
+        ladder=rules.ladder,
+        salvage_value_share=rules.salvage_value_share,
+        weeks_left=future.groupby("article_id")["week_start"].nunique(),
+        constraints=constraints.by_article,
+        policy=Policy.of(rules, country),
+        weeks_since=weeks_since_markdown(weekly),
+    )
+    return Scored(decision.predictions, decision.candidates, constraints.problems)

@@ -14,7 +14,7 @@ import io
 import json
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.storage import SUCCESS_MARKER, LocalFileSystem, RunLayout, filesystem, join, local_path
@@ -42,6 +42,13 @@ REPORT_COLUMNS = (
     "expected_sell_through",
     "stock_on_hand",
 )
+# The prediction columns of the money section, which runs from before buyer rules and explanations lack.
+MONEY_COLUMNS = ("expected_revenue", "hold_expected_revenue", "gain_over_hold")
+# The candidate columns the money section's curves read.
+CURVE_COLUMNS = ("article_id", "candidate_discount", "expected_revenue", "ruled_out_by", "chosen")
+# How many of the articles with the largest gains the money section lists, and how many of their curves it plots.
+TOP_GAINS = 5
+CURVES_SHOWN = 3
 # The alt texts name the plots: tests and screen readers find each plot by its alt text.
 ERROR_ALT = "Backtest WAPE per country: model against the better of its two baselines"
 MIX_ALT = "Recommended discount mix per country"
@@ -49,7 +56,8 @@ SELL_THROUGH_ALT = "Expected sell-through per country"
 WEEK_OVER_WEEK_ALT = "Week-over-week change of the recommended discount per country"
 REJECTED_ALT = "Rejected rows by dataset and reason"
 TIMINGS_ALT = "Stage timings"
-PLOT_ALTS = (ERROR_ALT, MIX_ALT, SELL_THROUGH_ALT, WEEK_OVER_WEEK_ALT, REJECTED_ALT, TIMINGS_ALT)
+CURVES_ALT = "Expected season revenue by candidate discount of the articles with the largest gains over holding"
+PLOT_ALTS = (ERROR_ALT, MIX_ALT, SELL_THROUGH_ALT, CURVES_ALT, WEEK_OVER_WEEK_ALT, REJECTED_ALT, TIMINGS_ALT)
 
 _DATED_RUN_ID = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 # Discounts are stored as numeric(4,3) in the ERP: a difference below that is float noise, not a change.
@@ -195,6 +203,58 @@ def country_overview(
     if changes is not None:
         frame = frame.join(changes[["up", "same", "down"]])
     return frame
+
+
+def has_money(predictions: pd.DataFrame | None) -> bool:
+    """Whether predictions say what holding today's prices would bring (runs from before explanations do not)."""
+    return predictions is not None and set(MONEY_COLUMNS) <= set(predictions.columns)
+
+
+def revenue_against_hold(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per country: expected season revenue of the recommendations against holding today's prices, in EUR and as a
+    share of holding's."""
+    grouped = predictions.groupby("country")
+    frame = pd.DataFrame(
+        {
+            "articles": grouped.size(),
+            "expected_revenue": grouped["expected_revenue"].sum(),
+            "hold_expected_revenue": grouped["hold_expected_revenue"].sum(),
+        }
+    )
+    frame["gain"] = frame["expected_revenue"] - frame["hold_expected_revenue"]
+    hold = frame["hold_expected_revenue"]
+    frame["gain_share"] = frame["gain"] / hold.where(hold > 0)
+    return frame
+
+
+def largest_gains(predictions: pd.DataFrame, top: int = TOP_GAINS) -> pd.DataFrame:
+    """The `top` articles over all countries whose recommendation gains most over holding today's price (only those
+    that gain), largest first."""
+    columns = [
+        "country",
+        "article_id",
+        "current_discount",
+        "recommended_discount",
+        "expected_revenue",
+        "hold_expected_revenue",
+        "gain_over_hold",
+    ]
+    gaining = predictions.loc[predictions["gain_over_hold"] > 0, columns]
+    ordered = gaining.sort_values(
+        ["gain_over_hold", "country", "article_id"], ascending=[False, True, True], kind="stable"
+    )
+    frame = ordered.head(top).reset_index(drop=True)
+    frame["gain_share"] = frame["gain_over_hold"] / frame["hold_expected_revenue"].where(
+        frame["hold_expected_revenue"] > 0
+    )
+    return frame
+
+
+def candidate_curves(candidates: pd.DataFrame, articles: pd.DataFrame) -> pd.DataFrame:
+    """The candidates of the given (country, article_id) pairs, in their order, each curve by candidate discount."""
+    order = articles[["country", "article_id"]].reset_index(drop=True).rename_axis("curve").reset_index()
+    curves = candidates.merge(order, on=["country", "article_id"], how="inner")
+    return curves.sort_values(["curve", "candidate_discount"], ignore_index=True)
 
 
 # --- figures -------------------------------------------------------------------------------------------------------
@@ -361,6 +421,71 @@ def timings_figure(timings: pd.DataFrame) -> Figure:
     return figure
 
 
+def candidate_curves_figure(curves: pd.DataFrame, gains: pd.DataFrame) -> Figure:
+    """One panel per article: expected season revenue at each candidate discount; today's discount (the first
+    candidate) and the recommended one marked, candidates a rule forbids hollow."""
+    shown = gains.head(CURVES_SHOWN)
+    figure = Figure(figsize=(_WIDTH_IN, 3.6), dpi=100, layout="constrained")
+    panels = figure.subplots(1, max(1, len(shown)), squeeze=False)[0]
+    for index, (panel, article) in enumerate(zip(panels, shown.itertuples(), strict=False)):
+        curve = curves[curves["curve"] == index]
+        panel.spines[["top", "right"]].set_visible(False)
+        discounts, revenue = curve["candidate_discount"].to_numpy(), curve["expected_revenue"].to_numpy()
+        allowed = curve["ruled_out_by"].isna().to_numpy()
+        panel.plot(discounts, revenue, color=_MODEL_COLOR, linewidth=1.5, zorder=1)
+        panel.scatter(discounts[allowed], revenue[allowed], color=_MODEL_COLOR, s=28, zorder=2, label="allowed")
+        if (~allowed).any():
+            panel.scatter(
+                discounts[~allowed],
+                revenue[~allowed],
+                facecolors="white",
+                edgecolors=_FAILED_COLOR,
+                s=36,
+                zorder=2,
+                label="ruled out by a rule",
+            )
+        if len(curve):
+            panel.scatter(
+                discounts[:1], revenue[:1], marker="s", color=_BASELINE_COLOR, s=70, zorder=3, label="today's discount"
+            )
+        chosen = curve[curve["chosen"].astype(bool)]
+        if len(chosen):
+            best = chosen.iloc[0]
+            panel.scatter(
+                [best["candidate_discount"]],
+                [best["expected_revenue"]],
+                marker="*",
+                color=_UP_COLOR,
+                s=220,
+                zorder=4,
+                label="recommended",
+            )
+            panel.annotate(
+                f"{best['candidate_discount']:.0%}: {best['expected_revenue']:,.0f} EUR",
+                (best["candidate_discount"], best["expected_revenue"]),
+                xytext=(0, 9),
+                textcoords="offset points",
+                ha="center",
+                fontsize=9,
+            )
+        panel.set_title(f"{article.country} {article.article_id}: +{article.gain_over_hold:,.0f} EUR", fontsize=10)
+        panel.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        panel.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        panel.set_xlabel("candidate discount")
+        lowest, highest = (float(revenue.min()), float(revenue.max())) if len(revenue) else (0.0, 1.0)
+        margin = max(1.0, (highest - lowest) * 0.2)
+        panel.set_ylim(max(0.0, lowest - margin), highest + margin)
+    panels[0].set_ylabel("expected season revenue (EUR)")
+    handles, labels = {}, []
+    for panel in panels:
+        for handle, label in zip(*panel.get_legend_handles_labels(), strict=True):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    figure.legend([handles[label] for label in labels], labels, loc="outside lower center", ncols=4, frameon=False)
+    return figure
+
+
 def png(figure: Figure) -> bytes:
     """The figure as PNG bytes, drawn by Agg (no display needed)."""
     buffer = io.BytesIO()
@@ -388,6 +513,8 @@ class Section:
     alt: str
     png: bytes | None = None
     missing: str = ""
+    # HTML shown above the plot (or its note), built by this module from escaped text.
+    table: str = ""
 
 
 @dataclass(frozen=True)
@@ -398,10 +525,12 @@ class RunOutputs:
     predictions: pd.DataFrame | None
     etl_record: dict[str, dict[str, Any]] | None
     stages: dict[str, dict[str, Any]]
+    # The candidates of the articles with the largest gains; None when the run wrote no candidates.
+    candidates: pd.DataFrame | None = None
 
 
 def report_sections(outputs: RunOutputs, previous_run_id: str | None, changes: pd.DataFrame | None) -> list[Section]:
-    """The six plots of the page in reading order, each replaced by a note where its data is missing."""
+    """The page's plots in reading order (the money section with its tables), each a note where its data is missing."""
     predictions = outputs.predictions if outputs.predictions is not None and len(outputs.predictions) else None
     no_predictions = "This run has no predictions: it stopped before train-and-score finished, or no country trained."
 
@@ -439,6 +568,8 @@ def report_sections(outputs: RunOutputs, previous_run_id: str | None, changes: p
         None if predictions is None else png(sell_through_figure(sell_through(predictions))),
         no_predictions,
     )
+
+    money = money_section(predictions, outputs.candidates)
 
     about = (
         f"Articles recommended in both this run and the previous run {previous_run_id} (count in brackets): "
@@ -479,7 +610,117 @@ def report_sections(outputs: RunOutputs, previous_run_id: str | None, changes: p
         png(timings_figure(stage_timings(outputs.stages))) if outputs.stages else None,
         "This run has no stage records.",
     )
-    return [error, mix, spread, week, rejections, timings]
+    return [error, mix, spread, money, week, rejections, timings]
+
+
+def money_section(predictions: pd.DataFrame | None, candidates: pd.DataFrame | None) -> Section:
+    """Revenue against holding today's prices per country, the largest gains and their candidate curves; a note
+    for a run from before predictions said what holding would bring."""
+    title = "Revenue against holding today's prices"
+    if predictions is None:
+        missing = "This run has no predictions: it stopped before train-and-score finished, or no country trained."
+        return Section(title, "", CURVES_ALT, missing=missing)
+    if not has_money(predictions):
+        missing = (
+            "This run's predictions do not say what holding today's prices would bring (no hold_expected_revenue): "
+            "it ran before recommendations were explained."
+        )
+        return Section(title, "", CURVES_ALT, missing=missing)
+    gains = largest_gains(predictions)
+    about = (
+        "Expected revenue over the rest of the season of the recommended discounts against holding today's "
+        f"discounts, per country; the {TOP_GAINS} articles that gain most; and the candidate curves of the first "
+        f"{CURVES_SHOWN} of them: expected season revenue at each candidate discount (star: recommended, square: "
+        "today's, hollow: ruled out by a rule). The command markdown-pricing explain tells any article's story."
+    )
+    table = money_html(revenue_against_hold(predictions), gains)
+    if gains.empty:
+        return Section(title, about, CURVES_ALT, missing="No article gains over holding today's price.", table=table)
+    curves = None if candidates is None else candidate_curves(candidates, gains.head(CURVES_SHOWN))
+    if curves is None or curves.empty:
+        missing = (
+            "This run wrote no candidates for these articles (no candidates folder): it ran before candidate curves "
+            "were recorded."
+        )
+        return Section(title, about, CURVES_ALT, missing=missing, table=table)
+    return Section(title, about, CURVES_ALT, png(candidate_curves_figure(curves, gains)), table=table)
+
+
+def _html_table(columns: list[tuple[str, bool]], rows: list[list[str]]) -> str:
+    """A table of (header, is text) columns: text left-aligned, numbers right-aligned; every cell escaped."""
+    classes = ["text" if is_text else "number" for _, is_text in columns]
+    header = "".join(
+        f'<th class="{cls}">{html.escape(name)}</th>' for cls, (name, _) in zip(classes, columns, strict=True)
+    )
+    lines = ["<table>", f"<thead><tr>{header}</tr></thead>", "<tbody>"]
+    for cells in rows:
+        tds = "".join(f'<td class="{cls}">{html.escape(cell)}</td>' for cls, cell in zip(classes, cells, strict=True))
+        lines.append(f"<tr>{tds}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
+def _euros(value: Any) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:,.0f} EUR"
+
+
+def _signed_euros(value: Any) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:+,.0f} EUR"
+
+
+def _signed_percent(value: Any) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:+.1%}"
+
+
+def money_html(revenue: pd.DataFrame, gains: pd.DataFrame) -> str:
+    """The per-country revenue against holding and the articles with the largest gains, as HTML tables."""
+    per_country = _html_table(
+        [
+            ("Country", True),
+            ("Articles", False),
+            ("Recommended", False),
+            ("Holding today's prices", False),
+            ("Gain", False),
+            ("Gain %", False),
+        ],
+        [
+            [
+                str(country),
+                f"{row['articles']:.0f}",
+                _euros(row["expected_revenue"]),
+                _euros(row["hold_expected_revenue"]),
+                _signed_euros(row["gain"]),
+                _signed_percent(row["gain_share"]),
+            ]
+            for country, row in revenue.iterrows()
+        ],
+    )
+    if gains.empty:
+        return per_country
+    largest = _html_table(
+        [
+            ("Country", True),
+            ("Article", True),
+            ("Discount now → recommended", False),
+            ("Recommended", False),
+            ("Holding", False),
+            ("Gain", False),
+            ("Gain %", False),
+        ],
+        [
+            [
+                str(row["country"]),
+                str(row["article_id"]),
+                f"{_percent(row['current_discount'])} → {_percent(row['recommended_discount'])}",
+                _euros(row["expected_revenue"]),
+                _euros(row["hold_expected_revenue"]),
+                _signed_euros(row["gain_over_hold"]),
+                _signed_percent(row["gain_share"]),
+            ]
+            for _, row in gains.iterrows()
+        ],
+    )
+    return f"{per_country}\n<h3>Largest gains over holding</h3>\n{largest}"
 
 
 def overview_html(overview: pd.DataFrame) -> str:
@@ -536,6 +777,7 @@ _STYLE = """
 body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif; color: #222; margin: 0 auto;
        max-width: 1140px; padding: 24px 32px 48px; line-height: 1.45; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h3 { font-size: 1.05em; margin: 1.2em 0 0.3em; }
 h2 { font-size: 1.2em; margin: 1.8em 0 0.3em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 p.meta { color: #555; margin-top: 0; }
 p.missing { color: #8a6d3b; background: #fcf8e3; border: 1px solid #f0e1a1; padding: 10px 14px; border-radius: 4px; }
@@ -571,11 +813,14 @@ def render_page(run_id: str, meta: list[str], table: str, sections: list[Section
     ]
     for section in sections:
         parts.append(f"<section>\n<h2>{html.escape(section.title)}</h2>")
+        if section.png is not None or section.table:
+            parts.append(f"<p>{html.escape(section.about)}</p>")
+        if section.table:
+            parts.append(section.table)
         if section.png is None:
             parts.append(f'<p class="missing">{html.escape(section.missing)}</p>')
         else:
             encoded = base64.b64encode(section.png).decode("ascii")
-            parts.append(f"<p>{html.escape(section.about)}</p>")
             parts.append(f'<img alt="{html.escape(section.alt)}" src="data:image/png;base64,{encoded}">')
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
@@ -614,7 +859,44 @@ def _report_columns(folder: Path) -> pd.DataFrame:
     if not set(REPORT_COLUMNS) <= set(dataset.schema.names):
         # A run whose countries all failed writes only the marker.
         return pd.DataFrame(columns=list(REPORT_COLUMNS))
-    return dataset.to_table(columns=list(REPORT_COLUMNS)).to_pandas()
+    # The money columns where the run wrote them: a run from before explanations lacks them.
+    money = [column for column in MONEY_COLUMNS if column in dataset.schema.names]
+    return dataset.to_table(columns=[*REPORT_COLUMNS, *money]).to_pandas()
+
+
+def read_partitions(
+    uri: str, countries: Iterable[str], *, articles: Collection[str] | None = None, columns: Sequence[str] | None = None
+) -> pd.DataFrame | None:
+    """The rows of the given countries of a complete Parquet folder partitioned by country (as the stages write
+    them, local or on HDFS): only `articles` where given, the `columns` the files have (all by default), the country
+    first. None when the folder is not complete (no _SUCCESS marker)."""
+    fs = filesystem(uri)
+    if not fs.exists(join(uri, SUCCESS_MARKER)):
+        return None
+    frames = []
+    for country in dict.fromkeys(countries):
+        part = join(uri, f"country={country}")
+        if not fs.is_dir(part):
+            continue
+        if isinstance(fs, LocalFileSystem):
+            frame = _read_part(local_path(part), articles, columns)
+        else:
+            # On HDFS: a local copy of this country's folder alone.
+            with tempfile.TemporaryDirectory(prefix="markdown-report-") as scratch:
+                fs.download(part, Path(scratch) / "part")
+                frame = _read_part(Path(scratch) / "part", articles, columns)
+        frames.append(frame.assign(country=country)[["country", *frame.columns]])
+    if not frames:
+        return pd.DataFrame(columns=["country", *(columns or [])])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _read_part(folder: Path, articles: Collection[str] | None, columns: Sequence[str] | None) -> pd.DataFrame:
+    dataset = ds.dataset(folder, format="parquet")
+    names = [name for name in (columns or dataset.schema.names) if name in dataset.schema.names and name != "country"]
+    keep = None if articles is None else ds.field("article_id").isin(list(articles))
+    frame: pd.DataFrame = dataset.to_table(columns=names, filter=keep).to_pandas()
+    return frame
 
 
 def read_run(work: str, run_id: str) -> RunOutputs:
@@ -627,11 +909,25 @@ def read_run(work: str, run_id: str) -> RunOutputs:
         for name in filesystem(stages_folder).list(stages_folder)
         if name.endswith(".json")
     }
+    predictions = read_predictions(layout.predictions)
     return RunOutputs(
         results=read_country_results(results_uri) if filesystem(results_uri).exists(results_uri) else None,
-        predictions=read_predictions(layout.predictions),
+        predictions=predictions,
         etl_record=_read_json(layout.etl_record),
         stages=stages,
+        candidates=read_curves(layout.candidates, predictions),
+    )
+
+
+def read_curves(uri: str, predictions: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The candidates of the articles whose curves the money section plots; None when there are none to read."""
+    if not has_money(predictions) or predictions is None:
+        return None
+    shown = largest_gains(predictions).head(CURVES_SHOWN)
+    if shown.empty:
+        return None
+    return read_partitions(
+        uri, shown["country"].astype(str), articles=set(shown["article_id"].astype(str)), columns=CURVE_COLUMNS
     )
 
 

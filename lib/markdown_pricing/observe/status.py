@@ -181,7 +181,7 @@ def format_errors(errors: pd.DataFrame) -> str:
     return shown.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep="-")
 
 
-def _read_only(settings: ErpSettings, work: str, read: Callable[[Connection], Any]) -> Any:
+def read_only(settings: ErpSettings, work: str, read: Callable[[Connection], Any]) -> Any:
     """Runs `read` on the configured ERP (the running embedded one under `work` when none is), changing nothing."""
     dsn = running_dsn(settings, work)
     with closing(
@@ -203,14 +203,14 @@ def _check_limit(limit: int) -> None:
 def show_status(settings: ErpSettings, work: str, *, limit: int, as_json: bool) -> str:
     """The last `limit` runs of the ledger of the configured ERP (the embedded one under `work` when none is)."""
     _check_limit(limit)
-    runs = _read_only(settings, work, lambda conn: recent_runs(conn, settings, limit))
+    runs = read_only(settings, work, lambda conn: recent_runs(conn, settings, limit))
     return json.dumps(status_document(runs), indent=2) if as_json else format_status(runs)
 
 
 def show_runs(settings: ErpSettings, work: str, *, limit: int, as_json: bool) -> str:
     """The last `limit` runs' backtest errors per country, from the metrics table."""
     _check_limit(limit)
-    errors = _read_only(settings, work, lambda conn: recent_errors(conn, settings, limit))
+    errors = read_only(settings, work, lambda conn: recent_errors(conn, settings, limit))
     if as_json:
         return errors.astype({"run_date": str}).to_json(orient="records", indent=2)
     return format_errors(errors)

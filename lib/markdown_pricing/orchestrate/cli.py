@@ -277,6 +277,35 @@ def erp_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def seed_rules_command(args: argparse.Namespace) -> int:
+    """Demo buyer rules for a generated raw root, written into the embedded ERP's article_rules and printed."""
+    from contextlib import closing
+
+    import pandas as pd
+
+    from markdown_pricing.core.storage import local_path
+    from markdown_pricing.erp import connection, schema
+    from markdown_pricing.erp.rules import replace_rules_noted
+    from markdown_pricing.synthetic.rules import SEED_NOTE, sample_rules
+
+    cfg = configured(args)
+    if connection.configured_dsn(cfg.erp) is not None:
+        # The buyers own the real table: a demo writes only where nobody else does.
+        print(
+            "markdown-pricing seed-rules: an ERP is configured; demo rules go into the embedded one only",
+            file=sys.stderr,
+        )
+        return 1
+    rules = sample_rules(local_path(cfg.paths.raw), args.run_date, args.seed)
+    with closing(connection.connect(connection.start_dsn(cfg.erp, cfg.paths.work), cfg.erp.connect_timeout_s)) as conn:
+        schema.prepare(conn, cfg.erp)
+        replace_rules_noted(conn, cfg.erp, rules, SEED_NOTE)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(f"buyer rules written to {cfg.erp.schema}.{cfg.erp.rules_table} (the run honours those in force):")
+        print(rules.fillna("").to_string(index=False))
+    return 0
+
+
 def summary_command(args: argparse.Namespace) -> int:
     from markdown_pricing.observe.summary import print_run_summary
 
@@ -308,6 +337,29 @@ def status_command(args: argparse.Namespace) -> int:
     except (ErpUnavailableError, ValueError) as err:
         # An unreachable ERP, a bad --limit or an unusable configuration: a message, not a stack trace.
         print(f"markdown-pricing {args.command}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.erp.connection import ErpUnavailableError
+    from markdown_pricing.observe.explain import ExplainError, show_explanation
+
+    cfg = configured(args)
+    try:
+        print(
+            show_explanation(
+                cfg.erp,
+                cfg.paths.work,
+                country=args.country,
+                article=args.article,
+                run_id=args.run_id,
+                as_json=args.json,
+            )
+        )
+    except (ExplainError, ErpUnavailableError, ValueError) as err:
+        # No such article or run, an unreachable ERP, an unusable configuration: a message, not a stack trace.
+        print(f"markdown-pricing explain: {err}", file=sys.stderr)
         return 1
     return 0
 
@@ -380,6 +432,16 @@ def parser() -> argparse.ArgumentParser:
     add_scheduling_arguments(backfill)
     backfill.set_defaults(handler=backfill_command)
 
+    seed_rules = commands.add_parser(
+        "seed-rules", help="demo: write a few buyer rules of each kind for a generated raw root into the embedded ERP"
+    )
+    seed_rules.add_argument("--raw", required=True, help="the generated raw root (local)")
+    seed_rules.add_argument("--run-date", type=monday, required=True)
+    seed_rules.add_argument("--seed", type=int, default=7)
+    seed_rules.add_argument("--work", help="work folder, for the embedded ERP (default: configured)")
+    seed_rules.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    seed_rules.set_defaults(handler=seed_rules_command)
+
     summary = commands.add_parser("summary", help="per-country summary of a run: ERP rows, error, discount mix")
     add_run_arguments(summary)
     summary.set_defaults(handler=summary_command)
@@ -400,6 +462,19 @@ def parser() -> argparse.ArgumentParser:
         status.add_argument("--work", help="work folder URI, for the embedded ERP (default: configured)")
         status.add_argument("--env", choices=ENVIRONMENTS, default="local")
         status.set_defaults(handler=status_command)
+
+    explain = commands.add_parser(
+        "explain", help="why an article's recommendation is what it is: its candidate curve and what drove it"
+    )
+    explain.add_argument("--country", required=True)
+    explain.add_argument("--article", required=True, metavar="ARTICLE_ID")
+    explain.add_argument(
+        "--run-id", help="a run's recommendation: the ERP's where it holds that run's row, else the run's own outputs"
+    )
+    explain.add_argument("--work", help="work folder URI, for the embedded ERP and runs' outputs (default: configured)")
+    explain.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    explain.add_argument("--json", action="store_true", help="print JSON for scripts, numbers unrounded")
+    explain.set_defaults(handler=explain_command)
 
     hadoop = commands.add_parser(
         "hadoop", help="a single-node HDFS and YARN on 127.0.0.1 for development (start prints what to export)"

@@ -26,10 +26,12 @@ OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 POOL = "_pool"
 # A missing string column would default to all-NaN float64, which Arrow cannot turn into strings cleanly.
 STRING_COLUMNS = {f.name: object for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.StringType)}
+BOOLEAN_COLUMNS = {f.name: "boolean" for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.BooleanType)}
 
 
 def _conform(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.reindex(columns=OUTPUT_COLUMNS).astype(STRING_COLUMNS)
+    # Nullable booleans: a row that is no candidate has no `chosen`, and a float NaN would turn the column to floats.
+    return frame.reindex(columns=OUTPUT_COLUMNS).astype({**STRING_COLUMNS, **BOOLEAN_COLUMNS})
 
 
 def _country_record(country: str, **values: object) -> pd.DataFrame:
@@ -49,17 +51,21 @@ def gpu_addresses(resources: Mapping[str, ResourceInformation]) -> list[str]:
 
 
 def _result_frame(result: CountryResult, **task: object) -> pd.DataFrame:
-    """A country's prediction rows (if any) and its country record, in the output schema."""
+    """A country's prediction and candidate rows (if any) and its country record, in the output schema."""
     record = _country_record(
         result.country,
         model_text=result.model_text,
         card_json=json.dumps(result.card, default=str),
+        rule_problems="\n".join(result.rule_problems) or None,
         **task,
         **result.metrics,
     )
-    if result.predictions.empty:
-        return record
-    return pd.concat([_conform(result.predictions.assign(record="prediction")), record], ignore_index=True)
+    rows = [
+        _conform(frame.assign(record=kind))
+        for kind, frame in (("prediction", result.predictions), ("candidate", result.candidates))
+        if not frame.empty
+    ]
+    return pd.concat([*rows, record], ignore_index=True)
 
 
 def _failed(country: str, err: Exception, **task: object) -> pd.DataFrame:
@@ -68,6 +74,8 @@ def _failed(country: str, err: Exception, **task: object) -> pd.DataFrame:
 
 
 SavedModels = Mapping[str, tuple[str | None, dict[str, Any]]]
+# Country -> the buyers' rules in force for it (erp.rules.rules_in_force's frame, split by country).
+BuyerRules = Mapping[str, pd.DataFrame]
 
 
 def country_function(
@@ -76,9 +84,11 @@ def country_function(
     gpu_mode: str = "off",
     resources: Callable[[], Mapping[str, ResourceInformation]] = task_resources,
     saved: SavedModels | None = None,
+    buyer_rules: BuyerRules | None = None,
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """The function Spark runs once per country: trains (or, given `saved` models and cards by country, only
-    rescores); a failure becomes a 'failed' country record, not a crash."""
+    rescores) and recommends within the country's buyer rules; a failure becomes a 'failed' country record, not a
+    crash."""
     check_mode(gpu_mode)
 
     def train_score_country(weekly: pd.DataFrame) -> pd.DataFrame:
@@ -87,10 +97,13 @@ def country_function(
         task = {"task_gpus": ",".join(addresses) or None}
         try:
             device = device_settings(gpu_mode, addresses)
+            own_rules = (buyer_rules or {}).get(country)
             if saved is None:
-                result = train_country(weekly, params, rules, num_threads=task_cpus(), device=device.params)
+                result = train_country(
+                    weekly, params, rules, num_threads=task_cpus(), device=device.params, buyer_rules=own_rules
+                )
             elif country in saved:
-                result = rescore(weekly, *saved[country], params, rules)
+                result = rescore(weekly, *saved[country], params, rules, buyer_rules=own_rules)
             else:
                 raise LookupError(f"no saved model for {country} in the model run")
         except Exception as err:  # one country's failure must not stop the others
@@ -101,7 +114,11 @@ def country_function(
 
 
 def pooled_function(
-    fallback: Mapping[str, str], params: ModelParams, rules: RunRules, gpu_mode: str = "off"
+    fallback: Mapping[str, str],
+    params: ModelParams,
+    rules: RunRules,
+    gpu_mode: str = "off",
+    buyer_rules: BuyerRules | None = None,
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """The function Spark runs once over every country's rows: the pooled model scores the fallback countries."""
     check_mode(gpu_mode)
@@ -111,7 +128,15 @@ def pooled_function(
         task = {"task_gpus": ",".join(addresses) or None}
         try:
             device = device_settings(gpu_mode, addresses)
-            results = train_pooled(weekly, fallback, params, rules, num_threads=task_cpus(), device=device.params)
+            results = train_pooled(
+                weekly,
+                fallback,
+                params,
+                rules,
+                num_threads=task_cpus(),
+                device=device.params,
+                buyer_rules=buyer_rules or {},
+            )
         except Exception as err:  # every fallback country reports the pooled model's failure
             return pd.concat([_failed(country, err, **task) for country in sorted(fallback)], ignore_index=True)
         return pd.concat([_result_frame(r, device=device.label, **task) for r in results], ignore_index=True)
@@ -120,12 +145,17 @@ def pooled_function(
 
 
 def pooled_scores(
-    weekly: DataFrame, fallback: Mapping[str, str], params: ModelParams, rules: RunRules, gpu_mode: str = "off"
+    weekly: DataFrame,
+    fallback: Mapping[str, str],
+    params: ModelParams,
+    rules: RunRules,
+    gpu_mode: str = "off",
+    buyer_rules: BuyerRules | None = None,
 ) -> DataFrame:
     """Scores the fallback countries with one model over every country's history, in a single task: the pooled
     model needs all countries at once (and its memory: every history row, plus the fallback countries' future)."""
     rows = weekly.where(~F.col("is_future") | F.col("country").isin(list(fallback)))
-    train_pooled_countries = pooled_function(fallback, params, rules, gpu_mode)
+    train_pooled_countries = pooled_function(fallback, params, rules, gpu_mode, buyer_rules)
     return (
         rows.withColumn(POOL, F.lit(0))
         .groupBy(POOL)
@@ -192,13 +222,14 @@ def train_score(
     gpu_mode: str = "off",
     order: Sequence[str] | None = None,
     saved: SavedModels | None = None,
+    buyer_rules: BuyerRules | None = None,
 ) -> DataFrame:
     """Trains and scores every country in parallel, one pandas group per country.
 
     With `order` (every country of `weekly`), each country runs in a task of its own, started in that order:
     countries train in parallel, each holds its own GPU, and the largest can start first.
     """
-    train_country = country_function(params, rules, gpu_mode, saved=saved)
+    train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules)
     if not order:
         return weekly.groupBy("country").applyInPandas(train_country, TRAIN_SCORE_OUTPUT)
     return by_task(weekly, order).applyInPandas(

@@ -15,8 +15,9 @@ from pyspark.sql import functions as F
 
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.contract import CANDIDATE_COLUMNS, EXCLUDED
 from markdown_pricing.core.results import read_country_results
-from markdown_pricing.core.schemas import PREDICTIONS
+from markdown_pricing.core.schemas import CANDIDATES, PREDICTIONS
 from markdown_pricing.core.storage import filesystem
 from markdown_pricing.erp import ledger, locks, schema, writer
 from markdown_pricing.erp.connection import connect, start_dsn
@@ -44,6 +45,20 @@ def ended_articles(spark: SparkSession, ctx: RunContext) -> dict[str, set[str]]:
     return {str(country): set(group["article_id"]) for country, group in states.groupby("country")}
 
 
+def country_candidates(spark: SparkSession, ctx: RunContext, country: str) -> pd.DataFrame:
+    """One country's candidate curves (none for a run from before train+score wrote them)."""
+    uri = ctx.layout.candidates
+    if not filesystem(uri).exists(uri):
+        return pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
+    return spark.read.schema(CANDIDATES).parquet(uri).where(F.col("country") == country).toPandas()
+
+
+def excluded_articles(candidates: pd.DataFrame) -> set[str]:
+    """The articles a buyer rule excluded: they have candidates but no recommendation."""
+    excluded = candidates["ruled_out_by"].fillna("").str.startswith(EXCLUDED)
+    return set(candidates.loc[excluded, "article_id"])
+
+
 def publish_or_record(
     conn: Connection,
     ctx: RunContext,
@@ -51,6 +66,7 @@ def publish_or_record(
     country: str,
     result: dict[str, Any],
     rows: pd.DataFrame,
+    candidates: pd.DataFrame,
     previous_articles: Collection[str],
     ended_articles: Collection[str],
     repair: bool = False,
@@ -75,7 +91,8 @@ def publish_or_record(
         result,
         rows,
         previous_articles=previous_articles,
-        ended_articles=ended_articles,
+        # An article a buyer excluded is no loss, no more than one that sold out.
+        ended_articles={*ended_articles, *excluded_articles(candidates)},
         ladder=rules.ladder,
         max_drop_share=rules.max_recommendation_drop_share,
         min_lost_articles=rules.min_lost_articles,
@@ -95,6 +112,8 @@ def publish_or_record(
             conn,
             settings,
             predictions=rows,
+            # The writer leaves out the candidates of articles without a row: those a rule excluded.
+            candidates=candidates,
             model_version=model_version(ctx, country, result),
             gate_override=bool(reasons),
             message=message,
@@ -176,6 +195,7 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
                     country,
                     result,
                     rows,
+                    country_candidates(spark, ctx, country),
                     held_articles.get(country, set()),
                     ended.get(country, set()),
                     repair=country in missing,

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import sys
+from contextlib import closing
 from functools import partial
 from typing import Any
 
@@ -18,14 +19,16 @@ from pyspark.sql import functions as F
 
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.context import RunContext
-from markdown_pricing.core.contract import PREDICTION_COLUMNS
+from markdown_pricing.core.contract import CANDIDATE_COLUMNS, PREDICTION_COLUMNS
 from markdown_pricing.core.results import METRIC_COLUMNS, MODEL_VERSION, TRAINED, write_country_results
 from markdown_pricing.core.session import spark_job
 from markdown_pricing.core.storage import RunLayout, filesystem, read_json, write_json
 from markdown_pricing.core.version import git_commit, package_version
+from markdown_pricing.erp.connection import connect, start_dsn
+from markdown_pricing.erp.rules import rules_in_force
 from markdown_pricing.observe.progress import StageProgress
 from markdown_pricing.observe.spark_watch import watch_spark_tasks
-from markdown_pricing.stages.per_country import SavedModels, largest_first, pooled_scores, train_score
+from markdown_pricing.stages.per_country import BuyerRules, SavedModels, largest_first, pooled_scores, train_score
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,35 @@ def save_model(layout: RunLayout, row: Any, provenance: dict[str, Any]) -> None:
     write_json(layout.model_card(country), card)
 
 
+def read_buyer_rules(ctx: RunContext, cfg: Config, countries: list[str]) -> BuyerRules:
+    """The buyers' rules in force at the run date (markdown.article_rules), by country; reads only."""
+    settings = cfg.erp
+    retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
+    with closing(connect(start_dsn(settings, cfg.paths.work), settings.connect_timeout_s, **retries)) as conn:
+        conn.set_session(readonly=True)
+        rules = rules_in_force(conn, settings, ctx.run_date)
+    elsewhere = sorted(set(rules["country"]) - set(countries))
+    if elsewhere:
+        # Reported, not dropped in silence: a rule for a country the run does not have may be a typo.
+        log.warning("buyer rules name countries that are not in this run, not applied: %s", ", ".join(elsewhere))
+    log.info(
+        "%d buyer rules in force at %s for this run's countries", rules["country"].isin(countries).sum(), ctx.run_date
+    )
+    return {
+        str(country): group.reset_index(drop=True)
+        for country, group in rules.groupby("country")
+        if country in countries
+    }
+
+
 def _scored(
-    spark: SparkSession, ctx: RunContext, cfg: Config, weekly: DataFrame, order: list[str], tracker: StageProgress
+    spark: SparkSession,
+    ctx: RunContext,
+    cfg: Config,
+    weekly: DataFrame,
+    order: list[str],
+    tracker: StageProgress,
+    buyer_rules: BuyerRules,
 ) -> DataFrame:
     """Trains (or rescores) every country once; fallback countries are replaced by the pooled pass's records."""
     layout = ctx.layout
@@ -72,7 +102,7 @@ def _scored(
     # Written once and read back: every later output comes from this one training pass.
     with job(f"train+score {len(countries)} countries"):
         watcher = watch_spark_tasks(tracker, spark.sparkContext, f"training {len(countries)} countries")
-        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved)
+        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules)
         scored.write.mode("overwrite").parquet(layout.train_score_output)
         watcher.stop()
     output = spark.read.parquet(layout.train_score_output)
@@ -82,7 +112,7 @@ def _scored(
         return output
     with job(f"train+score: pooled model for {', '.join(sorted(fallback))}"):
         tracker.update(f"pooled model for {len(fallback)} fallback countries")
-        pooled = pooled_scores(weekly, fallback, cfg.model, cfg.run, cfg.gpu.mode)
+        pooled = pooled_scores(weekly, fallback, cfg.model, cfg.run, cfg.gpu.mode, buyer_rules)
         pooled.write.mode("overwrite").parquet(layout.pooled_output)
     return output.where(~F.col("country").isin(list(fallback))).unionByName(spark.read.parquet(layout.pooled_output))
 
@@ -98,7 +128,7 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     # Spark starts tasks in this order: the largest countries first, so none of them is left to run alone at the end.
     order = largest_first(rows) if cfg.schedule.start_order == "largest_first" else countries
     tracker = StageProgress(layout, "train_score", total=len(countries))
-    output = _scored(spark, ctx, cfg, weekly, order, tracker)
+    output = _scored(spark, ctx, cfg, weekly, order, tracker, read_buyer_rules(ctx, cfg, countries))
     tracker.update("saving models, metrics and predictions", done=len(countries))
 
     with job("train+score: save models and metrics"):
@@ -122,6 +152,8 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
             print(country_line(ctx.run_id, results[country]), file=sys.stdout, flush=True)
             if "fallback" in (row["device"] or ""):
                 log.warning("country %s trained on %s", country, row["device"])
+            for problem in (row["rule_problems"] or "").splitlines():
+                log.warning("country %s, buyer rules: %s", country, problem)
         write_country_results(layout.country_results, results)
 
     with job("train+score: write predictions"):
@@ -131,6 +163,14 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
             .write.mode("overwrite")
             .partitionBy("country")
             .parquet(layout.predictions)
+        )
+    with job("train+score: write candidates"):
+        (
+            output.where(F.col("record") == "candidate")
+            .select(*CANDIDATE_COLUMNS)
+            .write.mode("overwrite")
+            .partitionBy("country")
+            .parquet(layout.candidates)
         )
     failed = sorted(country for country, result in results.items() if result["status"] != TRAINED)
     fallback = sorted(c for c, result in results.items() if result["model_kind"] in ("pooled", "baseline"))
