@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -40,6 +42,24 @@ def spark() -> Iterator[SparkSession]:
     session = build_session(load_config("local"), "tests", extra_conf=test_conf)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_embedded_erp_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the session when a test left an embedded PostgreSQL running under pytest's temp root (a run without a
+    configured ERP starts one under its work folder), after stopping it by the PID its postmaster.pid names."""
+    yield
+    left = []
+    for pid_file in tmp_path_factory.getbasetemp().glob("**/pgdata/postmaster.pid"):
+        pid = int(pid_file.read_text().split()[0])
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            continue  # a crash test's server: gone, its pid file left behind
+        if "postgres" in command and str(pid_file.parent) in command:
+            os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+            left.append(str(pid_file.parent))
+    assert not left, f"tests left embedded PostgreSQL servers running (now stopped): {', '.join(left)}"
 
 
 @pytest.fixture(scope="session")

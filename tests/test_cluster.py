@@ -159,7 +159,7 @@ def cluster_config(master: str, raw: Path, work: Path) -> Config:
 
 
 @pytest.fixture(scope="module")
-def runs(cluster: dict[str, Any], spark: SparkSession) -> dict[str, Path]:
+def runs(cluster: dict[str, Any], spark: SparkSession, erp_dsn: str) -> dict[str, Path]:
     """The same sample run on the cluster (spark-submit, standalone profile) and in local mode (stage functions)."""
     root = cluster["root"]
     raw = root / "raw"
@@ -167,7 +167,14 @@ def runs(cluster: dict[str, Any], spark: SparkSession) -> dict[str, Path]:
     generate_sample(raw, countries=3, articles=40, weeks=16, seed=5, run_date=RUN_DATE, tiny_country_weeks=0)
     cfg = cluster_config(cluster["master"], raw, root / "cluster-work")
     # This interpreter runs the driver and the executors' Python workers: it has the package and LightGBM.
-    env = {**submit_environment(cfg), **cluster["env"], "PYSPARK_PYTHON": sys.executable, "MARKDOWN_GPU_MODE": "auto"}
+    # The session's ERP, where train+score reads the buyers' rules (none): no embedded server under the work folder.
+    env = {
+        **submit_environment(cfg),
+        **cluster["env"],
+        "PYSPARK_PYTHON": sys.executable,
+        "MARKDOWN_GPU_MODE": "auto",
+        "MARKDOWN_ERP_DSN": erp_dsn,
+    }
     for job in ("etl", "train_score"):
         ctx = RunContext(RUN_DATE, RUN_ID, raw=str(raw), work=cfg.paths.work, env="standalone")
         result = subprocess.run(job_command(cfg, job, ctx), env=env, capture_output=True, text=True, timeout=300)
@@ -175,8 +182,10 @@ def runs(cluster: dict[str, Any], spark: SparkSession) -> dict[str, Path]:
         assert result.returncode == 0, f"{job}: {result.stderr[-4000:]}\n{logs}"
 
     local = RunContext(RUN_DATE, RUN_ID, raw=str(raw), work=str(root / "local-work"))
-    assert etl.run(spark, local, load_run_config(local)) == 0
-    assert train_score.run(spark, local, load_run_config(local)) == 0
+    local_cfg = load_run_config(local)
+    local_cfg = dataclasses.replace(local_cfg, erp=dataclasses.replace(local_cfg.erp, dsn=erp_dsn))
+    assert etl.run(spark, local, local_cfg) == 0
+    assert train_score.run(spark, local, local_cfg) == 0
     return {"cluster": local_path(cfg.paths.work), "local": root / "local-work"}
 
 

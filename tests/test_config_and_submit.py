@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +94,15 @@ def test_submit_script_dry_run_prints_yarn_command() -> None:
     assert line.endswith(
         f"jobs/etl.py --run-date 2026-11-23 --run-id 2026-11-23 --raw {paths.raw} --work {paths.work} --env yarn"
     )
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ({"price_endings": {"GBR": 1.99}}, "run.price_endings of GBR"),
+        ({"max_markdown_steps": -1}, "must not be negative"),
+    ],
+)
+def test_run_level_pricing_rules_are_checked_when_the_config_loads(run: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(load_config("local").run, **run)

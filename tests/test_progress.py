@@ -336,8 +336,10 @@ def luigid(tmp_path: Path) -> Iterator[int]:
 
 
 def test_spark_stage_shows_progress_on_luigid_while_running_and_when_done(
-    luigid: int, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    luigid: int, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, erp_dsn: str
 ) -> None:
+    # The stage task checks the session's ERP before it starts its job: no embedded server under the work folder.
+    monkeypatch.setenv("MARKDOWN_ERP_DSN", erp_dsn)
     work = tmp_path / "work"
     task = FakeStage(run_date=RUN_DATE, run_id="progress", raw_uri=str(tmp_path / "raw"), work_uri=str(work))
     running: list[tuple[int | None, str | None]] = []

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from markdown_pricing.core.config import load_config, project_root
+from markdown_pricing.core.config import ErpSettings, load_config, project_root
 from markdown_pricing.core.context import mondays
 from markdown_pricing.core.storage import (
     LocalFileSystem,
@@ -42,7 +42,7 @@ from markdown_pricing.erp import connection, schema, writer
 from markdown_pricing.observe import logs
 from markdown_pricing.orchestrate.cli import parser
 from markdown_pricing.orchestrate.launcher import LaunchedApplication, kill_yarn_application, yarn_kill_command
-from markdown_pricing.orchestrate.tasks import Etl, Publish, TrainScore, WeeklyBackfill, WeeklyRun
+from markdown_pricing.orchestrate.tasks import Etl, Publish, SparkStage, TrainScore, WeeklyBackfill, WeeklyRun
 from markdown_pricing.synthetic.sample import generate_sample
 from servers import free_port, running_luigid
 from servers import luigid_api as api
@@ -270,14 +270,19 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_sigterm_to_the_worker_stops_the_job_group_and_kills_its_yarn_application(tmp_path: Path) -> None:
+def test_sigterm_to_the_worker_stops_the_job_group_and_kills_its_yarn_application(tmp_path: Path, erp_dsn: str) -> None:
     (tmp_path / "submit.py").write_text(FAKE_SUBMIT)
     (tmp_path / "worker.py").write_text(WORKER)
     yarn = tmp_path / "yarn"
     yarn.write_text(RECORD_ARGS)
     yarn.chmod(0o755)
     pid_file = tmp_path / "grandchild.pid"
-    env = {**os.environ, "MARKDOWN_YARN_BIN": str(yarn), "LUIGI_CONFIG_PATH": str(CONF / "luigi.cfg")}
+    env = {
+        **os.environ,
+        "MARKDOWN_YARN_BIN": str(yarn),
+        "LUIGI_CONFIG_PATH": str(CONF / "luigi.cfg"),
+        "MARKDOWN_ERP_DSN": erp_dsn,
+    }
     worker = subprocess.Popen(
         [sys.executable, *(str(tmp_path / name) for name in ("worker.py", "submit.py", "grandchild.pid", "work"))],
         env=env,
@@ -492,3 +497,42 @@ def test_backfill_of_three_weeks_through_luigid_publishes_oldest_first_and_never
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/resource_list", timeout=5) as response:
         resources = {r["name"]: r["num_total"] for r in json.load(response)["response"]}
     assert resources == {"spark_applications": 2, "erp_connections": 1}
+
+
+def test_a_stage_past_its_time_limit_is_stopped_with_its_yarn_application_and_fails_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, erp_settings: ErpSettings
+) -> None:
+    (tmp_path / "submit.py").write_text(FAKE_SUBMIT)
+    yarn = tmp_path / "yarn"
+    yarn.write_text(RECORD_ARGS)
+    yarn.chmod(0o755)
+    monkeypatch.setenv("MARKDOWN_YARN_BIN", str(yarn))
+    pid_file = tmp_path / "grandchild.pid"
+
+    class Hanging(SparkStage):
+        job = "hanging"
+        poll_s = 0.1
+
+        def command(self) -> list[str]:
+            return [sys.executable, str(tmp_path / "submit.py"), str(pid_file)]
+
+    task = Hanging(run_date=WEEKS[-1], work_uri=str(tmp_path / "work"))
+    task.cfg = dataclasses.replace(
+        task.cfg, erp=erp_settings, schedule=dataclasses.replace(task.cfg.schedule, stage_timeout_s={"hanging": 3})
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        RuntimeError,
+        match=r"hanging for run 2026-11-23 failed with exit code 124: timed out: it ran "
+        r"past schedule.stage_timeout_s.hanging = 3 s and was stopped with its Spark application",
+    ):
+        task.run()
+
+    # Stopped at its limit, not when the job would have ended (600 s), with its YARN application and its children.
+    assert time.monotonic() - started < 60
+    assert (tmp_path / "yarn-argv").read_text().split() == ["application", "-kill", "application_1234_0001"]
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(grandchild)

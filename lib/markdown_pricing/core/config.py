@@ -46,6 +46,14 @@ class RunRules:
     # rules travel to the executors pickled, and a read-only mapping proxy does not pickle.
     price_endings: Mapping[str, float]
 
+    def __post_init__(self) -> None:
+        # Checked here, at load: in a country's task a bad value would fail every country of the run.
+        if self.max_markdown_steps < 0 or self.min_weeks_between_markdowns < 0:
+            raise ConfigError("run.max_markdown_steps and run.min_weeks_between_markdowns must not be negative")
+        wrong = sorted(country for country, ending in self.price_endings.items() if not 0.0 <= ending < 1.0)
+        if wrong:
+            raise ConfigError(f"run.price_endings of {', '.join(wrong)}: an ending is a share of a euro in [0, 1)")
+
 
 @dataclass(frozen=True)
 class TuningSettings:
@@ -127,13 +135,22 @@ START_ORDERS = ("largest_first", "name")
 
 @dataclass(frozen=True)
 class ScheduleSettings:
-    """How the train stage orders its per-country tasks (one country per task either way)."""
+    """How the train stage orders its per-country tasks (one country per task either way), and how long each stage
+    may run before it is stopped with its Spark application (seconds; a stage not named, or 0, has no limit)."""
 
     start_order: str = "largest_first"
+    stage_timeout_s: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.start_order not in START_ORDERS:
             raise ConfigError(f"schedule start_order {self.start_order!r} is not one of {', '.join(START_ORDERS)}")
+        negative = sorted(stage for stage, seconds in self.stage_timeout_s.items() if seconds < 0)
+        if negative:
+            raise ConfigError(f"schedule stage_timeout_s of {', '.join(negative)} must not be negative")
+
+    def timeout_s(self, stage: str) -> float | None:
+        """The wall-clock limit of a stage, or None."""
+        return self.stage_timeout_s.get(stage) or None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -28,6 +29,8 @@ log = logging.getLogger("luigi-interface")
 
 # How long the supervisor waits for a finished job's last output lines.
 OUTPUT_GRACE_S = 30.0
+# The exit code of a job stopped for running past its limit, as timeout(1) has it.
+TIMED_OUT_EXIT_CODE = 124
 # How long an interrupted job gets to stop after SIGTERM before its process group is killed.
 TERMINATE_GRACE_S = 10.0
 # How long `yarn application -kill` may take.
@@ -156,9 +159,11 @@ def run_job(
     name: str,
     poll_s: float,
     on_poll: Callable[[LaunchedApplication], None],
+    timeout_s: float | None = None,
 ) -> int:
     """Runs the command in a session of its own and returns its exit code, calling `on_poll` every `poll_s` while
-    it runs. Interrupted (Ctrl-C, SIGTERM), it stops the job's process group and the YARN application it started."""
+    it runs. Interrupted (Ctrl-C, SIGTERM), it stops the job's process group and the YARN application it started;
+    past `timeout_s` it does the same and returns TIMED_OUT_EXIT_CODE."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log_file:
         log_file.write(f"--- {dt.datetime.now(dt.timezone.utc).isoformat()} {shlex.join(command)}\n")
@@ -183,13 +188,19 @@ def run_job(
             daemon=True,
         )
         pump.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             with sigterm_raises():
                 while True:
+                    wait_s = poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic()))
                     try:
-                        return process.wait(timeout=poll_s)
+                        return process.wait(timeout=wait_s)
                     except subprocess.TimeoutExpired:
                         on_poll(launched)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        log.error("%s ran past its limit of %.0f s: stopping it", name, timeout_s)
+                        stop_job(process, launched.application_id)
+                        return TIMED_OUT_EXIT_CODE
         except BaseException:
             log.error("%s interrupted: stopping it", name)
             stop_job(process, launched.application_id)

@@ -29,7 +29,7 @@ from markdown_pricing.core.storage import SUCCESS_MARKER, filesystem, join, read
 from markdown_pricing.erp import ledger, locks, schema
 from markdown_pricing.erp.connection import ErpUnavailableError, connect, running_dsn, start_dsn
 from markdown_pricing.observe import logs, progress
-from markdown_pricing.orchestrate.launcher import LaunchedApplication, run_job
+from markdown_pricing.orchestrate.launcher import TIMED_OUT_EXIT_CODE, LaunchedApplication, run_job
 from markdown_pricing.orchestrate.submit import job_command, submit_environment
 
 log = logging.getLogger("luigi-interface")
@@ -248,6 +248,11 @@ class SparkStage(RunParameters, luigi.Task):
     def failure(self, code: int) -> RuntimeError:
         """The error a failed job ends its task with, naming the input problem the job reported, if any."""
         problem = self.input_problem(code)
+        if code == TIMED_OUT_EXIT_CODE:
+            problem = (
+                f"timed out: it ran past schedule.stage_timeout_s.{self.job} = "
+                f"{self.cfg.schedule.timeout_s(self.job):.0f} s and was stopped with its Spark application"
+            )
         log_path = logs.stage_log_path(self.ctx.layout, self.job)
         return RuntimeError(
             f"{self.job} for run {self.ctx.run_id} failed with exit code {code}"
@@ -279,6 +284,7 @@ class SparkStage(RunParameters, luigi.Task):
             name=f"{self.job} for run {self.ctx.run_id}",
             poll_s=self.poll_s,
             on_poll=poll,
+            timeout_s=self.cfg.schedule.timeout_s(self.job),
         )
         self._show(progress.stage_finished(channel, self.job, code, str(log_path)), shown)
         return code
