@@ -108,6 +108,21 @@ def _owner_executes(owner: ErpSettings, statement: sql.Composable) -> None:
         cur.execute(statement)
 
 
+def _migrated_then_revoked(owner: ErpSettings, *revoked: tuple[str, str]) -> None:
+    """The owner migrates the tables, then takes each (privilege, table) back from the run role."""
+    with closing(connection.connect(owner.dsn, 5)) as conn:
+        schema.migrate(conn, owner)
+    _owner_executes(
+        owner,
+        sql.SQL("; ").join(
+            sql.SQL("REVOKE {} ON markdown.{} FROM {}").format(
+                sql.SQL(privilege), sql.Identifier(table), sql.Identifier(RUNNER)
+            )
+            for privilege, table in revoked
+        ),
+    )
+
+
 def _ledger_rows(owner: ErpSettings) -> list[tuple[str, str]]:
     with closing(connection.connect(owner.dsn, 5)) as conn, conn, conn.cursor() as cur:
         cur.execute(
@@ -220,17 +235,7 @@ def test_prepare_names_a_missing_delete_on_candidates_and_read_on_the_rules(
     data_roles: tuple[ErpSettings, ErpSettings],
 ) -> None:
     owner, run = data_roles
-    with closing(connection.connect(owner.dsn, 5)) as conn:
-        schema.migrate(conn, owner)
-    _owner_executes(
-        owner,
-        sql.SQL("REVOKE DELETE ON markdown.{} FROM {}; REVOKE SELECT ON markdown.{} FROM {}").format(
-            sql.Identifier(owner.candidates_table),
-            sql.Identifier(RUNNER),
-            sql.Identifier(owner.rules_table),
-            sql.Identifier(RUNNER),
-        ),
-    )
+    _migrated_then_revoked(owner, ("DELETE", owner.candidates_table), ("SELECT", owner.rules_table))
 
     with closing(connection.connect(run.dsn, 5)) as conn:
         with pytest.raises(ErpNotReadyError) as refused:
@@ -279,17 +284,7 @@ def test_prepare_names_every_privilege_the_run_lacks_before_writing(
     data_roles: tuple[ErpSettings, ErpSettings],
 ) -> None:
     owner, run = data_roles
-    with closing(connection.connect(owner.dsn, 5)) as conn:
-        schema.migrate(conn, owner)
-    _owner_executes(
-        owner,
-        sql.SQL("REVOKE DELETE ON markdown.{} FROM {}; REVOKE UPDATE ON markdown.{} FROM {}").format(
-            sql.Identifier(owner.predictions_table),
-            sql.Identifier(RUNNER),
-            sql.Identifier(owner.ledger_table),
-            sql.Identifier(RUNNER),
-        ),
-    )
+    _migrated_then_revoked(owner, ("DELETE", owner.predictions_table), ("UPDATE", owner.ledger_table))
 
     with closing(connection.connect(run.dsn, 5)) as conn:
         with pytest.raises(ErpNotReadyError) as refused:
@@ -331,14 +326,7 @@ def test_a_run_whose_role_lacks_a_privilege_stops_before_any_spark_work(
     data_roles: tuple[ErpSettings, ErpSettings], tmp_path: Path
 ) -> None:
     owner, run = data_roles
-    with closing(connection.connect(owner.dsn, 5)) as conn:
-        schema.migrate(conn, owner)
-    _owner_executes(
-        owner,
-        sql.SQL("REVOKE INSERT ON markdown.{} FROM {}").format(
-            sql.Identifier(owner.ledger_table), sql.Identifier(RUNNER)
-        ),
-    )
+    _migrated_then_revoked(owner, ("INSERT", owner.ledger_table))
     ctx = RunContext.create(RUN_DATE, raw=str(tmp_path / "raw"), work=str(tmp_path / "work"))
     etl = Etl.from_context(ctx, wait_for_inputs=0)
     etl.cfg = dataclasses.replace(etl.cfg, erp=run)

@@ -258,3 +258,16 @@ def connect(
         time.sleep(delay)
     # Reached only when the loop never ran.
     raise ValueError(f"connect attempts must be at least 1, not {attempts}")
+
+
+def connect_configured(dsn: str, settings: ErpSettings, *, writer: bool = False) -> Connection:
+    """`connect` with the configured connect timeout and retries; a `writer` also gets the configured lock and
+    statement timeouts, so that a reader holding a lock fails its country instead of stalling the run."""
+    limits = {"lock_timeout_s": settings.lock_timeout_s, "statement_timeout_s": settings.statement_timeout_s}
+    return connect(
+        dsn,
+        settings.connect_timeout_s,
+        attempts=settings.connect_attempts,
+        backoff_s=settings.connect_backoff_s,
+        **(limits if writer else {}),
+    )

@@ -16,7 +16,7 @@ from psycopg2.extensions import connection as Connection
 
 from markdown_pricing.core.config import ErpSettings
 from markdown_pricing.erp import ledger, tables
-from markdown_pricing.erp.connection import connect, running_dsn
+from markdown_pricing.erp.connection import connect_configured, running_dsn
 
 # Statuses the writer knows come first; any other the ledger holds follows alphabetically, so a new one shows up.
 KNOWN_STATUSES = (ledger.PUBLISHED, ledger.SUPERSEDED, ledger.BLOCKED, ledger.FAILED, ledger.MISSING_INPUT)
@@ -183,12 +183,7 @@ def format_errors(errors: pd.DataFrame) -> str:
 
 def read_only(settings: ErpSettings, work: str, read: Callable[[Connection], Any]) -> Any:
     """Runs `read` on the configured ERP (the running embedded one under `work` when none is), changing nothing."""
-    dsn = running_dsn(settings, work)
-    with closing(
-        connect(
-            dsn, settings.connect_timeout_s, attempts=settings.connect_attempts, backoff_s=settings.connect_backoff_s
-        )
-    ) as conn:
+    with closing(connect_configured(running_dsn(settings, work), settings)) as conn:
         conn.set_session(readonly=True)
         found = read(conn)
         conn.rollback()

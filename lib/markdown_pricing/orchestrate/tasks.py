@@ -27,7 +27,7 @@ from markdown_pricing.core.errors import StaleInputError
 from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.storage import SUCCESS_MARKER, filesystem, join, read_json, write_json
 from markdown_pricing.erp import ledger, locks, schema
-from markdown_pricing.erp.connection import ErpUnavailableError, connect, running_dsn, start_dsn
+from markdown_pricing.erp.connection import ErpUnavailableError, connect, connect_configured, running_dsn, start_dsn
 from markdown_pricing.observe import logs, progress
 from markdown_pricing.orchestrate.launcher import TIMED_OUT_EXIT_CODE, LaunchedApplication, run_job
 from markdown_pricing.orchestrate.submit import job_command, submit_environment
@@ -229,9 +229,7 @@ class SparkStage(RunParameters, luigi.Task):
         """Before any Spark work: the ERP's tables current and this role's privileges checked; then, for the block,
         this process alone writes the run's folder, and the run id is bound to its run date."""
         settings = self.cfg.erp
-        dsn = start_dsn(settings, self.ctx.work)
-        retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
-        with closing(connect(dsn, settings.connect_timeout_s, **retries)) as conn:
+        with closing(connect_configured(start_dsn(settings, self.ctx.work), settings)) as conn:
             schema.prepare(conn, settings)
             with locks.run_folder_lock(
                 conn, self.ctx.run_id, self.ctx.layout.run_dir, locks.stage_holder(self.job, self.ctx.run_id)

@@ -20,7 +20,7 @@ from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.schemas import CANDIDATES, PREDICTIONS
 from markdown_pricing.core.storage import filesystem
 from markdown_pricing.erp import ledger, locks, schema, writer
-from markdown_pricing.erp.connection import connect, start_dsn
+from markdown_pricing.erp.connection import connect_configured, start_dsn
 from markdown_pricing.erp.gate import gate_reasons, not_publishable_because
 from markdown_pricing.observe.progress import StageProgress
 
@@ -145,13 +145,7 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     problems: dict[str, str] = {}
     # The explicit steps before any write: the embedded ERP when none is configured, its tables when missing.
     dsn = start_dsn(settings, cfg.paths.work)
-    retries = {
-        "attempts": settings.connect_attempts,
-        "backoff_s": settings.connect_backoff_s,
-        "lock_timeout_s": settings.lock_timeout_s,
-        "statement_timeout_s": settings.statement_timeout_s,
-    }
-    with closing(connect(dsn, settings.connect_timeout_s, **retries)) as conn, ExitStack() as held:
+    with closing(connect_configured(dsn, settings, writer=True)) as conn, ExitStack() as held:
         schema.prepare(conn, settings)
         # One publisher per run date, held from the ledger reads below to the last country's commit.
         try:

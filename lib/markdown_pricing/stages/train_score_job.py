@@ -24,7 +24,7 @@ from markdown_pricing.core.results import METRIC_COLUMNS, MODEL_VERSION, TRAINED
 from markdown_pricing.core.session import spark_job
 from markdown_pricing.core.storage import RunLayout, filesystem, read_json, write_json
 from markdown_pricing.core.version import git_commit, package_version
-from markdown_pricing.erp.connection import connect, start_dsn
+from markdown_pricing.erp.connection import connect_configured, start_dsn
 from markdown_pricing.erp.rules import rules_in_force
 from markdown_pricing.observe.progress import StageProgress
 from markdown_pricing.observe.spark_watch import watch_spark_tasks
@@ -67,8 +67,7 @@ def save_model(layout: RunLayout, row: Any, provenance: dict[str, Any]) -> None:
 def read_buyer_rules(ctx: RunContext, cfg: Config, countries: list[str]) -> BuyerRules:
     """The buyers' rules in force at the run date (markdown.article_rules), by country; reads only."""
     settings = cfg.erp
-    retries = {"attempts": settings.connect_attempts, "backoff_s": settings.connect_backoff_s}
-    with closing(connect(start_dsn(settings, cfg.paths.work), settings.connect_timeout_s, **retries)) as conn:
+    with closing(connect_configured(start_dsn(settings, cfg.paths.work), settings)) as conn:
         conn.set_session(readonly=True)
         rules = rules_in_force(conn, settings, ctx.run_date)
     elsewhere = sorted(set(rules["country"]) - set(countries))
