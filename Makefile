@@ -9,7 +9,7 @@ DEMO_WORK ?= .demo/work
 DEMO_TRUTH ?= .demo/truth
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench erp-stop clean check-java check-jdbc evaluate
+.PHONY: demo test test-fast lint bench erp-stop clean check-java check-jdbc evaluate images check-podman test-containers wheels
 
 $(BIN)/markdown-pricing: setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,11 +82,30 @@ lint: $(BIN)/markdown-pricing
 
 # Everything: the lint, then every test (pytest.ini names the markers).
 test: check-java check-maven check-chromium lint $(BIN)/markdown-pricing
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not containers" $(PYTEST_ARGS)
+
+# Container images (README "Images"), built with podman and no registry image: podman, runc and debootstrap come
+# from Debian (installed here when run as root), then docker/build-images.sh makes a Debian base with debootstrap,
+# downloads the pinned wheels and builds docker/Dockerfile on them. Its last line is the image reference.
+check-podman:
+	@$(call require,podman,podman,the images are built and run with it)
+	@$(call require,runc,runc,podman runs the containers with it)
+	@$(call require,debootstrap,debootstrap,the base image is made with it)
+
+images: check-podman $(BIN)/markdown-pricing
+	@docker/build-images.sh
+
+# The pinned wheels alone (.images/wheels), which docker/Dockerfile installs from: before a build on a Docker host.
+wheels: $(BIN)/markdown-pricing
+	@docker/build-images.sh --wheels-only
+
+# The weekly run inside the image, and on a standalone cluster of its containers (CI runs it after `make test`).
+test-containers: check-java check-podman $(BIN)/markdown-pricing
+	$(BIN)/python -m pytest tests -m containers $(PYTEST_ARGS)
 
 # The lane for a quick loop while coding: no whole runs, no spark-submit, no clusters (under two minutes).
 test-fast: check-java check-chromium lint $(BIN)/markdown-pricing
-	$(BIN)/python -m pytest tests -m "not slow and not cluster and not hadoop" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not slow and not cluster and not hadoop and not containers" $(PYTEST_ARGS)
 
 # The benchmark (README "Performance"): worlds of each size, every stage against its floor and its peer. Results go
 # to bench/results (JSON, Markdown, PNG); worlds, runs and the bench's own PostgreSQL to $(BENCH_WORK), reused.

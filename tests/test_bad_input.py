@@ -22,6 +22,7 @@ from pyspark.sql import SparkSession
 
 from markdown_pricing.core.config import load_config
 from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.drift import DriftCheck, read_drift_check, read_input_profile
 from markdown_pricing.core.errors import StaleInputError
 from markdown_pricing.core.storage import read_json
 from markdown_pricing.erp import connection
@@ -29,6 +30,7 @@ from markdown_pricing.etl.transforms import RawSchemaError, RejectedShareError, 
 from markdown_pricing.stages import etl_job as etl_stage
 from markdown_pricing.stages.per_country import country_function
 from markdown_pricing.synthetic.sample import generate_sample
+from servers import receiving_webhooks
 
 RUN_DATE = dt.date(2026, 11, 23)
 BIN = Path(sys.executable).parent
@@ -120,6 +122,12 @@ def test_etl_quarantines_each_injected_bad_row_with_its_reason(
     assert sum(row["count"] for row in quarantine) == sum(
         count for kind, count in injected.items() if kind not in ("sales_duplicates", "sales_after_run_date")
     )
+    # The input profile of the curated data, for the next run's drift check: this run has nothing to compare with.
+    profile = read_input_profile(ctx.layout.input_profile)
+    curated = {row["country"] for row in spark.read.parquet(ctx.layout.weekly).select("country").distinct().collect()}
+    assert set(profile.countries) == curated
+    assert all(measures["active_articles"] and measures["weekly_units"] for measures in profile.countries.values())
+    assert read_drift_check(ctx.layout.drift) == DriftCheck(previous_run_id=None, previous_run_date=None)
 
 
 @pytest.mark.slow
@@ -197,8 +205,10 @@ def test_country_with_one_article_and_two_weeks_asks_for_a_fallback_not_raised()
     assert record["fallback_reason"].iloc[0].startswith("2 weeks of in-stock history, fewer than min_history_weeks")
 
 
-def run_cli(raw: Path, work: Path, erp_dsn: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "PATH": f"{BIN}:{os.environ['PATH']}"}
+def run_cli(
+    raw: Path, work: Path, erp_dsn: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MARKDOWN_ERP_DSN": erp_dsn, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
     return subprocess.run(
         [
             str(BIN / "markdown-pricing"),
@@ -261,11 +271,26 @@ def test_a_run_waits_for_fresh_sales_then_fails_naming_the_dataset_and_its_lates
     raw: Path, tmp_path: Path, erp_dsn: str
 ) -> None:
     latest = deliver_sales_before(raw, RUN_DATE - dt.timedelta(days=10))
-    result = run_cli(raw, tmp_path / "work", erp_dsn, "--wait-for-inputs", "20")
+    with receiving_webhooks("/hooks/stale") as webhook:
+        result = run_cli(
+            raw,
+            tmp_path / "work",
+            erp_dsn,
+            "--wait-for-inputs",
+            "20",
+            env={"MARKDOWN_ALERT_WEBHOOK_URL": webhook.url},
+        )
     output = result.stderr + result.stdout
     assert result.returncode != 0
     # Submitted again after the wait, and stale both times.
-    assert output.count(f"dataset 'sales' is stale: its latest sale_date before the run date is {latest}") >= 2
+    stale = f"dataset 'sales' is stale: its latest sale_date before the run date is {latest}"
+    assert output.count(stale) >= 2
     assert "waiting for fresh data" in output
+    # One alert, naming the stage and the stale dataset.
+    [alert] = webhook.bodies
+    assert alert["subject"] == "markdown-pricing run bad-input-cli: stage etl failed"
+    [problem] = alert["runs"][0]["problems"]
+    assert problem["message"].startswith(stale)
+    assert "alert sent by webhook" in result.stdout
     assert "bad-input-cli" not in published_runs(erp_dsn)
     assert not (tmp_path / "work" / "weekly").exists()

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from markdown_pricing.core.config import load_config, project_root, site_spark_conf
+from markdown_pricing.orchestrate.cli import parser
+from markdown_pricing.orchestrate.submit import IMAGE_HOME, IMAGE_PYTHON
 
 ROOT = project_root()
 DOCKER = ROOT / "docker"
@@ -28,7 +30,9 @@ def install_requires() -> set[str]:
 
 def image_requirements(dockerfile: str) -> set[str]:
     """The quoted requirements of the Dockerfile's dependency layer (the pip install before the package's)."""
-    layer = re.search(r"^RUN pip install --no-cache-dir \\\n(.*?)\n\n", dockerfile, re.MULTILINE | re.DOTALL)
+    layer = re.search(
+        r"^RUN [^\n]*pip install --no-cache-dir --no-index [^\n]*\\\n(.*?)\n\n", dockerfile, re.MULTILINE | re.DOTALL
+    )
     assert layer, "no dependency layer in docker/Dockerfile"
     return set(re.findall(r'"([^"]+)"', layer.group(1)))
 
@@ -47,7 +51,7 @@ def compose() -> dict[str, Any]:
 def test_image_installs_exactly_the_pins_of_setup_py() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert image_requirements(dockerfile) == install_requires()
-    assert "pip install --no-cache-dir --no-deps ." in dockerfile
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in dockerfile
 
 
 def test_image_has_java_17_and_leaves_the_entrypoint_to_yarn() -> None:
@@ -61,7 +65,11 @@ def test_compose_names_the_services_the_yarn_profile_uses(compose: dict[str, Any
     services = compose["services"]
     assert set(YARN_SERVICES) <= set(services)
     assert services["nodemanager"]["build"]["target"] == "nodemanager"
-    assert services["pipeline"]["command"][-2:] == ["--env", "yarn"]
+    command = services["pipeline"]["command"]
+    args = parser().parse_args(command[command.index("markdown-pricing") + 1 :])
+    # Scheduled through the compose file's own luigid, whose task history lives in a volume.
+    assert (args.command, args.env, args.scheduler_url) == ("run", "yarn", "http://luigid:8082/")
+    assert services["luigid"]["environment"]["LUIGID_STATE_DIR"] == "/var/lib/luigid"
 
 
 def test_compose_mounts_files_that_exist(compose: dict[str, Any]) -> None:
@@ -92,3 +100,13 @@ def test_dev_cluster_serves_the_paths_and_queue_of_the_yarn_profile(compose: dic
     event_log = f"hdfs://{namenode}{urlparse(conf['spark.eventLog.dir']).path}"
     assert f"spark.history.fs.logDirectory={event_log}" in history["environment"]["SPARK_HISTORY_OPTS"]
     assert hadoop_properties("yarn-site.xml")["yarn.resourcemanager.hostname"] in compose["services"]
+
+
+def test_image_paths_are_those_the_yarn_image_mode_runs() -> None:
+    # submit.py runs YARN containers in the image with its Python, its MARKDOWN_HOME and [yarn] container_java_home.
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert f"PYSPARK_PYTHON={IMAGE_PYTHON}" in dockerfile
+    assert f"RUN python3 -m venv {IMAGE_PYTHON.removesuffix('/bin/python')}" in dockerfile
+    assert f"MARKDOWN_HOME={IMAGE_HOME}" in dockerfile and f"WORKDIR {IMAGE_HOME}" in dockerfile
+    assert load_config("yarn").yarn.container_java_home == "/usr/lib/jvm/java-17-openjdk-amd64"
+    assert "openjdk-17-jre-headless" in dockerfile

@@ -7,6 +7,7 @@ _SUCCESS marker that appears on HDFS while the run waits starts it; the report a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,8 +26,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from markdown_pricing.core.config import ErpSettings, load_config
 from markdown_pricing.core.storage import filesystem, join
 from markdown_pricing.erp.connection import connect
+from markdown_pricing.erp.schema import migrate
+from markdown_pricing.orchestrate import cli
+from markdown_pricing.orchestrate.retention import human_size
 from markdown_pricing.orchestrate.tasks import RawDataset
 from servers import free_port, stop
 
@@ -331,3 +336,41 @@ def test_run_on_yarn_without_a_release_names_deploy(
     assert "0.0.0-never-deployed/markdown_pricing.whl" in result.stderr
     assert "run `markdown-pricing deploy --env yarn` first" in result.stderr
     assert not filesystem("hdfs:///tests").exists("hdfs:///tests/work-none")
+
+
+def test_gc_removes_an_old_run_its_models_and_event_log_on_hdfs(
+    hadoop: dict[str, str],
+    erp_settings: ErpSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for key in ("HADOOP_CONF_DIR", "MARKDOWN_WEBHDFS_URL"):
+        monkeypatch.setenv(key, hadoop[key])
+    work = "hdfs:///tests/gc-work"
+    fs = filesystem(work)
+    for run_id, application in (("2026-11-16", "application_1_0001"), ("2026-11-23", "application_1_0002")):
+        fs.write_text(join(work, "runs", run_id, "run.json"), json.dumps({"run_id": run_id, "run_date": run_id}))
+        fs.write_text(join(work, "runs", run_id, "stages", "etl.json"), json.dumps({"application_id": application}))
+        fs.write_text(join(work, "models", run_id, "AUT", "model.txt"), "m" * 1000)
+        fs.write_text(join(work, "spark-events", f"{application}_1.zstd"), "e" * 100)
+    with closing(connect(erp_settings.dsn, 5)) as conn:
+        migrate(conn, erp_settings)
+    cfg = dataclasses.replace(load_config("local"), erp=erp_settings)
+    monkeypatch.setattr(cli, "load_config", lambda env: cfg)
+    old_run = join(work, "runs", "2026-11-16")
+    record = json.dumps({"run_id": "2026-11-16", "run_date": "2026-11-16"})
+    stage = json.dumps({"application_id": "application_1_0001"})
+    removed = [old_run, join(work, "models", "2026-11-16"), join(work, "spark-events", "application_1_0001_1.zstd")]
+    try:
+        assert fs.size(old_run) == len(record) + len(stage)
+
+        assert cli.main(["gc", "--keep-weeks", "1", "--work", work]) == 0
+
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split("  ")[:2] for line in lines[:3]] == [["remove", uri] for uri in removed]
+        assert lines[-1] == f"freed {human_size(len(record) + len(stage) + 1000 + 100)}"
+        assert not any(fs.exists(uri) for uri in removed)
+        assert fs.list(join(work, "runs")) == fs.list(join(work, "models")) == ["2026-11-23"]
+        assert fs.size(old_run) == 0
+    finally:
+        fs.delete(work)

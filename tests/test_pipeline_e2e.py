@@ -21,6 +21,7 @@ from markdown_pricing.core.config import load_config
 from markdown_pricing.core.version import package_version
 from markdown_pricing.erp import connection, schema
 from markdown_pricing.erp.rules import replace_rules_noted
+from markdown_pricing.orchestrate.retention import event_log_application
 from markdown_pricing.synthetic.rules import SEED_NOTE, sample_rules
 from markdown_pricing.synthetic.sample import generate_sample
 
@@ -271,3 +272,10 @@ def test_score_rescores_with_saved_models_without_training(world: dict[str, obje
     )
     assert set(after["model_version"]) == {f"{model_run}/{country}" for country in after["country"]}
     assert not (Path(str(world["work"])) / "models" / run_id).exists()
+    # What `markdown-pricing gc` goes by: the rescore names its model run, each stage record its Spark application,
+    # whose event log is in the work folder.
+    run_dir = Path(str(world["work"])) / "runs" / run_id
+    assert json.loads((run_dir / "run.json").read_text())["model_run"] == model_run
+    applications = {json.loads(record.read_text())["application_id"] for record in (run_dir / "stages").glob("*.json")}
+    logged = {event_log_application(entry.name) for entry in (Path(str(world["work"])) / "spark-events").iterdir()}
+    assert len(applications) == 3 and applications <= logged, (applications, logged)

@@ -203,6 +203,7 @@ def test_display_stream_hands_over_complete_lines_only(layout: RunLayout) -> Non
         ("\tat org.apache.spark.Executor.run(Executor.scala:1)\n", logging.ERROR, logging.ERROR),
         ("Traceback (most recent call last):\n", logging.INFO, logging.ERROR),
         ("WARNING: Using incubator modules: jdk.incubator.vector\n", logging.INFO, logging.INFO),
+        ('{"country": "DEU", "event": "country_result", "status": "trained"}\n', logging.WARNING, logging.INFO),
     ],
 )
 def test_line_level_of_records_and_continuations(line: str, previous: int, level: int) -> None:
@@ -213,13 +214,14 @@ CHILD_OUTPUT = [
     "Using Spark's default log4j profile\n",
     "2026-11-23 06:00:00,001 INFO run=r stage=publish country=DEU p: country DEU: published\n",
     "26/11/23 06:00:01 WARN Utils: Your hostname resolves to a loopback address\n",
+    '{"country": "DEU", "event": "country_result", "run_id": "r", "status": "trained"}\n',
     "2026-11-23 06:00:02,001 ERROR run=r stage=publish country=- p: publish failed: boom\n",
     "Traceback (most recent call last):\n",
     "RuntimeError: boom\n",
 ]
 
 
-@pytest.mark.parametrize(("show_all", "echoed"), [(False, CHILD_OUTPUT[2:]), (True, CHILD_OUTPUT)])
+@pytest.mark.parametrize(("show_all", "echoed"), [(False, [CHILD_OUTPUT[2], *CHILD_OUTPUT[4:]]), (True, CHILD_OUTPUT)])
 def test_copy_output_files_everything_and_echoes_warnings_and_errors(show_all: bool, echoed: list[str]) -> None:
     log_file, shown = io.StringIO(), []
     logs.copy_output(iter(CHILD_OUTPUT), log_file, shown.append, show_all)

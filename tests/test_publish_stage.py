@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 
 from markdown_pricing.core.config import Config, ErpSettings
 from markdown_pricing.core.context import RunContext, load_run_config
+from markdown_pricing.core.drift import BLOCK, WARNING, DriftCheck, Finding, write_drift_check
 from markdown_pricing.core.schemas import PREDICTIONS
 from markdown_pricing.core.storage import write_json
 from markdown_pricing.erp import connection, ledger
@@ -173,6 +174,34 @@ def test_publish_run_with_an_override_publishes_a_blocked_country_and_records_it
     # A rerun without the override leaves the overridden publish as it is.
     assert publish_stage.run(spark, blocked, config(blocked, erp_settings)) == 0
     assert ledger_rows(erp_settings, "week-2")["DEU"] == recorded
+
+
+def test_publish_run_blocks_a_country_whose_input_drifted_beyond_a_block_limit_until_an_override(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    ctx = context(tmp_path, "week-2")
+    rows = [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.1)]
+    stage_outputs(spark, ctx, rows, {"DEU": TRAINED, "FRA": TRAINED})
+    fell = Finding("DEU", "weekly_units", 12_345, 1_000, 1 - 1_000 / 12_345, 0.8, BLOCK, "week-1")
+    cheaper = Finding("FRA", "price_level", 40.0, 30.0, 0.25, 0.2, WARNING, "week-1")
+    write_drift_check(ctx.layout.drift, DriftCheck("week-1", RUN_DATE - dt.timedelta(weeks=1), (fell, cheaper)))
+
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 1
+
+    reason = "input drift: weekly units fell 91.9% against run week-1 (12,345 -> 1,000), beyond the block limit of 80%"
+    assert ledger_rows(erp_settings, "week-2") == {
+        "DEU": ("blocked", None, False, f"blocked by the quality gate: {reason}"),
+        "FRA": ("published", 1, False, None),
+    }
+    overridden = dataclasses.replace(ctx, gate_overrides=("DEU",))
+    assert publish_stage.run(spark, overridden, config(overridden, erp_settings)) == 0
+    assert ledger_rows(erp_settings, "week-2")["DEU"] == (
+        "published",
+        1,
+        True,
+        f"gate overridden by operator: {reason}",
+    )
+    assert erp_rows(erp_settings)[["country", "run_id"]].values.tolist() == [["DEU", "week-2"], ["FRA", "week-2"]]
 
 
 def test_publish_run_blocks_a_country_whose_model_loses_to_its_baseline(

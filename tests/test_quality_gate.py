@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from markdown_pricing.core.drift import BLOCK, WARNING, Finding
 from markdown_pricing.erp.gate import FINITE_COLUMNS, gate_reasons, not_publishable_because
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -41,6 +42,7 @@ def reasons(
     result: dict[str, Any] = TRAINED,
     previous: Collection[str] = (),
     ended: Collection[str] = (),
+    drift: Sequence[Finding] = (),
 ) -> list[str]:
     return gate_reasons(
         result,
@@ -50,6 +52,7 @@ def reasons(
         ladder=LADDER,
         max_drop_share=0.10,
         min_lost_articles=3,
+        drift=drift,
     )
 
 
@@ -200,6 +203,16 @@ def test_gate_reasons_list_every_broken_rule() -> None:
         "model loses to its baseline: model WAPE 0.500 >= baseline WAPE 0.400",
         "1 of 2 rows have a negative predicted_units_next_week (e.g. A0: predicted_units_next_week -1)",
         "1 of 2 rows recommend a discount off the ladder (e.g. A1: recommended_discount 0.33)",
+    ]
+
+
+def test_gate_reasons_block_input_drift_beyond_a_block_limit_with_its_figures() -> None:
+    warned = Finding("DEU", "price_level", 40.0, 30.0, 0.25, 0.2, WARNING, "2026-11-16")
+    blocking = Finding("DEU", "weekly_units", 12_345, 1_000, 1 - 1_000 / 12_345, 0.8, BLOCK, "2026-11-16")
+
+    assert reasons(recommendations(), drift=[warned]) == []
+    assert reasons(recommendations(), drift=[warned, blocking]) == [
+        "input drift: weekly units fell 91.9% against run 2026-11-16 (12,345 -> 1,000), beyond the block limit of 80%"
     ]
 
 

@@ -10,7 +10,7 @@ import pytest
 from markdown_pricing.core.config import ConfigError, load_config, site_spark_conf
 from markdown_pricing.core.version import package_version, spark_version
 from markdown_pricing.hadoop import minicluster
-from markdown_pricing.orchestrate import cli
+from markdown_pricing.orchestrate import cli, deploy
 from markdown_pricing.orchestrate.deploy import DeployError, environment_outdated, missing_release, release_uris
 
 
@@ -54,6 +54,24 @@ def test_release_ships_the_wheel_the_environment_and_sparks_jars_from_hdfs(monke
     }
     assert release_uris(load_config("local")) == {}
     assert missing_release(load_config("local")) == []
+
+
+def test_a_release_in_the_image_is_sparks_jars_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MARKDOWN_YARN_SPARK_CONF", raising=False)
+    monkeypatch.setenv("MARKDOWN_YARN_IMAGE", "registry.example.com/markdown-pricing:0.1.0")
+    cfg = load_config("yarn")
+    jars = f"hdfs:///apps/markdown-pricing/spark-{spark_version()}/spark-jars.zip"
+    asked = []
+
+    class NothingOnHdfs:
+        def exists(self, uri: str) -> bool:
+            asked.append(uri)
+            return False
+
+    monkeypatch.setattr(deploy, "filesystem", lambda uri: NothingOnHdfs())
+
+    assert release_uris(cfg) == {"spark.yarn.archive": jars}
+    assert missing_release(cfg) == [jars] and asked == [jars]
 
 
 def test_a_release_check_without_a_cluster_configuration_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from pyspark.sql import SparkSession
 
 from markdown_pricing.core.contract import CANDIDATE_COLUMNS
+from markdown_pricing.core.drift import BLOCK, WARNING, DriftCheck, Finding, write_drift_check
 from markdown_pricing.core.schemas import PREDICTIONS
 from markdown_pricing.core.storage import RunLayout, write_json
 from markdown_pricing.observe import run_report
@@ -536,3 +537,44 @@ def test_money_section_without_candidates_keeps_the_tables_and_notes_the_curves(
     assert section.png is None
     assert "<h3>Largest gains over holding</h3>" in section.table and "+150 EUR" in section.table
     assert "no candidates folder" in section.missing
+
+
+LAST_WEEK = dt.date(2026, 11, 16)
+
+
+@pytest.mark.parametrize(
+    ("check", "note"),
+    [
+        (None, "This run has no drift check (drift.json)"),
+        (DriftCheck(None, None), "There is no previous run to compare with"),
+        (
+            DriftCheck("2026-11-16", LAST_WEEK),
+            "No drift beyond the limits against run 2026-11-16 (run date 2026-11-16).",
+        ),
+    ],
+)
+def test_drift_section_says_why_it_has_no_findings(check: DriftCheck | None, note: str) -> None:
+    section = run_report.drift_section(check)
+
+    assert section.title == "Input drift" and section.table == "" and section.png is None
+    assert note in section.missing
+
+
+def test_report_lists_the_input_drift_findings_blocking_ones_first(tmp_path: Path) -> None:
+    fell = Finding("DEU", "weekly_units", 12_345, 4_690, 1 - 4_690 / 12_345, 0.5, WARNING, "2026-11-16")
+    marked_down = Finding("FRA", "markdown_share", 0.2, 0.6, 0.4, 0.3, BLOCK, "2026-11-16")
+    check = DriftCheck("2026-11-16", LAST_WEEK, (fell, marked_down))
+    write_drift_check(RunLayout(raw="", work=str(tmp_path), run_id="2026-11-23").drift, check)
+
+    outputs = run_report.read_run(str(tmp_path), "2026-11-23")
+    page = run_report.render_page("2026-11-23", [], "", [run_report.drift_section(outputs.drift)])
+
+    assert outputs.drift == check
+    assert "<h2>Input drift</h2>" in page and "against run 2026-11-16 (run date 2026-11-16)" in page
+    cells = [
+        ("FRA", "share on markdown", "20.0%", "60.0%", "rose 40.0 points", "30 points", "block"),
+        ("DEU", "weekly units", "12,345", "4,690", "fell 62.0%", "50%", "warning"),
+    ]
+    rows = re.findall(r"<tr>(<td.*?)</tr>", page)
+    assert [tuple(re.findall(r"<td[^>]*>([^<]*)</td>", row)) for row in rows] == cells
+    assert 'class="missing"' not in page

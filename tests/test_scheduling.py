@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -164,6 +165,36 @@ def test_cron_command_parses_with_the_cli_on_a_monday() -> None:
     words = shlex.split(command.split(" && ")[-1].split(">>")[0])
     args = parser().parse_args(words[words.index(".venv/bin/markdown-pricing") + 1 :])
     assert (args.command, args.run_date, args.env) == ("run", dt.date(2026, 11, 23), "yarn")
+    # Through the central luigid of conf/systemd/luigid.service, on its address and port.
+    luigid = shlex.split(luigid_unit()["ExecStart"][0])
+    address, port = luigid[luigid.index("--address") + 1], luigid[luigid.index("--port") + 1]
+    assert args.scheduler_url == f"http://{address}:{port}/"
+
+
+def luigid_unit() -> dict[str, list[str]]:
+    """conf/systemd/luigid.service: each key's values (systemd allows a key more than once)."""
+    unit: dict[str, list[str]] = {}
+    for line in (CONF / "systemd" / "luigid.service").read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            unit.setdefault(key, []).append(value)
+    return unit
+
+
+def test_luigid_unit_reads_the_projects_luigi_cfg_and_keeps_its_state_and_history_in_its_state_directory() -> None:
+    unit = luigid_unit()
+    environment = dict(value.split("=", 1) for value in unit["Environment"])
+    [exec_start] = unit["ExecStart"]
+    command = shlex.split(exec_start)
+    assert Path(command[0]).name == "luigid"
+    assert environment["LUIGI_CONFIG_PATH"].endswith("/conf/luigi.cfg")
+    state_dir = environment["LUIGID_STATE_DIR"]
+    assert unit["StateDirectory"] == [Path(state_dir).name]
+    assert command[command.index("--state-path") + 1].startswith(state_dir + "/")
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(CONF / "luigi.cfg")
+    assert cfg.getboolean("scheduler", "record_task_history")
+    assert "${LUIGID_STATE_DIR}/" in cfg["task_history"]["db_connection"]
 
 
 def test_backfill_command_parses_a_range_of_mondays() -> None:
@@ -322,18 +353,27 @@ def test_a_missing_yarn_command_is_logged_with_what_to_do(
 # --- a two-week backfill under a real luigid -----------------------------------------------------------------------
 
 
-@pytest.fixture()
-def central_config(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """conf/luigi.cfg pointed at a luigid of this test's own, which reads the same file."""
+@contextmanager
+def central_luigid(folder: Path, spark_applications: int | None = None) -> Iterator[tuple[Path, int]]:
+    """conf/luigi.cfg pointed at a luigid of the test's own, which reads the same file (with the Spark applications
+    cap changed when given) and records its task history under `folder`."""
     port = free_port()
-    cfg = configparser.ConfigParser()
+    cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(CONF / "luigi.cfg")
     cfg["core"]["default_scheduler_url"] = f"http://127.0.0.1:{port}/"
-    path = tmp_path / "luigi.cfg"
+    if spark_applications is not None:
+        cfg["resources"]["spark_applications"] = str(spark_applications)
+    path = folder / "luigi.cfg"
     with path.open("w") as out:
         cfg.write(out)
-    with running_luigid(tmp_path, port, env={**os.environ, "LUIGI_CONFIG_PATH": str(path)}):
+    with running_luigid(folder, port, env={**os.environ, "LUIGI_CONFIG_PATH": str(path)}):
         yield path, port
+
+
+@pytest.fixture()
+def central_config(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    with central_luigid(tmp_path) as config:
+        yield config
 
 
 def erp_rows(dsn: str, query: str) -> list[tuple[object, ...]]:
@@ -536,3 +576,90 @@ def test_a_stage_past_its_time_limit_is_stopped_with_its_yarn_application_and_fa
     while alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(grandchild)
+
+
+# --- the central scheduler: caps that hold across runs, and its task history ---------------------------------------
+
+# Stands in for a Spark application: writes when it started and, three seconds later, when it ended.
+APPLICATION = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    times = Path(sys.argv[1])
+    times.write_text(f"{time.time()}\\n")
+    time.sleep(3)
+    times.write_text(times.read_text() + f"{time.time()}\\n")
+    """
+)
+# A stage that runs APPLICATION; the worker builds it for one run date through luigid.
+CAPPED_WORKER = textwrap.dedent(
+    """
+    import datetime as dt, sys
+    from pathlib import Path
+    import luigi
+    from markdown_pricing.orchestrate.tasks import SparkStage, build_waiting_for_resources
+
+    class Capped(SparkStage):
+        job = "capped"
+        poll_s = 0.1
+
+        def command(self):
+            times = Path(sys.argv[3]) / f"{self.run_date}.times"
+            return [sys.executable, str(Path(sys.argv[3]) / "application.py"), str(times)]
+
+        def complete(self):
+            times = Path(sys.argv[3]) / f"{self.run_date}.times"
+            return times.exists() and len(times.read_text().split()) == 2
+
+    run_date, work, folder, url = dt.date.fromisoformat(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    result = build_waiting_for_resources([Capped(run_date=run_date, work_uri=work)], poll_s=0.5, scheduler_url=url)
+    sys.exit(0 if result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS else 1)
+    """
+)
+
+
+@pytest.mark.slow
+def test_luigid_caps_spark_applications_across_runs_and_records_each_tasks_history(
+    tmp_path: Path, erp_dsn: str
+) -> None:
+    (tmp_path / "worker.py").write_text(CAPPED_WORKER)
+    (tmp_path / "application.py").write_text(APPLICATION)
+    weeks = WEEKS[-2:]
+    with central_luigid(tmp_path, spark_applications=1) as (config_path, port):
+        env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_path), "MARKDOWN_ERP_DSN": erp_dsn}
+        # Two runs of different weeks (so no run-folder lock orders them), started together.
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(tmp_path / "worker.py"),
+                    week.isoformat(),
+                    str(tmp_path / "work"),
+                    str(tmp_path),
+                    f"http://127.0.0.1:{port}/",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for week in weeks
+        ]
+        outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0], outputs
+    first, second = sorted(
+        [float(stamp) for stamp in (tmp_path / f"{week}.times").read_text().split()] for week in weeks
+    )
+    # With one Spark application allowed, the second run's stage waited for the first one's to end.
+    assert second[0] >= first[1]
+    with closing(sqlite3.connect(tmp_path / "task-history.sqlite")) as history:
+        events = history.execute(
+            "SELECT p.value, e.event_name FROM tasks AS t JOIN task_events AS e ON e.task_id = t.id "
+            "JOIN task_parameters AS p ON p.task_id = t.id AND p.name = 'run_date' "
+            "WHERE t.name = 'Capped' ORDER BY e.id"
+        ).fetchall()
+    for week in weeks:
+        # Scheduled (again at each ask while it waited), run once, done.
+        week_events = [event for value, event in events if value == week.isoformat()]
+        assert set(week_events[:-2]) == {"PENDING"}
+        assert week_events[-2:] == ["RUNNING", "DONE"]

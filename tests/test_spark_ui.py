@@ -140,6 +140,7 @@ def test_every_etl_job_carries_the_run_group_and_a_description(etl_app: EtlApp) 
         "ETL: write quarantine",
         "ETL: write curated weekly",
         "ETL: write article states",
+        "ETL: profile the input for the drift check",
     }
     assert all(job["status"] == "SUCCEEDED" for job in jobs)
 

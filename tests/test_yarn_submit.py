@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from markdown_pricing.core.config import Config, load_config, project_root
+from markdown_pricing.core.config import Config, ConfigError, YarnSettings, load_config, project_root
 from markdown_pricing.core.context import RunContext
 from markdown_pricing.core.version import package_version, spark_version
 from markdown_pricing.orchestrate.submit import main as submit_main
@@ -255,3 +255,115 @@ def test_make_package_builds_the_files_the_yarn_profile_ships() -> None:
     for name, uri in shipped.items():
         built = variables[name].replace("$(VERSION)", "{version}")
         assert uri.rsplit("/", 1)[1] == built.rsplit("/", 1)[1], name
+
+
+IMAGE = "registry.example.com/markdown-pricing:0.1.0-abc1234"
+IMAGE_PYTHON = "/opt/venv/bin/python"
+MOUNTS = "/etc/passwd:/etc/passwd:ro,/etc/group:/etc/group:ro,/etc/hadoop/conf:/etc/hadoop/conf:ro"
+IMAGE_JAVA = "/usr/lib/jvm/java-17-openjdk-amd64"
+
+
+def without_confs_and_shipping(command: list[str]) -> list[str]:
+    """A command less its --conf settings and what it ships: the part a container image leaves as it is."""
+    dropped = {"--conf", "--archives", "--py-files"}
+    return [part for i, part in enumerate(command) if part not in dropped and command[i - 1] not in dropped]
+
+
+@pytest.mark.parametrize("deploy_mode", ["client", "cluster"])
+def test_yarn_image_runs_the_containers_in_it_and_ships_no_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, deploy_mode: str
+) -> None:
+    for variable in ("MARKDOWN_YARN_IMAGE", "MARKDOWN_ERP_DSN", "PGPASSWORD", "MARKDOWN_PGPASSFILE", "PGPASSFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    archive = dry_run(capsys, "train_score", "--env", "yarn", "--deploy-mode", deploy_mode)
+    monkeypatch.setenv("MARKDOWN_YARN_IMAGE", IMAGE)
+    image = dry_run(capsys, "train_score", "--env", "yarn", "--deploy-mode", deploy_mode)
+
+    before, after = confs(archive), confs(image)
+    docker = {
+        "YARN_CONTAINER_RUNTIME_TYPE": "docker",
+        "YARN_CONTAINER_RUNTIME_DOCKER_IMAGE": IMAGE,
+        "YARN_CONTAINER_RUNTIME_DOCKER_MOUNTS": MOUNTS,
+        "JAVA_HOME": IMAGE_JAVA,
+        "PYSPARK_PYTHON": IMAGE_PYTHON,
+    }
+    expected = {
+        **{f"spark.executorEnv.{name}": value for name, value in docker.items()},
+        **{f"spark.yarn.appMasterEnv.{name}": value for name, value in docker.items()},
+        "spark.yarn.appMasterEnv.MARKDOWN_HOME": "/opt/markdown-pricing",
+        "spark.pyspark.python": IMAGE_PYTHON,
+    }
+    if deploy_mode == "cluster":
+        # The remote driver logs with the image's conf/.
+        expected["spark.driver.extraJavaOptions"] = (
+            "-Dlog4j2.configurationFile=/opt/markdown-pricing/conf/log4j2.properties"
+        )
+    assert {key: value for key, value in after.items() if before.get(key) != value} == expected
+    assert set(before) - set(after) == set()
+    assert "--archives" in archive and "--py-files" in archive
+    assert not {"--archives", "--py-files"} & set(image)
+    # Spark's jars still come from HDFS; everything else on the command line stays as it was.
+    assert after["spark.yarn.archive"] == before["spark.yarn.archive"]
+    assert without_confs_and_shipping(image) == without_confs_and_shipping(archive)
+    if deploy_mode == "client":
+        assert after["spark.pyspark.driver.python"] == sys.executable
+    else:
+        assert "spark.pyspark.driver.python" not in after
+
+
+def test_yarn_image_from_conf_takes_its_mounts_and_java_and_leaves_other_masters_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MARKDOWN_YARN_IMAGE", raising=False)
+    yarn = load_config("yarn")
+    own = replace(yarn.yarn, container_image=IMAGE, container_mounts=(), container_java_home="/opt/java")
+    conf = confs(spark_submit_command(replace(yarn, yarn=own), "etl", [], RUN_DATE, environ={}))
+    assert conf["spark.executorEnv.JAVA_HOME"] == conf["spark.yarn.appMasterEnv.JAVA_HOME"] == "/opt/java"
+    # No mounts asked for: no empty mount list either.
+    assert not any(key.endswith("YARN_CONTAINER_RUNTIME_DOCKER_MOUNTS") for key in conf)
+    for env in ("local", "standalone"):
+        cfg = load_config(env)
+        command = spark_submit_command(replace(cfg, yarn=own), "etl", [], RUN_DATE, environ={})
+        assert "YARN_CONTAINER_RUNTIME" not in " ".join(command)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.example.com/markdown-pricing:0.1.0 --privileged",
+        "markdown-pricing:0.1.0;rm -rf /",
+        "markdown-pricing:$(id)",
+        "markdown-pricing:`id`",
+        "markdown-pricing:0.1.0,other:1",
+        "Markdown-Pricing:0.1.0",
+        "markdown-pricing:0.1.0 ",
+    ],
+)
+def test_yarn_image_that_is_no_image_reference_is_refused_at_load(monkeypatch: pytest.MonkeyPatch, image: str) -> None:
+    monkeypatch.setenv("MARKDOWN_YARN_IMAGE", image)
+    with pytest.raises(ConfigError, match=r"MARKDOWN_YARN_IMAGE\) .* is not a Docker image reference"):
+        load_config("yarn")
+
+
+def test_yarn_image_references_of_registries_tags_and_digests_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    for image in (
+        "localhost/markdown-pricing:0.1.0-abc1234",
+        "registry.example.com:5000/team/markdown-pricing:0.1.0",
+        f"registry.example.com/markdown-pricing@{digest}",
+        "markdown_pricing",
+    ):
+        monkeypatch.setenv("MARKDOWN_YARN_IMAGE", image)
+        assert load_config("yarn").yarn.container_image == image
+    monkeypatch.setenv("MARKDOWN_YARN_IMAGE", "")
+    assert load_config("yarn").yarn.container_image == ""
+
+
+def test_yarn_container_mounts_and_java_home_are_checked_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"container_mounts '/etc/passwd:/etc/passwd:ro /x:/x'"):
+        YarnSettings(container_mounts=("/etc/passwd:/etc/passwd:ro /x:/x",))
+    with pytest.raises(ConfigError, match="container_mounts 'etc/group:/etc/group:ro'"):
+        YarnSettings(container_mounts=("etc/group:/etc/group:ro",))
+    with pytest.raises(ConfigError, match="container_java_home 'java' is not an absolute path"):
+        YarnSettings(container_java_home="java")
+    assert YarnSettings(container_mounts=("/var/lib/sss/pipes:/var/lib/sss/pipes:rw+rshared",)).container_mounts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,10 @@ ENVIRONMENTS = ("local", "standalone", "yarn")
 YARN_SPARK_CONF_ENV = "MARKDOWN_YARN_SPARK_CONF"
 # Where the driver runs ("client" or "cluster"), for runs and backfills as for `submit.sh --deploy-mode`.
 DEPLOY_MODE_ENV = "MARKDOWN_DEPLOY_MODE"
+# The Spark master of a run (a standalone cluster's spark://host:port), where a site's differs from its profile's.
+SPARK_MASTER_ENV = "MARKDOWN_SPARK_MASTER"
+# The project's image that YARN runs the containers in, instead of unpacking the shipped environment archive.
+YARN_IMAGE_ENV = "MARKDOWN_YARN_IMAGE"
 
 
 class ConfigError(ValueError):
@@ -140,6 +145,8 @@ class ScheduleSettings:
 
     start_order: str = "largest_first"
     stage_timeout_s: Mapping[str, float] = field(default_factory=dict)
+    # How often a run that the central scheduler keeps waiting (a resource cap is full) asks again.
+    resource_poll_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.start_order not in START_ORDERS:
@@ -153,6 +160,119 @@ class ScheduleSettings:
         return self.stage_timeout_s.get(stage) or None
 
 
+ALERT_WHEN = ("problems", "always", "never")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Who hears how a run ended. E-mail goes through Luigi's [email]/[smtp] settings in conf/luigi.cfg; the webhook
+    URL and the SMTP password are secrets, read from the environment variable or the file named here."""
+
+    send: str = "problems"
+    webhook_url_env: str = "MARKDOWN_ALERT_WEBHOOK_URL"
+    webhook_url_file: str = ""
+    webhook_timeout_s: float = 10.0
+    smtp_password_env: str = "MARKDOWN_SMTP_PASSWORD"
+    smtp_password_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.send not in ALERT_WHEN:
+            raise ConfigError(f"alerts.send {self.send!r} is not one of {', '.join(ALERT_WHEN)}")
+        if self.webhook_timeout_s <= 0:
+            raise ConfigError("alerts.webhook_timeout_s must be positive")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """What `markdown-pricing gc` keeps: the run folders of the keep_weeks most recent run dates, and ledger and
+    metrics rows younger than ledger_keep_days (0: every row)."""
+
+    keep_weeks: int = 8
+    ledger_keep_days: int = 730
+
+    def __post_init__(self) -> None:
+        if self.keep_weeks < 1:
+            raise ConfigError(f"retention.keep_weeks must be at least 1, not {self.keep_weeks}")
+        if self.ledger_keep_days < 0:
+            raise ConfigError(
+                f"retention.ledger_keep_days must not be negative (0: never prune), not {self.ledger_keep_days}"
+            )
+
+
+@dataclass(frozen=True)
+class DriftLimits:
+    """How far each measure of a country's input may move against the previous run before the ETL says so: a
+    relative change for weekly units, active articles and the price level, share points for the share on markdown
+    (0.25: 25 points); 0 turns the check off."""
+
+    weekly_units: float = 0.0
+    active_articles: float = 0.0
+    price_level: float = 0.0
+    markdown_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Input drift: a change beyond a warning limit is logged and reported; beyond a block limit, the publish gate
+    blocks the country (an operator may override it)."""
+
+    warn: DriftLimits = DriftLimits(weekly_units=0.5, active_articles=0.3, price_level=0.2, markdown_share=0.25)
+    block: DriftLimits = DriftLimits()
+
+    def __post_init__(self) -> None:
+        for level, limits in (("warn", self.warn), ("block", self.block)):
+            negative = sorted(measure for measure, limit in vars(limits).items() if limit < 0)
+            if negative:
+                raise ConfigError(f"drift.{level} limits of {', '.join(negative)} must not be negative (0: off)")
+        for measure, block in vars(self.block).items():
+            warn = getattr(self.warn, measure)
+            if 0 < block < warn:
+                raise ConfigError(
+                    f"drift.block.{measure} = {block:g} is below drift.warn.{measure} = {warn:g}: a block limit must "
+                    "be at least its warning limit, or 0 (off)"
+                )
+
+
+# A Docker image reference, [host[:port]/]name[/name...][:tag][@digest]: it reaches YARN inside a comma-separated
+# environment list and the NodeManager's `docker run`, so nothing else (no space, no shell character) may pass.
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[a-z0-9]+:[0-9a-f]{32,})?"
+)
+# An absolute path, and a bind mount as YARN_CONTAINER_RUNTIME_DOCKER_MOUNTS takes it (source:destination:mode).
+ABSOLUTE_PATH = r"/[A-Za-z0-9_.@+/-]*"
+DOCKER_MOUNT = re.compile(rf"{ABSOLUTE_PATH}:{ABSOLUTE_PATH}:r[ow](?:\+r?(?:shared|slave|private))?")
+
+
+@dataclass(frozen=True)
+class YarnSettings:
+    """How YARN runs the containers: in container_image under its Docker runtime, with these host folders mounted
+    and that image's Java, when an image is named; else as plain processes that unpack the environment archive."""
+
+    container_image: str = ""
+    container_mounts: tuple[str, ...] = (
+        "/etc/passwd:/etc/passwd:ro",
+        "/etc/group:/etc/group:ro",
+        "/etc/hadoop/conf:/etc/hadoop/conf:ro",
+    )
+    container_java_home: str = "/usr/lib/jvm/java-17-openjdk-amd64"
+
+    def __post_init__(self) -> None:
+        if self.container_image and not IMAGE_REFERENCE.fullmatch(self.container_image):
+            raise ConfigError(
+                f"yarn.container_image (or {YARN_IMAGE_ENV}) {self.container_image!r} is not a Docker image "
+                "reference such as registry.example.com/markdown-pricing:0.1.0"
+            )
+        wrong = [mount for mount in self.container_mounts if not DOCKER_MOUNT.fullmatch(mount)]
+        if wrong:
+            raise ConfigError(
+                f"yarn.container_mounts {', '.join(map(repr, wrong))}: a mount is /source:/destination:ro (or :rw)"
+            )
+        if not re.fullmatch(ABSOLUTE_PATH, self.container_java_home):
+            raise ConfigError(f"yarn.container_java_home {self.container_java_home!r} is not an absolute path")
+
+
 @dataclass(frozen=True)
 class Config:
     env: str
@@ -164,6 +284,10 @@ class Config:
     spark: SparkSettings
     gpu: GpuSettings
     schedule: ScheduleSettings = ScheduleSettings()
+    retention: RetentionSettings = RetentionSettings()
+    alerts: AlertSettings = AlertSettings()
+    drift: DriftSettings = DriftSettings()
+    yarn: YarnSettings = YarnSettings()
 
 
 def project_root() -> Path:
@@ -196,6 +320,14 @@ def site_spark_conf(path: str | None) -> dict[str, str]:
             raise ConfigError(f"{path}:{number}: expected `key value`, found {line!r}")
         settings[key] = value.strip()
     return settings
+
+
+def _yarn_settings(table: Mapping[str, Any]) -> YarnSettings:
+    """The [yarn] table, its image overridden by MARKDOWN_YARN_IMAGE (set and empty: no image)."""
+    yarn = {**table, "container_image": os.environ.get(YARN_IMAGE_ENV, table.get("container_image", ""))}
+    if "container_mounts" in yarn:
+        yarn["container_mounts"] = tuple(yarn["container_mounts"])
+    return YarnSettings(**yarn)
 
 
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,7 +393,7 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
             erp=ErpSettings(**{**erp, "dsn": os.environ.get("MARKDOWN_ERP_DSN", erp["dsn"])}),
             spark=SparkSettings(
                 app_name_prefix=spark["app_name_prefix"],
-                master=spark["master"],
+                master=os.environ.get(SPARK_MASTER_ENV, spark["master"]),
                 deploy_mode=os.environ.get(DEPLOY_MODE_ENV, spark["deploy_mode"]),
                 conf=MappingProxyType(
                     {
@@ -272,6 +404,10 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
             ),
             gpu=GpuSettings(**{**raw["gpu"], "mode": os.environ.get("MARKDOWN_GPU_MODE", raw["gpu"]["mode"])}),
             schedule=ScheduleSettings(**raw.get("schedule", {})),
+            retention=RetentionSettings(**raw.get("retention", {})),
+            alerts=AlertSettings(**raw.get("alerts", {})),
+            drift=DriftSettings(**{level: DriftLimits(**limits) for level, limits in raw.get("drift", {}).items()}),
+            yarn=_yarn_settings(raw.get("yarn", {})),
         )
     except (KeyError, TypeError) as err:
         raise ConfigError(f"configuration for {env!r} is incomplete or has an unknown key: {err}") from err

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyspark.sql import types as T
 
 from markdown_pricing.core.contract import CANDIDATE_COLUMNS, PREDICTION_COLUMNS
+from markdown_pricing.core.drift import PROFILE_FIELDS
 from markdown_pricing.core.results import RESULT_FIELDS
 
 RAW_DATASETS: dict[str, T.StructType] = {
@@ -83,6 +84,14 @@ WEEKLY = T.StructType(
 
 # A country record's fields as Spark types (core.results names them and their Python types).
 _SPARK_TYPES: dict[type, T.DataType] = {str: T.StringType(), int: T.LongType(), float: T.DoubleType()}
+
+# One row per country: its input measures of the week before the run date (core.drift names them and their types).
+INPUT_PROFILE = T.StructType(
+    [
+        T.StructField("country", T.StringType(), False),
+        *(T.StructField(name, _SPARK_TYPES[kind]) for name, kind in PROFILE_FIELDS.items()),
+    ]
+)
 
 # Columns that are not doubles; every other prediction and candidate column is.
 _COLUMN_TYPES: dict[str, T.DataType] = {

@@ -59,6 +59,14 @@ class FileSystem:
         """Copies a local file or folder to the URI, replacing what is there."""
         raise NotImplementedError
 
+    def delete(self, uri: str) -> None:
+        """Removes a file, or a folder with everything in it; nothing when it does not exist."""
+        raise NotImplementedError
+
+    def size(self, uri: str) -> int:
+        """The bytes of a file, or of every file under a folder; 0 when it does not exist."""
+        raise NotImplementedError
+
 
 class LocalFileSystem(FileSystem):
     @staticmethod
@@ -105,6 +113,22 @@ class LocalFileSystem(FileSystem):
             shutil.copytree(source, local, dirs_exist_ok=True)
         else:
             shutil.copyfile(source, local)
+
+    def delete(self, uri: str) -> None:
+        path = self._path(uri)
+        # A link is removed itself, never what it points at.
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def size(self, uri: str) -> int:
+        path = self._path(uri)
+        if not os.path.lexists(path):
+            return 0
+        if path.is_symlink() or not path.is_dir():
+            return path.lstat().st_size
+        return sum((Path(folder) / name).lstat().st_size for folder, _, names in os.walk(path) for name in names)
 
 
 def webhdfs_url(uri: str) -> str:
@@ -179,6 +203,14 @@ class WebHdfsFileSystem(FileSystem):
     def make_dirs(self, uri: str) -> None:
         self._client.makedirs(self.path(uri))
 
+    def delete(self, uri: str) -> None:
+        self._client.delete(self.path(uri), recursive=True)
+
+    def size(self, uri: str) -> int:
+        # The namenode's content summary: one call however many files the folder holds.
+        summary = self._client.content(self.path(uri), strict=False)
+        return int(summary["length"]) if summary else 0
+
 
 def filesystem(uri: str) -> FileSystem:
     """The filesystem that serves a URI."""
@@ -252,6 +284,16 @@ class RunLayout:
     @property
     def etl_record(self) -> str:
         return join(self.run_dir, "etl_record.json")
+
+    @property
+    def input_profile(self) -> str:
+        """Each country's input measures, which the next run's drift check compares with (core.drift)."""
+        return join(self.run_dir, "input_profile.json")
+
+    @property
+    def drift(self) -> str:
+        """What the run's input was compared with and what moved beyond the [drift] limits (core.drift)."""
+        return join(self.run_dir, "drift.json")
 
     @property
     def train_score_output(self) -> str:

@@ -7,13 +7,14 @@ Plain pandas, no Spark and no database, so every rule is unit-tested on small fr
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from markdown_pricing.core.contract import LADDER_SNAP
+from markdown_pricing.core.drift import BLOCK, Finding, describe
 from markdown_pricing.core.results import metric
 
 # A NaN or an infinity in any of these makes the row out of range: the ERP would store it as a recommendation.
@@ -51,16 +52,19 @@ def gate_reasons(
     ladder: tuple[float, ...],
     max_drop_share: float,
     min_lost_articles: int,
+    drift: Sequence[Finding] = (),
 ) -> list[str]:
     """Why a trained country's recommendations should not be published; empty when the gate passes.
 
     `previous_articles` are those the ERP holds for the country now (none before its first publish);
-    `ended_articles` those known to have sold out or reached their season end by the run date.
+    `ended_articles` those known to have sold out or reached their season end by the run date; `drift` the country's
+    input drift findings, of which those beyond a block limit block it.
     """
     return [
         *_lost_article_reasons(rows, previous_articles, ended_articles, max_drop_share, min_lost_articles),
         *_baseline_reasons(result),
         *_range_reasons(rows, ladder),
+        *(f"input drift: {describe(finding)}" for finding in drift if finding.level == BLOCK),
     ]
 
 

@@ -28,13 +28,20 @@ DONE_STATUSES = (PUBLISHED, SUPERSEDED)
 
 def run_statuses(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, str]:
     """Country -> ledger status (one of LEDGER_STATUSES) for one run; none before the first migrate."""
+    return {country: status for country, (status, _) in run_messages(conn, settings, run_id).items()}
+
+
+def run_messages(conn: Connection, settings: ErpSettings, run_id: str) -> dict[str, tuple[str, str | None]]:
+    """Country -> (status, message) for one run, as the ledger records them; none before the first migrate."""
     ledger_table = tables.ledger(settings)
     with transaction(conn) as cur:
         cur.execute("SELECT to_regclass(%s)", (ledger_table.as_string(cur),))
         if one_value(cur) is None:
             return {}
-        cur.execute(sql.SQL("SELECT country, status FROM {} WHERE run_id = %s").format(ledger_table), (run_id,))
-        return {str(country): str(status) for country, status in cur.fetchall()}
+        cur.execute(
+            sql.SQL("SELECT country, status, message FROM {} WHERE run_id = %s").format(ledger_table), (run_id,)
+        )
+        return {str(country): (str(status), message) for country, status, message in cur.fetchall()}
 
 
 def held_articles(conn: Connection, settings: ErpSettings) -> dict[str, set[str]]:

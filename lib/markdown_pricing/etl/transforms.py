@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from markdown_pricing.core.errors import InputError, StaleInputError
-from markdown_pricing.core.schemas import ACCEPTED_RAW_TYPES, RAW_DATASETS, WEEKLY
+from markdown_pricing.core.schemas import ACCEPTED_RAW_TYPES, INPUT_PROFILE, RAW_DATASETS, WEEKLY
 
 KEYS = ("country", "article_id")
 # Three ASCII capitals and nothing else: \z is the true end (Java's $ also matches before a final line terminator).
@@ -214,6 +214,39 @@ def article_states(articles: DataFrame, stock: DataFrame, run_date: dt.date) -> 
         "stock_on_hand",
         "season_end",
         ((F.col("stock_on_hand") > 0) & (F.col("season_end") > before_run)).alias("active"),
+    )
+
+
+def input_profile(weekly: DataFrame, states: DataFrame, run_date: dt.date) -> DataFrame:
+    """Per country, its input as the drift check compares it: the units of the week before the run date, the active
+    articles (from the article states), their median shelf price and the share of them below their original price."""
+    last_week = F.lit(run_date - dt.timedelta(days=7))
+    units = (
+        weekly.where(~F.col("is_future") & (F.col("week_start") == last_week))
+        .groupBy("country")
+        .agg(F.sum("units").alias("weekly_units"))
+    )
+    # The run date's week carries each active article's shelf price as the model scores it.
+    prices = weekly.where(F.col("is_future") & (F.col("week_start") == F.lit(run_date))).select(
+        *KEYS, "price", "original_price"
+    )
+    active = (
+        states.where(F.col("active"))
+        .select(*KEYS)
+        .join(prices, on=list(KEYS), how="left")
+        .groupBy("country")
+        .agg(
+            F.count(F.lit(1)).alias("active_articles"),
+            F.median("price").alias("price_level"),
+            F.avg((F.col("price") < F.col("original_price")).cast(T.DoubleType())).alias("markdown_share"),
+        )
+    )
+    # A country with sales but nothing active, or active articles that sold nothing, counts zero of the other.
+    return (
+        units.join(active, on="country", how="full")
+        .withColumn("weekly_units", F.coalesce("weekly_units", F.lit(0)))
+        .withColumn("active_articles", F.coalesce("active_articles", F.lit(0)))
+        .select(*(F.col(field.name).cast(field.dataType) for field in INPUT_PROFILE.fields))
     )
 
 

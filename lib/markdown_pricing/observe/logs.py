@@ -34,6 +34,9 @@ _country: contextvars.ContextVar[str] = contextvars.ContextVar("country", defaul
 RECORD_START = re.compile(r"^\d{2,4}[-/]\d{2}[-/]\d{2}[ T]\d{2}:\d{2}:\d{2}\S*\s+(?P<level>[A-Z]+)\b")
 # Printed without a log record when a process dies of an exception: always an error.
 CRASH_START = re.compile(r"^(Traceback \(most recent call last\)|Exception in thread )")
+# A stage's JSON record for log collectors (train+score's `country_result` lines): a record of its own at INFO, never
+# the continuation of whatever warning came before it.
+JSON_RECORD_START = re.compile(r'^\{"[^"]+":')
 LEVELS = {
     "TRACE": logging.DEBUG,
     "DEBUG": logging.DEBUG,
@@ -97,6 +100,8 @@ def line_level(line: str, previous: int) -> int:
     """The level of one line of a stage's output: its own for a new record, the previous one's for a continuation."""
     if CRASH_START.match(line):
         return logging.ERROR
+    if JSON_RECORD_START.match(line):
+        return logging.INFO
     match = RECORD_START.match(line)
     if match is None:
         return previous

@@ -62,14 +62,16 @@ def stage_started(uri: str, stage: str) -> None:
     )
 
 
-def stage_finished(uri: str, stage: str, exit_code: int, log_file: str) -> Document:
-    """Records how the stage ended, keeping the counts it reported; returns the final document."""
+def stage_finished(uri: str, stage: str, exit_code: int, log_file: str, problem: str | None = None) -> Document:
+    """Records how the stage ended, keeping the counts it reported, and for a failure what went wrong where known
+    (a time limit, an input problem); returns the final document."""
     document = read_progress(uri) or {"stage": stage, "done": 0, "total": None, "unit": ""}
     stamp = now().isoformat()
     document.update(state=DONE if exit_code == 0 else FAILED, updated_at=stamp, finished_at=stamp)
     document.setdefault("started_at", stamp)
+    document["problem"] = problem if exit_code != 0 else None
     if exit_code != 0:
-        document["message"] = f"exit code {exit_code}, output in {log_file}"
+        document["message"] = f"{f'{problem}; ' if problem else ''}exit code {exit_code}, output in {log_file}"
     elif document.get("message") == SUBMITTED:
         # A stage that reports nothing of its own (ETL) ends with nothing more to say.
         document["message"] = ""

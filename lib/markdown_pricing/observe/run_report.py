@@ -29,6 +29,16 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
+from markdown_pricing.core.drift import (
+    BLOCK,
+    MEASURE_NAMES,
+    DriftCheck,
+    Finding,
+    format_change,
+    format_limit,
+    format_value,
+    read_drift_check,
+)
 from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.storage import SUCCESS_MARKER, LocalFileSystem, RunLayout, filesystem, join, local_path
 
@@ -527,6 +537,8 @@ class RunOutputs:
     stages: dict[str, dict[str, Any]]
     # The candidates of the articles with the largest gains; None when the run wrote no candidates.
     candidates: pd.DataFrame | None = None
+    # What the ETL compared the input with; None for a run from before drift checks.
+    drift: DriftCheck | None = None
 
 
 def report_sections(outputs: RunOutputs, previous_run_id: str | None, changes: pd.DataFrame | None) -> list[Section]:
@@ -610,7 +622,61 @@ def report_sections(outputs: RunOutputs, previous_run_id: str | None, changes: p
         png(timings_figure(stage_timings(outputs.stages))) if outputs.stages else None,
         "This run has no stage records.",
     )
-    return [error, mix, spread, money, week, rejections, timings]
+    return [error, mix, spread, money, week, drift_section(outputs.drift), rejections, timings]
+
+
+NO_DRIFT_CHECK = (
+    "This run has no drift check (drift.json): it ran before input drift was checked, or its ETL stopped before the "
+    "check."
+)
+
+
+def drift_section(check: DriftCheck | None) -> Section:
+    """The input drift findings of the run as a table, or a note: nothing beyond the limits, nothing compared."""
+    title = "Input drift"
+    if check is None:
+        return Section(title, "", "", missing=NO_DRIFT_CHECK)
+    if check.previous_run_id is None:
+        missing = "There is no previous run to compare with: no earlier run in this work folder has an input profile."
+        return Section(title, "", "", missing=missing)
+    against = f"run {check.previous_run_id} (run date {check.previous_run_date})"
+    if not check.findings:
+        return Section(title, "", "", missing=f"No drift beyond the limits against {against}.")
+    about = (
+        f"Each country's input of the week before the run date against {against}: the changes beyond the limits "
+        "under [drift] in conf/. Units, articles and price level (median shelf price of the active articles) move "
+        "relatively, the share of active articles on markdown in points. A change beyond a block limit blocks the "
+        "country at publish: it keeps its ERP rows unless an operator overrides its gate."
+    )
+    return Section(title, about, "", table=drift_html(check.findings))
+
+
+def drift_html(findings: Sequence[Finding]) -> str:
+    """The drift findings as an HTML table, blocking ones first, each level in the order the check found them."""
+    ordered = sorted(findings, key=lambda finding: finding.level != BLOCK)
+    return _html_table(
+        [
+            ("Country", True),
+            ("Measure", True),
+            ("Previous run", False),
+            ("This run", False),
+            ("Change", False),
+            ("Limit", False),
+            ("Level", True),
+        ],
+        [
+            [
+                finding.country,
+                MEASURE_NAMES[finding.measure],
+                format_value(finding.measure, finding.previous),
+                format_value(finding.measure, finding.current),
+                format_change(finding),
+                format_limit(finding.measure, finding.limit),
+                finding.level,
+            ]
+            for finding in ordered
+        ],
+    )
 
 
 def money_section(predictions: pd.DataFrame | None, candidates: pd.DataFrame | None) -> Section:
@@ -817,11 +883,12 @@ def render_page(run_id: str, meta: list[str], table: str, sections: list[Section
             parts.append(f"<p>{html.escape(section.about)}</p>")
         if section.table:
             parts.append(section.table)
-        if section.png is None:
-            parts.append(f'<p class="missing">{html.escape(section.missing)}</p>')
-        else:
+        if section.png is not None:
             encoded = base64.b64encode(section.png).decode("ascii")
             parts.append(f'<img alt="{html.escape(section.alt)}" src="data:image/png;base64,{encoded}">')
+        elif section.missing:
+            # A section that is a table alone has nothing missing to note.
+            parts.append(f'<p class="missing">{html.escape(section.missing)}</p>')
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
@@ -916,6 +983,7 @@ def read_run(work: str, run_id: str) -> RunOutputs:
         etl_record=_read_json(layout.etl_record),
         stages=stages,
         candidates=read_curves(layout.candidates, predictions),
+        drift=read_drift_check(layout.drift),
     )
 
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from markdown_pricing.core.config import ENVIRONMENTS, Config, load_config, project_root, with_paths
@@ -143,6 +143,15 @@ def deploy_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def scheduler(args: argparse.Namespace) -> dict[str, Any]:
+    """luigi.build's scheduler arguments: the central luigid that --scheduler-url, MARKDOWN_SCHEDULER_URL or
+    luigi.cfg's default_scheduler_url names, else a local scheduler."""
+    import luigi.configuration
+
+    url = args.scheduler_url or luigi.configuration.get_config().get("core", "default_scheduler_url", None)
+    return {"scheduler_url": url} if url else {"local_scheduler": True}
+
+
 def weekly_run(args: argparse.Namespace) -> WeeklyRun:
     """The Luigi task `run` and `score` build from their arguments."""
     from markdown_pricing.orchestrate.tasks import WeeklyRun
@@ -152,15 +161,14 @@ def weekly_run(args: argparse.Namespace) -> WeeklyRun:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    import luigi
-    import luigi.configuration
     from luigi.execution_summary import LuigiStatusCode
 
+    from markdown_pricing.observe import progress
     from markdown_pricing.observe.display import following_run
     from markdown_pricing.observe.run_report import write_report
     from markdown_pricing.observe.summary import print_run_summary
     from markdown_pricing.orchestrate.submit import JOBS
-    from markdown_pricing.orchestrate.tasks import RunIdTakenError, check_run_id
+    from markdown_pricing.orchestrate.tasks import RunIdTakenError, build_waiting_for_resources, check_run_id
 
     task = weekly_run(args)
     ctx = task.ctx
@@ -172,17 +180,44 @@ def run_command(args: argparse.Namespace) -> int:
     if missing := missing_release_message(task.cfg):
         print(f"markdown-pricing {args.command}: {missing}", file=sys.stderr)
         return 2
-    scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
+    started = progress.now()
     with following_run(ctx.layout, JOBS, verbose=args.verbose):
-        result = luigi.build([task], local_scheduler=scheduler_url is None, detailed_summary=True)
+        result = build_waiting_for_resources([task], poll_s=task.cfg.schedule.resource_poll_s, **scheduler(args))
+    # scheduling_succeeded stays true when an input is missing; the status tells whether everything ran.
+    code = 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
     print_run_summary(ctx, task.cfg.erp)
+    report = None
     try:
-        print(f"\nrun report: {write_report(ctx.work, ctx.run_id, run_date=ctx.run_date)}")
+        report = write_report(ctx.work, ctx.run_id, run_date=ctx.run_date)
+        print(f"\nrun report: {report}")
     except Exception as err:
         # The report is for people: failing to write it must not change the run's exit code.
         logging.getLogger(__name__).warning("run report not written: %s", err)
-    # scheduling_succeeded stays true when an input is missing; the status tells whether everything ran.
-    return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
+    send_alert(task.cfg, f"run {ctx.run_id}", [ctx], exit_code=code, since=started, report=report)
+    return code
+
+
+def send_alert(
+    cfg: Config,
+    title: str,
+    contexts: Sequence[RunContext],
+    *,
+    exit_code: int,
+    since: dt.datetime,
+    report: str | None = None,
+) -> None:
+    """The alert of a run or backfill that ended, where alerts.send calls for one; never changes the exit code."""
+    from markdown_pricing.observe import alerts
+    from markdown_pricing.orchestrate.submit import JOBS
+
+    try:
+        outcomes = [
+            alerts.run_outcome(ctx, cfg.erp, JOBS, exit_code=exit_code, since=since, report=report) for ctx in contexts
+        ]
+        if sent := alerts.notify(outcomes, title, cfg.alerts):
+            print(f"alert sent by {' and '.join(sent)}")
+    except Exception as err:
+        logging.getLogger(__name__).error("alert not sent: %s", err)
 
 
 def score_command(args: argparse.Namespace) -> int:
@@ -200,9 +235,9 @@ def backfill_command(args: argparse.Namespace) -> int:
     from luigi.execution_summary import LuigiStatusCode
 
     from markdown_pricing.core.context import mondays
-    from markdown_pricing.observe import logs
+    from markdown_pricing.observe import logs, progress
     from markdown_pricing.observe.summary import print_run_summary
-    from markdown_pricing.orchestrate.tasks import WeeklyBackfill
+    from markdown_pricing.orchestrate.tasks import WeeklyBackfill, build_waiting_for_resources
 
     try:
         mondays(args.start, args.end)
@@ -228,17 +263,19 @@ def backfill_command(args: argparse.Namespace) -> int:
     logs.configure(f"backfill-{args.start}..{args.end}", "backfill", sys.stderr, level)
     if args.verbose:
         os.environ[logs.VERBOSE_ENV] = "1"
-    scheduler_url = luigi.configuration.get_config().get("core", "default_scheduler_url", None)
-    result = luigi.build(
+    started = progress.now()
+    result = build_waiting_for_resources(
         [backfill],
-        local_scheduler=scheduler_url is None,
+        poll_s=cfg.schedule.resource_poll_s,
+        **scheduler(args),
         # One worker runs the weeks oldest first (task priority), so the ERP ends with the newest week's rows.
         workers=1,
-        detailed_summary=True,
     )
+    code = 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
     for ctx in backfill.contexts():
         print_run_summary(ctx, cfg.erp)
-    return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
+    send_alert(cfg, f"backfill {args.start}..{args.end}", backfill.contexts(), exit_code=code, since=started)
+    return code
 
 
 def erp_command(args: argparse.Namespace) -> int:
@@ -364,6 +401,23 @@ def explain_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def gc_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.orchestrate.retention import GC_ERRORS, collect_garbage
+
+    if args.keep_weeks is not None and args.keep_weeks < 1:
+        print(f"markdown-pricing gc: --keep-weeks must be at least 1, not {args.keep_weeks}", file=sys.stderr)
+        return 2
+    try:
+        cfg = configured(args)
+        keep_weeks = cfg.retention.keep_weeks if args.keep_weeks is None else args.keep_weeks
+        collect_garbage(cfg, keep_weeks=keep_weeks, dry_run=args.dry_run, say=print)
+    except GC_ERRORS as err:
+        # An unreachable ERP stops gc before anything goes: it alone knows which models buyers' rows come from.
+        print(f"markdown-pricing gc: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that drive Luigi: `run` and `backfill`."""
     parser.add_argument(
@@ -371,6 +425,13 @@ def add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="how long to wait for raw _SUCCESS markers (0: do not wait; default: configured)",
+    )
+    parser.add_argument(
+        "--scheduler-url",
+        default=os.environ.get("MARKDOWN_SCHEDULER_URL"),
+        metavar="URL",
+        help="schedule through this central luigid, e.g. http://127.0.0.1:8082/ (default: MARKDOWN_SCHEDULER_URL, "
+        "else luigi.cfg's default_scheduler_url, else a local scheduler)",
     )
     parser.add_argument(
         "--verbose",
@@ -501,6 +562,19 @@ def parser() -> argparse.ArgumentParser:
     erp_parser.add_argument("--work", help="work folder URI (default: configured)")
     erp_parser.add_argument("--env", choices=ENVIRONMENTS, default="local")
     erp_parser.set_defaults(handler=erp_command)
+
+    gc = commands.add_parser(
+        "gc",
+        help="remove old run folders, models and Spark event logs, and prune old ledger and metrics rows "
+        "(never what the ERP's current rows or the kept weeks use)",
+    )
+    gc.add_argument(
+        "--keep-weeks", type=int, metavar="N", help="keep the runs of the N most recent run dates (default: configured)"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    gc.add_argument("--work", help="work folder URI (default: configured)")
+    gc.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    gc.set_defaults(handler=gc_command)
     return main
 
 

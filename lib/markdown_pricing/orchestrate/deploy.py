@@ -2,7 +2,8 @@
 
 What a release is comes from the profile: the URIs of `spark.submit.pyFiles` (the wheel), `spark.archives` (the
 venv-pack environment) and `spark.yarn.archive` (Spark's own jars, once per Spark version, so that no submit
-uploads 460 MB of jars again).
+uploads 460 MB of jars again). Containers that run in the project's image ([yarn] container_image) take code and
+environment from it: their release is Spark's jars alone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hdfs.util import HdfsError
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.storage import WebHdfsFileSystem, filesystem
 from markdown_pricing.core.version import pip_spark_home, spark_version
-from markdown_pricing.orchestrate.submit import with_release
+from markdown_pricing.orchestrate.submit import container_image, profile_conf, with_release
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class DeployError(RuntimeError):
 
 def release_uris(cfg: Config) -> dict[str, str]:
     """Setting -> the HDFS URI it ships from, for each release setting of the profile that ships from HDFS."""
-    conf = cfg.spark.conf
+    conf = profile_conf(cfg)
     uris = {key: with_release(conf[key]).split("#", 1)[0] for key in RELEASE_KEYS if key in conf}
     return {key: uri for key, uri in uris.items() if urlparse(uri).scheme == "hdfs"}
 
@@ -88,11 +89,14 @@ def _build(cfg: Config, dist: Path, code: str, environment: str) -> None:
 def deploy(cfg: Config) -> dict[str, str]:
     """Builds what is missing and uploads the release; returns URI -> what was done."""
     uris = release_uris(cfg)
-    if CODE_KEY not in uris or ENVIRONMENT_KEY not in uris:
+    # Containers in the image take code and environment from it: nothing to build, Spark's jars to upload.
+    builds = not container_image(cfg)
+    if not uris or (builds and (CODE_KEY not in uris or ENVIRONMENT_KEY not in uris)):
         raise DeployError(f"the {cfg.env} profile ships no release from HDFS: deploy is for --env yarn")
     dist = cfg.project_root / "dist"
     name = {key: uri.rsplit("/", 1)[1] for key, uri in uris.items()}
-    _build(cfg, dist, name[CODE_KEY], name[ENVIRONMENT_KEY])
+    if builds:
+        _build(cfg, dist, name[CODE_KEY], name[ENVIRONMENT_KEY])
     done = {}
     # Spark refuses to start when its event log folder is missing.
     if (events := cfg.spark.conf.get("spark.eventLog.dir")) and urlparse(events).scheme == "hdfs":

@@ -44,6 +44,10 @@ DRIVER_ENVIRONMENT = (
 # The pgpass file that carries the ERP password to a cluster-mode driver, and its name in the driver's folder.
 PGPASSFILE_ENV = "MARKDOWN_PGPASSFILE"
 PGPASS_NAME = "pgpass"
+# Where docker/Dockerfile puts the pinned environment's Python and the project (conf/, jobs/) in the image.
+IMAGE_PYTHON, IMAGE_HOME = "/opt/venv/bin/python", "/opt/markdown-pricing"
+# What the image holds already, so that a run in it ships neither: the environment archive and the wheel.
+SHIPPED_IN_THE_IMAGE = ("spark.archives", "spark.submit.pyFiles")
 
 
 class SubmitError(ValueError):
@@ -73,6 +77,40 @@ def job_script(cfg: Config, job: str) -> Path:
 def is_yarn_cluster(cfg: Config) -> bool:
     """Whether the driver runs on the cluster (YARN cluster deploy mode) rather than where spark-submit runs."""
     return cfg.spark.deploy_mode == "cluster"
+
+
+def container_image(cfg: Config) -> str:
+    """The image YARN runs the containers in, or "" when they unpack the shipped environment archive instead."""
+    return cfg.yarn.container_image if cfg.spark.master == "yarn" else ""
+
+
+def image_conf(cfg: Config, image: str) -> dict[str, str]:
+    """The settings that run the application master, the executors and a cluster-mode driver in the image, on
+    YARN's Docker runtime, with the image's Java and Python and its conf/."""
+    environment = {
+        "YARN_CONTAINER_RUNTIME_TYPE": "docker",
+        "YARN_CONTAINER_RUNTIME_DOCKER_IMAGE": image,
+        "YARN_CONTAINER_RUNTIME_DOCKER_MOUNTS": ",".join(cfg.yarn.container_mounts),
+        "JAVA_HOME": cfg.yarn.container_java_home,
+        "PYSPARK_PYTHON": IMAGE_PYTHON,
+    }
+    conf = {
+        f"{prefix}.{name}": value
+        for prefix in ("spark.executorEnv", "spark.yarn.appMasterEnv")
+        for name, value in environment.items()
+        if value
+    }
+    return {**conf, "spark.pyspark.python": IMAGE_PYTHON, "spark.yarn.appMasterEnv.MARKDOWN_HOME": IMAGE_HOME}
+
+
+def profile_conf(cfg: Config) -> dict[str, str]:
+    """The profile's Spark settings, switched to the image when one is named: what a submit sets, and what ships."""
+    conf = dict(cfg.spark.conf)
+    if not (image := container_image(cfg)):
+        return conf
+    for key in SHIPPED_IN_THE_IMAGE:
+        conf.pop(key, None)
+    return {**conf, **image_conf(cfg, image)}
 
 
 def gpu_conf(cfg: Config) -> dict[str, str]:
@@ -146,7 +184,7 @@ def spark_submit_command(
     ]
     gpu = gpu_conf(cfg)
     # Settings written in conf/ win over the ones derived from the [gpu] table.
-    conf = {**gpu, **cfg.spark.conf, **event_log_conf(cfg)}
+    conf = {**gpu, **profile_conf(cfg), **event_log_conf(cfg)}
     conf = {key: with_release(value) for key, value in conf.items()}
     shipped = {flag: conf.pop(key).split(",") for key, flag in SHIPPING_FLAGS.items() if key in conf}
     if "spark.executor.resource.gpu.discoveryScript" in gpu:
@@ -155,7 +193,7 @@ def spark_submit_command(
         erp_conf, erp_files = erp_driver_conf(os.environ if environ is None else environ)
         conf.update(erp_conf)
         shipped.setdefault("--files", []).extend(erp_files)
-        # The driver's home (conf/) comes with the environment archive, so does its log4j2 configuration.
+        # The driver's home (conf/) comes with the environment archive or the image, so does its log4j2 configuration.
         if home := conf.get("spark.yarn.appMasterEnv.MARKDOWN_HOME"):
             log4j_option = f"-Dlog4j2.configurationFile={home}/conf/log4j2.properties"
             conf.setdefault("spark.driver.extraJavaOptions", log4j_option)

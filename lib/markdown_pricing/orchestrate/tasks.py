@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 import luigi
+from luigi.execution_summary import LuigiRunResult, LuigiStatusCode
 
 from markdown_pricing.core.config import ENVIRONMENTS, Config
 from markdown_pricing.core.context import RunContext, countries, load_run_config, mondays
@@ -36,6 +37,26 @@ log = logging.getLogger("luigi-interface")
 
 # The status message and percentage last sent to the scheduler.
 Shown = tuple[str, int | None]
+
+
+def build_waiting_for_resources(tasks: list[luigi.Task], *, poll_s: float, **scheduler: Any) -> LuigiRunResult:
+    """luigi.build, again every `poll_s` while the scheduler grants a task no run permission (a [resources] cap is
+    full, or another worker runs the same task): a worker that does not keep alive would otherwise give up at once,
+    and one that keeps alive would also wait forever on a missing input."""
+    waited = False
+    while True:
+        result = luigi.build(tasks, detailed_summary=True, **scheduler)
+        if result.status != LuigiStatusCode.NOT_RUN:
+            return result
+        # The first wait is a warning: a quiet terminal would otherwise look stuck.
+        log.log(
+            logging.INFO if waited else logging.WARNING,
+            "waiting for the scheduler: a resource cap is full (luigi.cfg [resources]) or another worker runs the "
+            "same stage; asking again every %.0f s",
+            poll_s,
+        )
+        waited = True
+        time.sleep(poll_s)
 
 
 class RunIdTakenError(ValueError):
@@ -60,7 +81,9 @@ def claim_run_id(ctx: RunContext) -> None:
     check_run_id(ctx)
     uri = ctx.layout.run_record
     if not filesystem(uri).exists(uri):
-        write_json(uri, {"run_id": ctx.run_id, "run_date": ctx.run_date.isoformat()})
+        # A rescore names its model run from its start: `markdown-pricing gc` keeps those models while it runs.
+        model_run = {"model_run": ctx.model_run} if ctx.model_run else {}
+        write_json(uri, {"run_id": ctx.run_id, "run_date": ctx.run_date.isoformat(), **model_run})
 
 
 class CountriesParameter(luigi.Parameter):
@@ -84,6 +107,27 @@ class MarkerTarget(luigi.Target):
 
     def exists(self) -> bool:
         return filesystem(self.path).exists(self.path)
+
+
+class FileTarget(luigi.Target):
+    """One file (a stage's JSON record) on any filesystem core/storage.py serves."""
+
+    def __init__(self, uri: str) -> None:
+        self.path = uri
+
+    def exists(self) -> bool:
+        return filesystem(self.path).exists(self.path)
+
+
+class AllTargets(luigi.Target):
+    """Complete when each of its targets is: a stage that writes several outputs is done only after its last, so a
+    job stopped half-way runs again."""
+
+    def __init__(self, *targets: luigi.Target) -> None:
+        self.targets = targets
+
+    def exists(self) -> bool:
+        return all(target.exists() for target in self.targets)
 
 
 class LedgerTarget(luigi.Target):
@@ -243,14 +287,18 @@ class SparkStage(RunParameters, luigi.Task):
         record = read_json(record_uri) if filesystem(record_uri).exists(record_uri) else {}
         return record.get("input_error") if record.get("exit_code") == code else None
 
-    def failure(self, code: int) -> RuntimeError:
-        """The error a failed job ends its task with, naming the input problem the job reported, if any."""
-        problem = self.input_problem(code)
+    def problem(self, code: int) -> str | None:
+        """What went wrong with a job that exited with `code`, where known: its time limit, or its input."""
         if code == TIMED_OUT_EXIT_CODE:
-            problem = (
+            return (
                 f"timed out: it ran past schedule.stage_timeout_s.{self.job} = "
                 f"{self.cfg.schedule.timeout_s(self.job):.0f} s and was stopped with its Spark application"
             )
+        return self.input_problem(code)
+
+    def failure(self, code: int) -> RuntimeError:
+        """The error a failed job ends its task with, naming what went wrong where known."""
+        problem = self.problem(code)
         log_path = logs.stage_log_path(self.ctx.layout, self.job)
         return RuntimeError(
             f"{self.job} for run {self.ctx.run_id} failed with exit code {code}"
@@ -284,7 +332,8 @@ class SparkStage(RunParameters, luigi.Task):
             on_poll=poll,
             timeout_s=self.cfg.schedule.timeout_s(self.job),
         )
-        self._show(progress.stage_finished(channel, self.job, code, str(log_path)), shown)
+        problem = self.problem(code) if code != 0 else None
+        self._show(progress.stage_finished(channel, self.job, code, str(log_path), problem), shown)
         return code
 
     def _show(self, document: progress.Document | None, shown: Shown) -> Shown:
@@ -327,8 +376,10 @@ class Etl(SparkStage):
         if code != 0:
             raise self.failure(code)
 
-    def output(self) -> MarkerTarget:
-        return MarkerTarget(self.ctx.layout.weekly)
+    def output(self) -> AllTargets:
+        # drift.json is the job's last write: the curated data and article states are all there once it is.
+        layout = self.ctx.layout
+        return AllTargets(MarkerTarget(layout.weekly), MarkerTarget(layout.article_states), FileTarget(layout.drift))
 
 
 class TrainScore(SparkStage):

@@ -41,6 +41,8 @@ def job_entrypoint(stage: str, run: Stage, argv: Sequence[str] | None = None) ->
     spark = build_session(cfg, stage, ctx.run_date.isoformat())
     if spark_log_level := os.environ.get(logs.SPARK_LOG_LEVEL_ENV):
         spark.sparkContext.setLogLevel(spark_log_level.upper())
+    # Read while the session lives: `markdown-pricing gc` finds the stage's event log by it.
+    application_id = spark.sparkContext.applicationId
     started = dt.datetime.now(dt.timezone.utc)
     code, error = 1, None
     try:
@@ -61,6 +63,7 @@ def job_entrypoint(stage: str, run: Stage, argv: Sequence[str] | None = None) ->
             ctx.layout.stage_record(stage),
             {
                 "stage": stage,
+                "application_id": application_id,
                 "started_at": started.isoformat(),
                 "finished_at": finished.isoformat(),
                 "seconds": (finished - started).total_seconds(),

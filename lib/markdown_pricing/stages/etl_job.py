@@ -15,12 +15,23 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing.core.config import Config
+from markdown_pricing.core.config import Config, DriftSettings
 from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.drift import (
+    BLOCK,
+    PROFILE_FIELDS,
+    DriftCheck,
+    InputProfile,
+    describe,
+    drift_findings,
+    previous_profile,
+    write_drift_check,
+    write_input_profile,
+)
 from markdown_pricing.core.errors import InputError
 from markdown_pricing.core.schemas import RAW_DATASETS
 from markdown_pricing.core.session import spark_job
-from markdown_pricing.core.storage import has_success_marker, write_json
+from markdown_pricing.core.storage import has_success_marker, join, write_json
 from markdown_pricing.etl import transforms
 from markdown_pricing.observe.progress import StageProgress
 
@@ -72,6 +83,30 @@ def naming_unreadable_files(dataset: str) -> Iterator[None]:
         raise CorruptInputError(
             f"dataset {dataset!r}: cannot read {unreadable.group(1)}: not a readable Parquet file"
         ) from None
+
+
+def check_drift(ctx: RunContext, limits: DriftSettings, profile: InputProfile) -> DriftCheck:
+    """Compares the run's input profile with the previous run's, logs each change beyond the limits and writes
+    drift.json, which the publish gate and the report read."""
+    previous = previous_profile(ctx.work, ctx.run_id, ctx.run_date)
+    if previous is None:
+        log.info(
+            "input drift: no earlier run under %s has an input profile: nothing to compare with", join(ctx.work, "runs")
+        )
+        check = DriftCheck(previous_run_id=None, previous_run_date=None)
+    else:
+        check = DriftCheck(previous.run_id, previous.run_date, tuple(drift_findings(profile, previous, limits)))
+        if not check.findings:
+            log.info("input drift against run %s: nothing beyond the limits", previous.run_id)
+    for finding in check.findings:
+        blocks = (
+            f"; the publish gate blocks it (--override-gate {finding.country} publishes it anyway)"
+            if finding.level == BLOCK
+            else ""
+        )
+        log.warning("country %s: %s%s", finding.country, describe(finding), blocks)
+    write_drift_check(ctx.layout.drift, check)
+    return check
 
 
 def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
@@ -136,4 +171,16 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         transforms.article_states(valid["articles"], valid["stock"], ctx.run_date).write.mode("overwrite").parquet(
             ctx.layout.article_states
         )
+    # From what was written, so that the profile is what training reads.
+    with job("ETL: profile the input for the drift check"):
+        rows = transforms.input_profile(
+            spark.read.parquet(ctx.layout.weekly), spark.read.parquet(ctx.layout.article_states), ctx.run_date
+        ).collect()
+    profile = InputProfile(
+        ctx.run_id,
+        ctx.run_date,
+        {row["country"]: {measure: row[measure] for measure in PROFILE_FIELDS} for row in rows},
+    )
+    write_input_profile(ctx.layout.input_profile, profile)
+    check_drift(ctx, cfg.drift, profile)
     return 0

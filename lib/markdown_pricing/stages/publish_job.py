@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextlib import ExitStack, closing
 from typing import Any
 
@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.context import RunContext
 from markdown_pricing.core.contract import CANDIDATE_COLUMNS, EXCLUDED
+from markdown_pricing.core.drift import Finding, read_drift_check
 from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.schemas import CANDIDATES, PREDICTIONS
 from markdown_pricing.core.storage import filesystem
@@ -70,6 +71,7 @@ def publish_or_record(
     previous_articles: Collection[str],
     ended_articles: Collection[str],
     repair: bool = False,
+    drift: Sequence[Finding] = (),
 ) -> tuple[str, str | None]:
     """Publishes one country unless it has nothing to publish or its gate blocks it; returns (outcome, why not)."""
     settings = cfg.erp
@@ -96,6 +98,7 @@ def publish_or_record(
         ladder=rules.ladder,
         max_drop_share=rules.max_recommendation_drop_share,
         min_lost_articles=rules.min_lost_articles,
+        drift=drift,
     )
     if reasons and not override:
         problem = "blocked by the quality gate: " + "; ".join(reasons)
@@ -141,6 +144,13 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     spark.sparkContext.setJobGroup(f"publish-{ctx.run_id}", f"publish: read predictions of {len(results)} countries")
     predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
     ended = ended_articles(spark, ctx)
+    # What the ETL found beyond the [drift] limits.
+    drift = read_drift_check(ctx.layout.drift)
+    if drift is None:
+        # A run from before drift checks, or an ETL stopped between its curated data and its drift check.
+        log.warning(
+            "run %s has no drift check at %s: no country is blocked for input drift", ctx.run_id, ctx.layout.drift
+        )
     settings = cfg.erp
     problems: dict[str, str] = {}
     # The explicit steps before any write: the embedded ERP when none is configured, its tables when missing.
@@ -193,6 +203,7 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
                     held_articles.get(country, set()),
                     ended.get(country, set()),
                     repair=country in missing,
+                    drift=drift.of_country(country) if drift else (),
                 )
             if problem is not None:
                 problems[country] = problem.splitlines()[0]
