@@ -64,5 +64,6 @@ say "building $IMAGE:$tag on $BASE"
 podman build --network host --target runtime \
   --build-arg BASE_IMAGE="$BASE" --build-arg GIT_COMMIT="$commit" --build-arg VERSION="$version" \
   --tag "$IMAGE:$tag" --tag "$IMAGE:latest" --file docker/Dockerfile . >&2
-podman image prune --force > /dev/null
+# Only this project's images that a rebuild left without a tag: nothing else in the machine's store.
+podman image prune --force --filter label=org.opencontainers.image.title=markdown-pricing > /dev/null
 echo "$IMAGE:$tag"

@@ -87,7 +87,6 @@ def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
         },
         ("email", "receiver"): "buyers@example.com,ops@example.com",
         ("email", "sender"): "markdown-pricing@example.com",
-        ("email", "force_send"): "true",
         ("smtp", "host"): "127.0.0.1",
         ("smtp", "port"): str(port),
         ("smtp", "username"): SMTP_LOGIN,
@@ -127,7 +126,7 @@ def outcome(**changes: Any) -> RunOutcome:
             Problem("DEU", "blocked", "blocked by the quality gate: 4 of 20 articles are missing"),
         ),
         "report": "file:///work/runs/2026-11-23/report.html",
-        "logs": "/work/runs/2026-11-23/logs",
+        "log_folder": "/work/runs/2026-11-23/logs",
     }
     return RunOutcome(**{**fields, **changes})
 
@@ -187,16 +186,18 @@ def test_stage_problems_name_the_failures_of_this_attempt_and_missing_inputs_onl
     ]
 
 
-def test_country_problems_are_every_ledger_status_but_published() -> None:
+def test_country_problems_are_every_ledger_status_but_published_and_superseded() -> None:
     messages = {
         "AUT": ("published", None),
         "DEU": ("blocked", "blocked by the quality gate: x"),
-        "CHE": ("superseded", None),
+        # A later week in the ERP: done for the run, as for its Luigi target (a backfill's expected outcome).
+        "CHE": ("superseded", "the ERP holds the newer week 2026-11-30: its rows kept"),
+        "FRA": ("failed", None),
         "GBR": ("missing_input", "missing from this run's input"),
     }
     assert alerts.country_problems(messages) == [
-        Problem("CHE", "superseded", "superseded"),
         Problem("DEU", "blocked", "blocked by the quality gate: x"),
+        Problem("FRA", "failed", "failed"),
         Problem("GBR", "missing_input", "missing from this run's input"),
     ]
 
@@ -227,6 +228,17 @@ def test_send_delivers_one_e_mail_through_luigis_settings_and_one_webhook_post(
     assert message["To"] == "buyers@example.com,ops@example.com"
     assert alert.text in message.get_payload()[0].get_payload(decode=True).decode()
     assert webhook.bodies == [alert.payload]
+
+
+def test_an_smtp_relay_that_cannot_be_reached_is_logged_and_the_webhook_still_goes(
+    mailbox: Mailbox, webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Luigi's own sender would log this at its level and carry on as if the mail had gone.
+    luigi.configuration.get_config().set("smtp", "port", str(free_port()))
+    assert alerts.send(alerts.compose([outcome()], "run 2026-11-23"), AlertSettings()) == ["webhook"]
+    assert mailbox.messages == []
+    assert "alert e-mail not sent: ConnectionRefusedError" in caplog.text
+    assert len(webhook.bodies) == 1
 
 
 def test_a_webhook_that_refuses_is_logged_without_its_token_and_the_e_mail_still_goes(
@@ -358,3 +370,24 @@ def test_a_hung_stage_is_stopped_at_its_limit_and_sends_one_alert_on_each_channe
         }
     ]
     assert run["published"] == [] and run["exit_code"] == 1
+
+
+def test_a_run_that_cannot_start_exits_2_and_sends_one_alert_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, erp_settings: ErpSettings, webhook: Webhook
+) -> None:
+    # The run id was bound to another week by an earlier run.
+    (tmp_path / "work" / "runs" / "weekly").mkdir(parents=True)
+    (tmp_path / "work" / "runs" / "weekly" / "run.json").write_text('{"run_id": "weekly", "run_date": "2026-11-16"}')
+    monkeypatch.setenv("MARKDOWN_ERP_DSN", erp_settings.dsn)
+    code = cli.main(["run", "--run-date", RUN_DATE.isoformat(), "--run-id", "weekly", "--work", str(tmp_path / "work")])
+    assert code == 2
+    [body] = webhook.bodies
+    assert body["subject"] == "markdown-pricing run weekly: run not started"
+    [run] = body["runs"]
+    assert run["problems"] == [
+        {
+            "what": "run",
+            "status": "not started",
+            "message": "run id 'weekly' belongs to run date 2026-11-16, not 2026-11-23: give this run another --run-id",
+        }
+    ]

@@ -80,6 +80,16 @@ def test_submit_environment_pins_python_and_loopback_for_local() -> None:
     assert Path(env["PYSPARK_PYTHON"]).exists()
 
 
+def test_submit_environment_keeps_the_alerts_secrets_from_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKDOWN_SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("MARKDOWN_ALERT_WEBHOOK_URL", "https://hooks.example.com/T0KEN")
+    monkeypatch.setenv("MARKDOWN_ERP_DSN", "host=erp dbname=erp")
+    env = submit_environment(load_config("local"))
+    assert "MARKDOWN_SMTP_PASSWORD" not in env and "MARKDOWN_ALERT_WEBHOOK_URL" not in env
+    # What the stages need stays.
+    assert env["MARKDOWN_ERP_DSN"] == "host=erp dbname=erp"
+
+
 def test_submit_script_dry_run_prints_yarn_command() -> None:
     result = subprocess.run(
         [str(ROOT / "spark-submit" / "submit.sh"), "etl", "--env", "yarn", "--dry-run", "--run-date", "2026-11-23"],

@@ -212,5 +212,6 @@ def test_a_standalone_cluster_of_its_containers_publishes_the_rows_of_the_run_ou
         podman_compose("down")
     assert_df_equality(predictions(spark, dsn), predictions(spark, outside), ignore_row_order=True)
     # The stages ran on the cluster, not in local mode inside the driver's container.
-    events = (work / "spark-events").iterdir()
-    assert all(not entry.name.startswith(("local-", "eventlog_v2_local-")) for entry in events)
+    applications = [entry.name for entry in (work / "spark-events").iterdir()]
+    assert len(applications) == 3
+    assert all(name.startswith(("app-", "eventlog_v2_app-")) for name in applications), applications

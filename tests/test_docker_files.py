@@ -108,5 +108,5 @@ def test_image_paths_are_those_the_yarn_image_mode_runs() -> None:
     assert f"PYSPARK_PYTHON={IMAGE_PYTHON}" in dockerfile
     assert f"RUN python3 -m venv {IMAGE_PYTHON.removesuffix('/bin/python')}" in dockerfile
     assert f"MARKDOWN_HOME={IMAGE_HOME}" in dockerfile and f"WORKDIR {IMAGE_HOME}" in dockerfile
-    assert load_config("yarn").yarn.container_java_home == "/usr/lib/jvm/java-17-openjdk-amd64"
+    assert f"JAVA_HOME={load_config('yarn').yarn.container_java_home}" in dockerfile
     assert "openjdk-17-jre-headless" in dockerfile

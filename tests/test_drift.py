@@ -23,6 +23,7 @@ from markdown_pricing.core.drift import (
     DriftContractError,
     Finding,
     InputProfile,
+    checked_now,
     describe,
     drift_findings,
     previous_profile,
@@ -227,6 +228,39 @@ def test_check_drift_logs_each_finding_with_its_figures_and_writes_drift_json(
         "country FRA: weekly units fell 90.0% against run 2026-11-16 (1,000 -> 100), beyond the block limit of 80%; "
         "the publish gate blocks it (--override-gate FRA publishes it anyway)",
     ]
+
+
+def test_previous_profile_leaves_out_a_run_whose_records_cannot_be_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_run(tmp_path, "2026-11-09", D(2026, 11, 9))
+    broken = RunLayout(raw="", work=str(tmp_path), run_id="2026-11-16")
+    write_input_profile(broken.input_profile, profile("2026-11-16", LAST_WEEK, DEU=measures()))
+    Path(broken.run_record.removeprefix("file://")).write_text('{"run_id": "2026-11-16", "run_da')
+    damaged = RunLayout(raw="", work=str(tmp_path), run_id="2026-11-16-b")
+    write_json(damaged.input_profile, {"countries": "?"})
+
+    found = previous_profile(str(tmp_path), "2026-11-23", RUN_DATE)
+
+    assert found is not None and found.run_id == "2026-11-09"
+    assert "run 2026-11-16 left out of the comparison" in caplog.text
+    assert "run 2026-11-16-b left out of the comparison" in caplog.text
+
+
+def test_checked_now_judges_the_etls_comparison_by_the_limits_in_force_at_publish(tmp_path: Path) -> None:
+    write_input_profile(RunLayout(raw="", work=str(tmp_path), run_id="2026-11-16").input_profile, PREVIOUS)
+    ctx = RunContext(RUN_DATE, "2026-11-23", raw=str(tmp_path / "raw"), work=str(tmp_path))
+    write_input_profile(ctx.layout.input_profile, profile("2026-11-23", RUN_DATE, DEU=measures(4_690)))
+    at_etl = etl_job.check_drift(ctx, LIMITS, read_input_profile(ctx.layout.input_profile))
+    assert [finding.level for finding in at_etl.findings] == [WARNING]
+
+    # The operator lowered the block limit before rerunning publish: the same change now blocks.
+    stricter = dataclasses.replace(LIMITS, block=DriftLimits(weekly_units=0.6))
+    now = checked_now(ctx.layout, stricter)
+    assert now is not None and [(f.country, f.level, f.limit) for f in now.findings] == [("DEU", BLOCK, 0.6)]
+    # Without the previous run's profile (gc removed it), what the ETL found stands.
+    os.remove(tmp_path / "runs" / "2026-11-16" / "input_profile.json")
+    assert checked_now(ctx.layout, stricter) == at_etl
 
 
 def test_check_drift_without_a_previous_run_says_there_is_nothing_to_compare_with(

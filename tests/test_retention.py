@@ -17,8 +17,8 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from markdown_pricing.core.config import Config, ConfigError, ErpSettings, RetentionSettings, load_config
-from markdown_pricing.core.storage import LocalFileSystem
-from markdown_pricing.erp import tables
+from markdown_pricing.core.storage import LocalFileSystem, RunLayout
+from markdown_pricing.erp import locks, tables
 from markdown_pricing.erp.connection import connect
 from markdown_pricing.erp.retention import CurrentRows
 from markdown_pricing.erp.schema import migrate
@@ -450,3 +450,27 @@ def test_gc_stops_when_the_erp_has_no_predictions_table(
 def test_gc_refuses_keeping_no_week(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["gc", "--keep-weeks", "0"]) == 2
     assert "--keep-weeks must be at least 1" in capsys.readouterr().err
+
+
+def test_gc_leaves_a_run_a_stage_is_running_now_with_its_models_and_event_logs(
+    tmp_path: Path,
+    conn: Connection,
+    erp_settings: ErpSettings,
+    gc_config: Config,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    work = tmp_path / "work"
+    for number, week in enumerate(WEEKS[:3], 1):
+        make_run(work, week.isoformat(), week.isoformat(), [f"local-{number}00{stage}" for stage in (1, 2, 3)])
+    backfilled, removed = WEEKS[0].isoformat(), WEEKS[1].isoformat()
+    # A backfill of the oldest week is running a stage: its task holds the run folder's lock, as SparkStage does.
+    run_dir = RunLayout(raw="", work=work.as_uri(), run_id=backfilled).run_dir
+    with closing(connect(erp_settings.dsn, 5)) as stage, locks.run_folder_lock(stage, backfilled, run_dir, "etl"):
+        lines = gc_lines(capsys, "--keep-weeks", "1", "--work", str(work))
+
+    assert f"skipped  {work.as_uri()}/runs/{backfilled}  busy: a process is running a stage of it" in lines
+    assert (work / "runs" / backfilled / "run.json").exists()
+    assert (work / "models" / backfilled / "AUT" / "model.txt").exists()
+    assert (work / "spark-events" / "eventlog_v2_local-1001").exists()
+    # The other old week goes.
+    assert not (work / "runs" / removed).exists() and not (work / "models" / removed).exists()

@@ -354,15 +354,15 @@ def test_a_missing_yarn_command_is_logged_with_what_to_do(
 
 
 @contextmanager
-def central_luigid(folder: Path, spark_applications: int | None = None) -> Iterator[tuple[Path, int]]:
-    """conf/luigi.cfg pointed at a luigid of the test's own, which reads the same file (with the Spark applications
-    cap changed when given) and records its task history under `folder`."""
+def central_luigid(folder: Path, **changes: dict[str, str]) -> Iterator[tuple[Path, int]]:
+    """conf/luigi.cfg pointed at a luigid of the test's own, which reads the same file (with the options of `changes`,
+    section -> options, changed) and records its task history under `folder`."""
     port = free_port()
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(CONF / "luigi.cfg")
     cfg["core"]["default_scheduler_url"] = f"http://127.0.0.1:{port}/"
-    if spark_applications is not None:
-        cfg["resources"]["spark_applications"] = str(spark_applications)
+    for section, options in changes.items():
+        cfg[section].update(options)
     path = folder / "luigi.cfg"
     with path.open("w") as out:
         cfg.write(out)
@@ -612,7 +612,8 @@ CAPPED_WORKER = textwrap.dedent(
             return times.exists() and len(times.read_text().split()) == 2
 
     run_date, work, folder, url = dt.date.fromisoformat(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    result = build_waiting_for_resources([Capped(run_date=run_date, work_uri=work)], poll_s=0.5, scheduler_url=url)
+    capped = Capped(run_date=run_date, work_uri=work)
+    result = build_waiting_for_resources([capped], poll_s=0.5, max_wait_s=120, scheduler_url=url)
     sys.exit(0 if result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS else 1)
     """
 )
@@ -625,7 +626,7 @@ def test_luigid_caps_spark_applications_across_runs_and_records_each_tasks_histo
     (tmp_path / "worker.py").write_text(CAPPED_WORKER)
     (tmp_path / "application.py").write_text(APPLICATION)
     weeks = WEEKS[-2:]
-    with central_luigid(tmp_path, spark_applications=1) as (config_path, port):
+    with central_luigid(tmp_path, resources={"spark_applications": "1"}) as (config_path, port):
         env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_path), "MARKDOWN_ERP_DSN": erp_dsn}
         # Two runs of different weeks (so no run-folder lock orders them), started together.
         workers = [
@@ -663,3 +664,47 @@ def test_luigid_caps_spark_applications_across_runs_and_records_each_tasks_histo
         week_events = [event for value, event in events if value == week.isoformat()]
         assert set(week_events[:-2]) == {"PENDING"}
         assert week_events[-2:] == ["RUNNING", "DONE"]
+
+
+# A task that always fails, built once plainly and then as `run` builds its tasks.
+FAILING_WORKER = textwrap.dedent(
+    """
+    import sys
+    import luigi
+    from markdown_pricing.orchestrate.tasks import SchedulerRefusedError, build_waiting_for_resources
+
+    class Failing(luigi.Task):
+        def complete(self):
+            return False
+
+        def run(self):
+            raise RuntimeError("boom")
+
+    url = sys.argv[1]
+    print("first", luigi.build([Failing()], detailed_summary=True, scheduler_url=url).status.name, flush=True)
+    try:
+        build_waiting_for_resources([Failing()], poll_s=0.5, max_wait_s=600, scheduler_url=url)
+    except SchedulerRefusedError as err:
+        print("refused:", err, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_stage_luigid_disabled_after_repeated_failures_stops_the_wait_at_once_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "worker.py").write_text(FAILING_WORKER)
+    with central_luigid(tmp_path, scheduler={"retry_count": "1"}) as (config_path, port):
+        worked = subprocess.run(
+            [sys.executable, str(tmp_path / "worker.py"), f"http://127.0.0.1:{port}/"],
+            env={**os.environ, "LUIGI_CONFIG_PATH": str(config_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    lines = [line for line in worked.stdout.splitlines() if line.startswith(("first", "refused"))]
+    # Not 600 s of polling: luigid disabled the task after its one allowed failure.
+    assert lines == [
+        "first FAILED",
+        "refused: the scheduler disabled Failing() after repeated failures (luigi.cfg [scheduler] retry_count within "
+        "disable_window): re-enable it on luigid's page, then run again",
+    ], worked.stdout + worked.stderr

@@ -145,8 +145,9 @@ class ScheduleSettings:
 
     start_order: str = "largest_first"
     stage_timeout_s: Mapping[str, float] = field(default_factory=dict)
-    # How often a run that the central scheduler keeps waiting (a resource cap is full) asks again.
+    # How often a run that the central scheduler keeps waiting (a resource cap is full) asks again, and for how long.
     resource_poll_s: float = 30.0
+    resource_wait_s: float = 21600.0
 
     def __post_init__(self) -> None:
         if self.start_order not in START_ORDERS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ WARNING, BLOCK = "warning", "block"
 _NOISE = 1e-9
 
 Measures = Mapping[str, float | None]
+
+log = logging.getLogger(__name__)
 
 
 class DriftContractError(ValueError):
@@ -248,11 +251,26 @@ def read_drift_check(uri: str) -> DriftCheck | None:
     )
 
 
+def checked_now(layout: RunLayout, limits: DriftSettings) -> DriftCheck | None:
+    """A run's drift check under the limits in force now: its findings again, from the run's input profile and that
+    of the run its ETL compared with, so that a [drift] limit changed before a rerun of publish applies. Where either
+    profile is gone (gc), what the ETL found; None when the ETL wrote no check."""
+    check = read_drift_check(layout.drift)
+    if check is None or check.previous_run_id is None:
+        return check
+    previous = RunLayout(raw="", work=layout.work, run_id=check.previous_run_id).input_profile
+    if not (filesystem(previous).exists(previous) and filesystem(layout.input_profile).exists(layout.input_profile)):
+        return check
+    findings = drift_findings(read_input_profile(layout.input_profile), read_input_profile(previous), limits)
+    return dataclasses.replace(check, findings=tuple(findings))
+
+
 def _recorded_run_date(layout: RunLayout) -> dt.date | None:
     record = layout.run_record
     if not filesystem(record).exists(record):
         return None
-    found = read_json(record).get("run_date")
+    document = read_json(record)
+    found = document.get("run_date") if isinstance(document, Mapping) else None
     return None if found is None else _date(found, record, "run_date")
 
 
@@ -266,11 +284,18 @@ def previous_profile(work: str, run_id: str, run_date: dt.date) -> InputProfile 
         layout = RunLayout(raw="", work=work, run_id=other)
         if other == run_id or not fs.exists(layout.input_profile):
             continue
-        # run.json binds a run id to its date; a job submitted by hand may have left none, its profile says it.
-        other_date = _recorded_run_date(layout) or read_input_profile(layout.input_profile).run_date
+        try:
+            # run.json binds a run id to its date; a job submitted by hand may have left none, its profile says it.
+            other_date = _recorded_run_date(layout) or read_input_profile(layout.input_profile).run_date
+        except (OSError, ValueError) as err:
+            # One damaged run folder must not stop every later week's ETL: that run is not compared with.
+            log.warning("input drift: run %s left out of the comparison, its records cannot be read: %s", other, err)
+            continue
         if other_date < run_date:
             candidates.append((other_date, fs.modified(layout.input_profile), other))
-    if not candidates:
-        return None
-    *_, latest = max(candidates)
-    return read_input_profile(RunLayout(raw="", work=work, run_id=latest).input_profile)
+    for *_, latest in sorted(candidates, reverse=True):
+        try:
+            return read_input_profile(RunLayout(raw="", work=work, run_id=latest).input_profile)
+        except (OSError, ValueError) as err:
+            log.warning("input drift: run %s left out of the comparison, its profile cannot be read: %s", latest, err)
+    return None

@@ -2,9 +2,10 @@
 
 How a run ended is read back from what it left: the ledger's status of each country, the progress file of each stage
 (a failed stage records what went wrong: its time limit, a stale input) and the raw datasets' _SUCCESS markers.
-E-mail goes through Luigi's own notification settings ([email] and [smtp] in conf/luigi.cfg); the webhook is a JSON
-POST whose "text" field chat tools show. Secrets (the webhook URL, the SMTP password) come from the environment or a
-file, and no message or log line names them.
+E-mail goes to Luigi's own notification settings ([email] and [smtp] in conf/luigi.cfg), sent here with smtplib so
+that a failure is seen (Luigi's sender logs and swallows it); the webhook is a JSON POST whose "text" field chat tools
+show. Secrets (the webhook URL, the SMTP password) come from the environment or a file, and no message or log line
+names them.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How one run ended: its exit code, the countries it published and what it left undone."""
+    """How one run ended: its exit code, the countries it published, those a later week superseded (done, nothing
+    to fix) and what it left undone."""
 
     run_id: str
     run_date: dt.date
@@ -57,15 +59,19 @@ class RunOutcome:
     published: tuple[str, ...]
     problems: tuple[Problem, ...]
     report: str | None
-    logs: str
+    log_folder: str
+    superseded: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
+        """Whether the run did all it had to: nothing for an alert under alerts.send = "problems"."""
         return self.exit_code == 0 and not self.problems
 
 
 @dataclass(frozen=True)
 class Alert:
+    """One message: its subject, its text, and the webhook's JSON document (the text and each run's outcome)."""
+
     subject: str
     text: str
     payload: dict[str, Any]
@@ -87,12 +93,20 @@ def stage_problems(
 
 
 def country_problems(messages: dict[str, tuple[str, str | None]]) -> list[Problem]:
-    """Every country of the run's ledger that was not published, with the ledger's reason."""
+    """Every country of the run's ledger left undone, with the ledger's reason: not published, and not superseded
+    by a later week either (a backfill's expected outcome, done for the run as for its Luigi target)."""
     return [
         Problem(country, status, message or status)
         for country, (status, message) in sorted(messages.items())
-        if status != ledger.PUBLISHED
+        if status not in ledger.DONE_STATUSES
     ]
+
+
+def not_started(ctx: RunContext, why: str) -> RunOutcome:
+    """The outcome of a run that stopped before its first stage: a run id of another week, no release on HDFS, no
+    scheduler to reach."""
+    problem = Problem("run", "not started", why)
+    return RunOutcome(ctx.run_id, ctx.run_date, ctx.env, 2, (), (problem,), None, str(logs.log_folder(ctx.layout)))
 
 
 def run_outcome(
@@ -122,10 +136,19 @@ def run_outcome(
         problems.append(Problem("ERP", "unreadable", f"the ledger could not be read: {err}"))
     problems += country_problems(messages)
     log_folder = str(logs.log_folder(layout))
-    published = tuple(sorted(country for country, (status, _) in messages.items() if status == ledger.PUBLISHED))
-    if exit_code != 0 and not problems and not published:
+
+    def having(wanted: str) -> tuple[str, ...]:
+        return tuple(sorted(country for country, (status, _) in messages.items() if status == wanted))
+
+    published, superseded = having(ledger.PUBLISHED), having(ledger.SUPERSEDED)
+    done = bool(published or superseded) and not problems
+    if exit_code != 0 and not problems and not done:
         problems.append(Problem("run", FAILED, f"exit code {exit_code} and no stage said why: see {log_folder}"))
-    return RunOutcome(ctx.run_id, ctx.run_date, ctx.env, exit_code, published, tuple(problems), report, log_folder)
+    # A week of a backfill that did all it had to ended well, whatever the other weeks did to the command's code.
+    code = 0 if done else exit_code
+    return RunOutcome(
+        ctx.run_id, ctx.run_date, ctx.env, code, published, tuple(problems), report, log_folder, superseded
+    )
 
 
 def _listed(names: Sequence[str], shown: int) -> str:
@@ -144,9 +167,11 @@ def _section(outcome: RunOutcome) -> str:
         lines += [f"  {p.what:<{width}}  {p.status}: {p.message}" for p in outcome.problems]
     if outcome.published:
         lines.append(f"Published: {', '.join(outcome.published)}")
+    if outcome.superseded:
+        lines.append(f"Superseded (the ERP holds a later week, its rows kept): {', '.join(outcome.superseded)}")
     if outcome.report:
         lines.append(f"Report: {outcome.report}")
-    lines.append(f"Logs: {outcome.logs}")
+    lines.append(f"Logs: {outcome.log_folder}")
     return "\n".join(lines)
 
 
@@ -156,6 +181,7 @@ def _document(outcome: RunOutcome) -> dict[str, Any]:
         **asdict(outcome),
         "run_date": outcome.run_date.isoformat(),
         "published": list(outcome.published),
+        "superseded": list(outcome.superseded),
         "problems": [asdict(problem) for problem in outcome.problems],
     }
 
@@ -163,6 +189,7 @@ def _document(outcome: RunOutcome) -> dict[str, Any]:
 def compose(outcomes: Sequence[RunOutcome], title: str) -> Alert:
     """One message for the runs of one command (a run, or every week of a backfill)."""
     problems = [f"{p.what} {p.status}" for outcome in outcomes for p in outcome.problems]
+    ok = all(outcome.ok for outcome in outcomes)
     if problems:
         subject = f"markdown-pricing {title}: {_listed(problems, SUBJECTS_NAMED)}"
     else:
@@ -172,7 +199,7 @@ def compose(outcomes: Sequence[RunOutcome], title: str) -> Alert:
     payload = {
         "text": text,
         "subject": subject,
-        "ok": not problems,
+        "ok": ok,
         "runs": [_document(outcome) for outcome in outcomes],
     }
     return Alert(subject, text, payload)
@@ -214,29 +241,37 @@ def post_webhook(url: str, payload: dict[str, Any], timeout_s: float) -> None:
 
 
 def send_email(alert: Alert, settings: AlertSettings) -> bool:
-    """Sends the alert through Luigi's notification settings; False when no receiver is configured."""
-    import luigi.configuration
-    import luigi.notifications
+    """Mails the alert to [email] receiver through [smtp] (Luigi's settings); False when no receiver is configured.
+    Raises what smtplib raises: Luigi's own sender would log a failure and carry on as if the mail had gone."""
+    from luigi.notifications import email, generate_email, smtp
 
-    receiver = luigi.notifications.email().receiver
-    if not receiver:
+    mail, relay = email(), smtp()
+    receivers = [address.strip() for address in mail.receiver.split(",") if address.strip()]
+    if not receivers:
         return False
-    if password := secret(settings.smtp_password_env, settings.smtp_password_file):
-        # Luigi reads [smtp] password from its configuration, which interpolates %: escaped, any password works.
-        luigi.configuration.get_config().set("smtp", "password", password.replace("%", "%%"))
-    luigi.notifications.send_email(alert.subject, alert.text, luigi.notifications.email().sender, (receiver,))
+    password = secret(settings.smtp_password_env, settings.smtp_password_file) or relay.password
+    message = generate_email(mail.sender, alert.subject, alert.text, receivers, None)
+    connect = smtplib.SMTP_SSL if relay.ssl else smtplib.SMTP
+    with connect(relay.host, relay.port, relay.local_hostname, timeout=relay.timeout) as server:
+        server.ehlo_or_helo_if_needed()
+        if server.has_extn("starttls") and not relay.no_tls:
+            server.starttls()
+            server.ehlo()
+        if relay.username and password:
+            server.login(relay.username, password)
+        server.sendmail(mail.sender, receivers, message.as_string())
     return True
 
 
 def send(alert: Alert, settings: AlertSettings) -> list[str]:
     """Sends the alert on every configured channel; returns those that took it. A channel that fails is logged,
-    never raised: the run's own outcome and exit code stand."""
+    never raised, and never keeps the other from trying: the run's own outcome and exit code stand."""
     sent = []
     try:
         if send_email(alert, settings):
             sent.append("e-mail")
-    except (OSError, smtplib.SMTPException) as err:
-        log.error("alert e-mail not sent: %s", err)
+    except Exception as err:
+        log.error("alert e-mail not sent: %s: %s", type(err).__name__, err)
     try:
         url = secret(settings.webhook_url_env, settings.webhook_url_file)
     except OSError as err:
@@ -246,7 +281,7 @@ def send(alert: Alert, settings: AlertSettings) -> list[str]:
         try:
             post_webhook(url, alert.payload, settings.webhook_timeout_s)
             sent.append("webhook")
-        except (OSError, ValueError) as err:
+        except Exception as err:
             log.error("alert webhook to %s not sent: %s", _endpoint(url), _webhook_failure(err))
     return sent
 
@@ -259,7 +294,7 @@ def _webhook_failure(err: Exception) -> str:
         return str(err.reason)
     if isinstance(err, ValueError):
         return "the webhook URL is not an http(s) URL"
-    return str(err)
+    return f"{type(err).__name__}: {err}" if isinstance(err, OSError) else type(err).__name__
 
 
 def notify(outcomes: Sequence[RunOutcome], title: str, settings: AlertSettings) -> list[str]:

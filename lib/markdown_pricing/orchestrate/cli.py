@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -19,6 +19,9 @@ from markdown_pricing.core.config import ENVIRONMENTS, Config, load_config, proj
 from markdown_pricing.core.context import RunContext, add_place_arguments, add_run_arguments, load_run_config, monday
 
 if TYPE_CHECKING:
+    from luigi.execution_summary import LuigiRunResult
+
+    from markdown_pricing.observe.alerts import RunOutcome
     from markdown_pricing.orchestrate.tasks import WeeklyRun
 
 
@@ -160,32 +163,69 @@ def weekly_run(args: argparse.Namespace) -> WeeklyRun:
     return WeeklyRun.from_context(RunContext.from_namespace(args), wait)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def exit_code(result: LuigiRunResult) -> int:
+    """0 when everything ran: scheduling_succeeded stays true when an input is missing, the status tells."""
     from luigi.execution_summary import LuigiStatusCode
 
-    from markdown_pricing.observe import progress
+    return 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
+
+
+def alert(cfg: Config, title: str, outcomes: Callable[[], Sequence[RunOutcome]]) -> None:
+    """Sends the alert of runs that ended, where alerts.send calls for one; never changes the exit code."""
+    from markdown_pricing.observe import alerts
+
+    try:
+        if sent := alerts.notify(outcomes(), title, cfg.alerts):
+            print(f"alert sent by {' and '.join(sent)}")
+    except Exception as err:
+        logging.getLogger(__name__).error("alert not sent: %s", err)
+
+
+def not_run(args: argparse.Namespace, cfg: Config, title: str, contexts: Sequence[RunContext], why: str) -> int:
+    """Stops a run or backfill that cannot start (a run id of another week, no release, a scheduler that refuses),
+    saying why on stderr and in the alert; exit code 2."""
+    from markdown_pricing.observe import alerts
+
+    print(f"markdown-pricing {args.command}: {why}", file=sys.stderr)
+    alert(cfg, title, lambda: [alerts.not_started(ctx, why) for ctx in contexts])
+    return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from markdown_pricing.observe import alerts, progress
     from markdown_pricing.observe.display import following_run
     from markdown_pricing.observe.run_report import write_report
     from markdown_pricing.observe.summary import print_run_summary
     from markdown_pricing.orchestrate.submit import JOBS
-    from markdown_pricing.orchestrate.tasks import RunIdTakenError, build_waiting_for_resources, check_run_id
+    from markdown_pricing.orchestrate.tasks import (
+        RunIdTakenError,
+        SchedulerRefusedError,
+        build_waiting_for_resources,
+        check_run_id,
+    )
 
     task = weekly_run(args)
-    ctx = task.ctx
+    ctx, cfg = task.ctx, task.cfg
+    title = f"run {ctx.run_id}"
     try:
         check_run_id(ctx)
     except RunIdTakenError as err:
-        print(f"markdown-pricing {args.command}: {err}", file=sys.stderr)
-        return 2
-    if missing := missing_release_message(task.cfg):
-        print(f"markdown-pricing {args.command}: {missing}", file=sys.stderr)
-        return 2
+        return not_run(args, cfg, title, [ctx], str(err))
+    if missing := missing_release_message(cfg):
+        return not_run(args, cfg, title, [ctx], missing)
     started = progress.now()
-    with following_run(ctx.layout, JOBS, verbose=args.verbose):
-        result = build_waiting_for_resources([task], poll_s=task.cfg.schedule.resource_poll_s, **scheduler(args))
-    # scheduling_succeeded stays true when an input is missing; the status tells whether everything ran.
-    code = 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
-    print_run_summary(ctx, task.cfg.erp)
+    try:
+        with following_run(ctx.layout, JOBS, verbose=args.verbose):
+            result = build_waiting_for_resources(
+                [task],
+                poll_s=cfg.schedule.resource_poll_s,
+                max_wait_s=cfg.schedule.resource_wait_s,
+                **scheduler(args),
+            )
+    except SchedulerRefusedError as err:
+        return not_run(args, cfg, title, [ctx], str(err))
+    code = exit_code(result)
+    print_run_summary(ctx, cfg.erp)
     report = None
     try:
         report = write_report(ctx.work, ctx.run_id, run_date=ctx.run_date)
@@ -193,31 +233,8 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as err:
         # The report is for people: failing to write it must not change the run's exit code.
         logging.getLogger(__name__).warning("run report not written: %s", err)
-    send_alert(task.cfg, f"run {ctx.run_id}", [ctx], exit_code=code, since=started, report=report)
+    alert(cfg, title, lambda: [alerts.run_outcome(ctx, cfg.erp, JOBS, exit_code=code, since=started, report=report)])
     return code
-
-
-def send_alert(
-    cfg: Config,
-    title: str,
-    contexts: Sequence[RunContext],
-    *,
-    exit_code: int,
-    since: dt.datetime,
-    report: str | None = None,
-) -> None:
-    """The alert of a run or backfill that ended, where alerts.send calls for one; never changes the exit code."""
-    from markdown_pricing.observe import alerts
-    from markdown_pricing.orchestrate.submit import JOBS
-
-    try:
-        outcomes = [
-            alerts.run_outcome(ctx, cfg.erp, JOBS, exit_code=exit_code, since=since, report=report) for ctx in contexts
-        ]
-        if sent := alerts.notify(outcomes, title, cfg.alerts):
-            print(f"alert sent by {' and '.join(sent)}")
-    except Exception as err:
-        logging.getLogger(__name__).error("alert not sent: %s", err)
 
 
 def score_command(args: argparse.Namespace) -> int:
@@ -230,14 +247,13 @@ def score_command(args: argparse.Namespace) -> int:
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    import luigi
     import luigi.configuration
-    from luigi.execution_summary import LuigiStatusCode
 
     from markdown_pricing.core.context import mondays
-    from markdown_pricing.observe import logs, progress
+    from markdown_pricing.observe import alerts, logs, progress
     from markdown_pricing.observe.summary import print_run_summary
-    from markdown_pricing.orchestrate.tasks import WeeklyBackfill, build_waiting_for_resources
+    from markdown_pricing.orchestrate.submit import JOBS
+    from markdown_pricing.orchestrate.tasks import SchedulerRefusedError, WeeklyBackfill, build_waiting_for_resources
 
     try:
         mondays(args.start, args.end)
@@ -245,9 +261,6 @@ def backfill_command(args: argparse.Namespace) -> int:
         print(f"markdown-pricing backfill: {err}", file=sys.stderr)
         return 2
     cfg = configured(args)
-    if missing := missing_release_message(cfg):
-        print(f"markdown-pricing backfill: {missing}", file=sys.stderr)
-        return 2
     backfill = WeeklyBackfill(
         start=args.start,
         end=args.end,
@@ -263,18 +276,29 @@ def backfill_command(args: argparse.Namespace) -> int:
     logs.configure(f"backfill-{args.start}..{args.end}", "backfill", sys.stderr, level)
     if args.verbose:
         os.environ[logs.VERBOSE_ENV] = "1"
+    title, contexts = f"backfill {args.start}..{args.end}", backfill.contexts()
+    if missing := missing_release_message(cfg):
+        return not_run(args, cfg, title, contexts, missing)
     started = progress.now()
-    result = build_waiting_for_resources(
-        [backfill],
-        poll_s=cfg.schedule.resource_poll_s,
-        **scheduler(args),
-        # One worker runs the weeks oldest first (task priority), so the ERP ends with the newest week's rows.
-        workers=1,
-    )
-    code = 0 if result.status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY) else 1
-    for ctx in backfill.contexts():
+    try:
+        result = build_waiting_for_resources(
+            [backfill],
+            poll_s=cfg.schedule.resource_poll_s,
+            max_wait_s=cfg.schedule.resource_wait_s,
+            **scheduler(args),
+            # One worker runs the weeks oldest first (task priority), so the ERP ends with the newest week's rows.
+            workers=1,
+        )
+    except SchedulerRefusedError as err:
+        return not_run(args, cfg, title, contexts, str(err))
+    code = exit_code(result)
+    for ctx in contexts:
         print_run_summary(ctx, cfg.erp)
-    send_alert(cfg, f"backfill {args.start}..{args.end}", backfill.contexts(), exit_code=code, since=started)
+
+    def outcomes() -> list[alerts.RunOutcome]:
+        return [alerts.run_outcome(ctx, cfg.erp, JOBS, exit_code=code, since=started, report=None) for ctx in contexts]
+
+    alert(cfg, title, outcomes)
     return code
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from markdown_pricing.core.application import EVENT_LOG_FOLDER
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.results import MODEL_VERSION
 from markdown_pricing.core.storage import RunLayout, filesystem, join, read_json
+from markdown_pricing.erp import locks
 from markdown_pricing.erp.connection import ErpUnavailableError, connect_configured, running_dsn
 from markdown_pricing.erp.retention import CurrentRows, ErpTablesMissingError, PrunedRows, current_rows, prune_history
 
@@ -242,6 +243,16 @@ def _rows_line(pruned: PrunedRows, keep_days: int, *, dry_run: bool) -> str:
     )
 
 
+def _locked(held: ExitStack, conn: Any, cfg: Config, removal: Removal) -> bool:
+    """Takes the run folder's lock (the one each stage holds while it runs) into `held`; False when a stage holds it."""
+    run_dir = RunLayout(raw="", work=cfg.paths.work, run_id=removal.name).run_dir
+    try:
+        held.enter_context(locks.run_folder_lock(conn, removal.name, run_dir, locks.stage_holder("gc", removal.name)))
+    except locks.LockedError:
+        return False
+    return True
+
+
 def collect_garbage(cfg: Config, *, keep_weeks: int, dry_run: bool, say: Callable[[str], None]) -> None:
     """Plans from the work folder and the ERP, then removes and prunes (a dry run only says what it would), saying
     each item with its size and reason, the rows pruned and the space freed. The ERP is asked before anything goes:
@@ -254,21 +265,30 @@ def collect_garbage(cfg: Config, *, keep_weeks: int, dry_run: bool, say: Callabl
         current = current_rows(conn, cfg.erp)
         # No transaction stays open while files go.
         conn.rollback()
-        plan = plan_removals(
-            found,
-            current,
-            keep_weeks,
-            dt.datetime.now(dt.timezone.utc),
-            own_event_logs="spark.eventLog.dir" not in cfg.spark.conf,
-        )
-        items = [(removal_uri(removal, cfg), removal.reason) for removal in plan.removals]
-        sized = [(uri, filesystem(uri).size(uri), reason) for uri, reason in items]
-        if not sized:
-            say(f"nothing to remove under {cfg.paths.work}")
-        for uri, size, reason in sized:
-            if not dry_run:
-                filesystem(uri).delete(uri)
-            say(f"{'would remove' if dry_run else 'remove'}  {uri}  {human_size(size)}  {reason}")
+        now = dt.datetime.now(dt.timezone.utc)
+        own_event_logs = "spark.eventLog.dir" not in cfg.spark.conf
+        plan = plan_removals(found, current, keep_weeks, now, own_event_logs=own_event_logs)
+        with ExitStack() as held:
+            # A run whose stage is running now (a backfill of an old week) keeps its folder, models and event logs:
+            # the folders of the runs to remove stay locked against a stage starting on them until they are gone.
+            busy = frozenset(
+                removal.name
+                for removal in plan.removals
+                if removal.kind == RUN and not _locked(held, conn, cfg, removal)
+            )
+            if busy:
+                running = CurrentRows(current.run_ids | busy, current.model_versions)
+                plan = plan_removals(found, running, keep_weeks, now, own_event_logs=own_event_logs)
+            items = [(removal_uri(removal, cfg), removal.reason) for removal in plan.removals]
+            sized = [(uri, filesystem(uri).size(uri), reason) for uri, reason in items]
+            if not sized:
+                say(f"nothing to remove under {cfg.paths.work}")
+            for uri, size, reason in sized:
+                if not dry_run:
+                    filesystem(uri).delete(uri)
+                say(f"{'would remove' if dry_run else 'remove'}  {uri}  {human_size(size)}  {reason}")
+        for run_id in sorted(busy):
+            say(f"skipped  {join(cfg.paths.work, 'runs', run_id)}  busy: a process is running a stage of it")
         for run_id in plan.unknown_runs:
             say(f"skipped  {join(cfg.paths.work, 'runs', run_id)}  unknown: no readable run.json gives its run date")
         pruned = prune_history(conn, cfg.erp, keep_days, dry_run=dry_run)

@@ -213,8 +213,13 @@ def spark_submit_command(
 
 
 def submit_environment(cfg: Config) -> dict[str, str]:
-    """Environment for the spark-submit process: this Python for driver and local executors."""
-    env = dict(os.environ)
+    """Environment for the spark-submit process: this Python for driver and local executors, and none of the
+    alerts' secrets, which only the command that sends the alert reads."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in (cfg.alerts.smtp_password_env, cfg.alerts.webhook_url_env)
+    }
     # spark-submit finds its home through whatever `python3` is on PATH unless told: the pip pyspark's is this one.
     if home := pip_spark_home():
         env.setdefault("SPARK_HOME", home)

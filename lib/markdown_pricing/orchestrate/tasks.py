@@ -39,20 +39,45 @@ log = logging.getLogger("luigi-interface")
 Shown = tuple[str, int | None]
 
 
-def build_waiting_for_resources(tasks: list[luigi.Task], *, poll_s: float, **scheduler: Any) -> LuigiRunResult:
-    """luigi.build, again every `poll_s` while the scheduler grants a task no run permission (a [resources] cap is
-    full, or another worker runs the same task): a worker that does not keep alive would otherwise give up at once,
-    and one that keeps alive would also wait forever on a missing input."""
+class SchedulerRefusedError(RuntimeError):
+    """Raised when the central scheduler will not run a stage of the run: it disabled the stage after repeated
+    failures, or a resource cap stayed full past the configured wait."""
+
+
+def disabled_tasks(result: LuigiRunResult) -> list[str]:
+    """The tasks of this build that the scheduler has disabled (retry_count failures within disable_window)."""
+    scheduled = result.worker._scheduled_tasks
+    disabled = result.worker._scheduler.task_list(status="DISABLED", upstream_status="")
+    return sorted(str(disabled[task_id].get("display_name", task_id)) for task_id in set(disabled) & set(scheduled))
+
+
+def build_waiting_for_resources(
+    tasks: list[luigi.Task], *, poll_s: float, max_wait_s: float, **scheduler: Any
+) -> LuigiRunResult:
+    """luigi.build, again every `poll_s` while the scheduler grants a task no run permission because a [resources]
+    cap is full: a worker that does not keep alive would otherwise give up at once, and one that keeps alive would
+    also wait forever on a missing input. A stage the scheduler disabled, or a cap full for `max_wait_s`, ends the
+    wait with SchedulerRefusedError."""
+    deadline = time.monotonic() + max_wait_s
     waited = False
     while True:
         result = luigi.build(tasks, detailed_summary=True, **scheduler)
         if result.status != LuigiStatusCode.NOT_RUN:
             return result
+        if disabled := disabled_tasks(result):
+            raise SchedulerRefusedError(
+                f"the scheduler disabled {', '.join(disabled)} after repeated failures (luigi.cfg [scheduler] "
+                "retry_count within disable_window): re-enable it on luigid's page, then run again"
+            )
+        if time.monotonic() >= deadline:
+            raise SchedulerRefusedError(
+                f"a resource cap of luigi.cfg [resources] stayed full for schedule.resource_wait_s = {max_wait_s:.0f} "
+                "s: another run holds it (luigid's page shows which)"
+            )
         # The first wait is a warning: a quiet terminal would otherwise look stuck.
         log.log(
             logging.INFO if waited else logging.WARNING,
-            "waiting for the scheduler: a resource cap is full (luigi.cfg [resources]) or another worker runs the "
-            "same stage; asking again every %.0f s",
+            "waiting for the scheduler: a resource cap of luigi.cfg [resources] is full; asking again every %.0f s",
             poll_s,
         )
         waited = True
@@ -99,16 +124,6 @@ class CountriesParameter(luigi.Parameter):
         return ",".join(x)
 
 
-class MarkerTarget(luigi.Target):
-    """A dataset folder's _SUCCESS marker, on any filesystem core/storage.py serves."""
-
-    def __init__(self, folder: str) -> None:
-        self.path = join(folder, SUCCESS_MARKER)
-
-    def exists(self) -> bool:
-        return filesystem(self.path).exists(self.path)
-
-
 class FileTarget(luigi.Target):
     """One file (a stage's JSON record) on any filesystem core/storage.py serves."""
 
@@ -117,6 +132,13 @@ class FileTarget(luigi.Target):
 
     def exists(self) -> bool:
         return filesystem(self.path).exists(self.path)
+
+
+class MarkerTarget(FileTarget):
+    """A dataset folder's _SUCCESS marker."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__(join(folder, SUCCESS_MARKER))
 
 
 class AllTargets(luigi.Target):

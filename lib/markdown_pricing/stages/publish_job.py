@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.context import RunContext
 from markdown_pricing.core.contract import CANDIDATE_COLUMNS, EXCLUDED
-from markdown_pricing.core.drift import Finding, read_drift_check
+from markdown_pricing.core.drift import Finding, checked_now
 from markdown_pricing.core.results import read_country_results
 from markdown_pricing.core.schemas import CANDIDATES, PREDICTIONS
 from markdown_pricing.core.storage import filesystem
@@ -144,8 +144,8 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     spark.sparkContext.setJobGroup(f"publish-{ctx.run_id}", f"publish: read predictions of {len(results)} countries")
     predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
     ended = ended_articles(spark, ctx)
-    # What the ETL found beyond the [drift] limits.
-    drift = read_drift_check(ctx.layout.drift)
+    # What moved beyond the [drift] limits in force now, against the run the ETL compared with.
+    drift = checked_now(ctx.layout, cfg.drift)
     if drift is None:
         # A run from before drift checks, or an ETL stopped between its curated data and its drift check.
         log.warning(
