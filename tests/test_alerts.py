@@ -391,3 +391,19 @@ def test_a_run_that_cannot_start_exits_2_and_sends_one_alert_saying_why(
             "message": "run id 'weekly' belongs to run date 2026-11-16, not 2026-11-23: give this run another --run-id",
         }
     ]
+
+
+def test_a_run_whose_central_scheduler_does_not_answer_exits_2_at_once_with_one_alert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, erp_settings: ErpSettings, webhook: Webhook
+) -> None:
+    monkeypatch.setenv("MARKDOWN_ERP_DSN", erp_settings.dsn)
+    url = f"http://127.0.0.1:{free_port()}/"
+    code = cli.main(
+        ["run", "--run-date", RUN_DATE.isoformat(), "--work", str(tmp_path / "work"), "--scheduler-url", url]
+    )
+    assert code == 2
+    [body] = webhook.bodies
+    [problem] = body["runs"][0]["problems"]
+    assert (problem["what"], problem["status"]) == ("run", "not started")
+    assert problem["message"].startswith(f"the central scheduler at {url} does not answer (")
+    assert not (tmp_path / "work" / "runs").exists()

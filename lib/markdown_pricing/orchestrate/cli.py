@@ -155,6 +155,29 @@ def scheduler(args: argparse.Namespace) -> dict[str, Any]:
     return {"scheduler_url": url} if url else {"local_scheduler": True}
 
 
+def scheduler_unreachable(scheduling: dict[str, Any]) -> str | None:
+    """Why the central scheduler cannot be used, or None (also for a local scheduler): checked before the build,
+    since Luigi's worker would retry for a minute, then fail with pages of traceback."""
+    import urllib.error
+    import urllib.request
+
+    url = scheduling.get("scheduler_url")
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read(0)
+    except urllib.error.HTTPError:
+        return None  # it answered; what it said is for Luigi's worker to judge
+    except (OSError, ValueError) as err:
+        reason = err.reason if isinstance(err, urllib.error.URLError) else err
+        return (
+            f"the central scheduler at {url} does not answer ({reason}): start luigid "
+            "(conf/systemd/luigid.service), or run without --scheduler-url for a local scheduler"
+        )
+    return None
+
+
 def weekly_run(args: argparse.Namespace) -> WeeklyRun:
     """The Luigi task `run` and `score` build from their arguments."""
     from markdown_pricing.orchestrate.tasks import WeeklyRun
@@ -213,6 +236,8 @@ def run_command(args: argparse.Namespace) -> int:
         return not_run(args, cfg, title, [ctx], str(err))
     if missing := missing_release_message(cfg):
         return not_run(args, cfg, title, [ctx], missing)
+    if unreachable := scheduler_unreachable(scheduler(args)):
+        return not_run(args, cfg, title, [ctx], unreachable)
     started = progress.now()
     try:
         with following_run(ctx.layout, JOBS, verbose=args.verbose):
@@ -279,6 +304,8 @@ def backfill_command(args: argparse.Namespace) -> int:
     title, contexts = f"backfill {args.start}..{args.end}", backfill.contexts()
     if missing := missing_release_message(cfg):
         return not_run(args, cfg, title, contexts, missing)
+    if unreachable := scheduler_unreachable(scheduler(args)):
+        return not_run(args, cfg, title, contexts, unreachable)
     started = progress.now()
     try:
         result = build_waiting_for_resources(
