@@ -277,7 +277,7 @@ def test_a_run_waits_for_fresh_sales_then_fails_naming_the_dataset_and_its_lates
             tmp_path / "work",
             erp_dsn,
             "--wait-for-inputs",
-            "20",
+            "5",
             env={"MARKDOWN_ALERT_WEBHOOK_URL": webhook.url},
         )
     output = result.stderr + result.stdout

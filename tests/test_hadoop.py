@@ -25,14 +25,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from pyspark.sql import SparkSession
 
 from markdown_pricing.core.config import ErpSettings, load_config
+from markdown_pricing.core.context import RunContext, load_run_config
 from markdown_pricing.core.storage import filesystem, join
 from markdown_pricing.erp.connection import connect
 from markdown_pricing.erp.schema import migrate
 from markdown_pricing.orchestrate import cli
 from markdown_pricing.orchestrate.retention import human_size
 from markdown_pricing.orchestrate.tasks import RawDataset
+from markdown_pricing.stages import etl_job, publish_job, train_score_job
 from servers import free_port, stop
 
 # A Hadoop of its own, and each stage a YARN application that costs tens of seconds to start.
@@ -157,10 +160,15 @@ def run(yarn: dict[str, Any], *args: str, timeout: int = 900) -> subprocess.Comp
 
 
 @pytest.fixture(scope="module")
-def local_rows(yarn: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    """What local mode publishes for the same input."""
-    work = tmp_path_factory.mktemp("local-work")
-    run(yarn, "--env", "local", "--run-id", "local", "--raw", str(yarn["local_raw"]), "--work", str(work))
+def local_rows(yarn: dict[str, Any], spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """What local mode publishes for the same input: its three stages in this process's local session (the command
+    line's local run is the end-to-end tests'). file:// paths, as the default filesystem here is HDFS."""
+    work = tmp_path_factory.mktemp("local-work").as_uri()
+    ctx = RunContext(RUN_DATE, "local", raw=Path(yarn["local_raw"]).as_uri(), work=work)
+    cfg = load_run_config(ctx)
+    cfg = dataclasses.replace(cfg, erp=dataclasses.replace(cfg.erp, dsn=yarn["dsn"]))
+    for stage in (etl_job, train_score_job, publish_job):
+        assert stage.run(spark, ctx, cfg) == 0, stage.__name__
     return rows(yarn["dsn"])
 
 

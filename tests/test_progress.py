@@ -272,21 +272,43 @@ class Recorder(progress.StageProgress):
         super().update(message, done)
 
 
-def test_spark_task_watcher_reports_tasks_of_the_running_stage(spark: SparkSession, layout: RunLayout) -> None:
+def test_spark_task_watcher_reports_tasks_of_the_running_stage(
+    spark: SparkSession, layout: RunLayout, tmp_path: Path
+) -> None:
     tracker = Recorder(layout, "train_score", total=2)
     tracker.messages = []
+    one_done = "training 2 countries: Spark tasks 1/2 done"
+    # The second task runs until the watcher has reported the first one done (or a minute passes), however slow
+    # the machine: the test waits on what it checks, not on a sleep.
+    release = tmp_path / "release"
+
+    def task(index: int) -> None:
+        # Defined here, not at module level, so that Spark's workers get it by value.
+        deadline = time.monotonic() + 60
+        while index == 1 and not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def release_once_seen() -> None:
+        deadline = time.monotonic() + 60
+        while one_done not in tracker.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        release.touch()
+
     sc = spark.sparkContext
     sc.setJobGroup("watched", "watcher test")
+    releaser = threading.Thread(target=release_once_seen, daemon=True)
     try:
         watcher = spark_watch.SparkTaskWatcher(sc, tracker, "training 2 countries", poll_s=0.1)
         watcher.start()
-        # Two tasks, the second a good while longer: the watcher sees one done of two.
-        sc.parallelize([0.2, 1.5], 2).foreach(time.sleep)
+        releaser.start()
+        sc.parallelize([0, 1], 2).foreach(task)
         watcher.stop()
     finally:
+        release.touch()
+        releaser.join()
         sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
     assert tracker.messages[0] == "training 2 countries"
-    assert "training 2 countries: Spark tasks 1/2 done" in tracker.messages
+    assert one_done in tracker.messages
 
 
 # The fake stage: a real child process that reports four countries over about two seconds, like the publish

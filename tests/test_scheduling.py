@@ -51,6 +51,8 @@ from servers import luigid_api as api
 BIN = Path(sys.executable).parent
 CONF = project_root() / "conf"
 WEEKS = (dt.date(2026, 11, 9), dt.date(2026, 11, 16), dt.date(2026, 11, 23))
+# Two weeks show the order as well as three do, at two thirds of the Spark applications.
+BACKFILLED = WEEKS[-2:]
 
 
 # --- storage: one abstraction over local paths and hdfs:// -----------------------------------------------------
@@ -415,7 +417,7 @@ class PollingReader(threading.Thread):
 
 
 @pytest.mark.slow
-def test_backfill_of_three_weeks_through_luigid_publishes_oldest_first_and_never_replaces_a_newer_week(
+def test_backfill_of_two_weeks_through_luigid_publishes_oldest_first_and_never_replaces_a_newer_week(
     central_config: tuple[Path, int], tmp_path: Path, erp_dsn: str
 ) -> None:
     config_path, port = central_config
@@ -468,7 +470,7 @@ def test_backfill_of_three_weeks_through_luigid_publishes_oldest_first_and_never
                 str(BIN / "markdown-pricing"),
                 "backfill",
                 "--from",
-                WEEKS[0].isoformat(),
+                BACKFILLED[0].isoformat(),
                 "--to",
                 WEEKS[-1].isoformat(),
                 "--raw",
@@ -489,7 +491,7 @@ def test_backfill_of_three_weeks_through_luigid_publishes_oldest_first_and_never
         ledger = erp_rows(
             erp_dsn, "SELECT run_id, country, status FROM markdown.publish_ledger WHERE run_id <> 'newer'"
         )
-        weeks = [week.isoformat() for week in WEEKS]
+        weeks = [week.isoformat() for week in BACKFILLED]
         expected = [(week, country, "published") for week in weeks for country in backfilled]
         expected += [(week, newer_country, "superseded") for week in weeks]
         assert sorted(ledger) == sorted(expected)
@@ -523,7 +525,7 @@ def test_backfill_of_three_weeks_through_luigid_publishes_oldest_first_and_never
     assert weeks_seen[newer_country] == [newer_week] * len(weeks_seen[newer_country])
     for country in backfilled:
         assert weeks_seen[country] == sorted(weeks_seen[country])
-        assert set(weeks_seen[country]) == set(WEEKS)
+        assert set(weeks_seen[country]) == set(BACKFILLED)
 
     done = api(port, "task_list", status="DONE")
     families = {

@@ -386,11 +386,14 @@ class Etl(SparkStage):
 
     def run(self) -> None:
         """Submits the ETL again while the feed is stale (marked complete over last week's data) and the wait for
-        inputs lasts: the job checks freshness before writing anything, so a stale attempt leaves nothing behind."""
-        deadline = time.monotonic() + self.input_wait_s
+        inputs lasts: the job checks freshness before writing anything, so a stale attempt leaves nothing behind.
+        The wait counts from the first stale answer, so a slow submission does not use it up."""
+        deadline: float | None = None
         with self.exclusive_run():
             while (code := self.submit()) == StaleInputError.exit_code:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.input_wait_s
+                remaining = deadline - now
                 if remaining <= 0:
                     break
                 log.warning("%s; waiting for fresh data (%.0f s left)", self.input_problem(code), remaining)
