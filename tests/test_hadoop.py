@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 
 from markdown_pricing.core.config import ErpSettings, load_config
 from markdown_pricing.core.context import RunContext, load_run_config
-from markdown_pricing.core.storage import filesystem, join
+from markdown_pricing.core.storage import filesystem, join, read_json
 from markdown_pricing.erp.connection import connect
 from markdown_pricing.erp.schema import migrate
 from markdown_pricing.orchestrate import cli
@@ -98,12 +98,7 @@ def yarn(hadoop: dict[str, str], erp_dsn: str, tmp_path_factory: pytest.TempPath
         **{key: value for key, value in hadoop.items() if key.isupper()},
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
-    with closing(connect(erp_dsn, 5)) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("DROP DATABASE IF EXISTS yarn_tests")
-            cur.execute("CREATE DATABASE yarn_tests")
-    env["MARKDOWN_ERP_DSN"] = re.sub(r"^postgresql://([^/]*)/postgres", r"postgresql://\1/yarn_tests", erp_dsn)
+    env["MARKDOWN_ERP_DSN"] = database_of_its_own(erp_dsn, "yarn_tests")
     started = time.monotonic()
     deployed = subprocess.run(
         [str(BIN / "markdown-pricing"), "deploy", "--env", "yarn"], env=env, capture_output=True, text=True, timeout=900
@@ -138,7 +133,14 @@ def yarn(hadoop: dict[str, str], erp_dsn: str, tmp_path_factory: pytest.TempPath
     os.environ.update({key: hadoop[key] for key in previous})
     try:
         assert filesystem(raw).list(raw) == ["articles", "prices", "sales", "stock"]
-        yield {"env": env, "raw": raw, "local_raw": local_raw, "dsn": env["MARKDOWN_ERP_DSN"], "deploy_s": deploy_s}
+        yield {
+            "env": env,
+            "raw": raw,
+            "local_raw": local_raw,
+            "dsn": env["MARKDOWN_ERP_DSN"],
+            "server_dsn": erp_dsn,
+            "deploy_s": deploy_s,
+        }
     finally:
         for key, value in previous.items():
             if value is None:
@@ -147,16 +149,14 @@ def yarn(hadoop: dict[str, str], erp_dsn: str, tmp_path_factory: pytest.TempPath
                 os.environ[key] = value
 
 
-def run(yarn: dict[str, Any], *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(BIN / "markdown-pricing"), "run", "--run-date", RUN_DATE.isoformat(), "--wait-for-inputs", "0", *args],
-        env=yarn["env"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
+def database_of_its_own(server_dsn: str, name: str) -> str:
+    """A fresh database `name` on the session's ERP server, and its DSN."""
+    with closing(connect(server_dsn, 5)) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+            cur.execute(f"CREATE DATABASE {name}")
+    return re.sub(r"^postgresql://([^/]*)/postgres", rf"postgresql://\1/{name}", server_dsn)
 
 
 @pytest.fixture(scope="module")
@@ -176,28 +176,44 @@ DEPLOY_MODES = ("client", "cluster")
 
 
 @pytest.fixture(scope="module")
-def yarn_runs(yarn: dict[str, Any], hadoop: dict[str, str], local_rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """The weekly run on YARN in each deploy mode, on hdfs:// folders: the rows it published, its applications."""
-    runs = {}
+def yarn_runs(
+    yarn: dict[str, Any], hadoop: dict[str, str], local_rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Any]]:
+    """The weekly run on YARN in each deploy mode, on hdfs:// folders: the rows it published, its applications.
+    Both modes run at once, each publishing to an ERP database of its own (one publisher per run date and ERP)."""
+    logs = tmp_path_factory.mktemp("yarn-runs")
+    started = {}
     for deploy_mode in DEPLOY_MODES:
-        work = f"hdfs:///tests/work-{deploy_mode}"
-        before = {app["id"] for app in applications(hadoop["resourcemanager"])}
-        env = {**yarn["env"], "MARKDOWN_DEPLOY_MODE": deploy_mode}
-        run(
-            {**yarn, "env": env},
-            "--env",
-            "yarn",
-            "--run-id",
-            f"yarn-{deploy_mode}",
-            "--raw",
-            yarn["raw"],
-            "--work",
-            work,
-        )
-        apps = [app for app in applications(hadoop["resourcemanager"]) if app["id"] not in before]
+        work, run_id = f"hdfs:///tests/work-{deploy_mode}", f"yarn-{deploy_mode}"
+        dsn = database_of_its_own(yarn["server_dsn"], f"yarn_tests_{deploy_mode}")
+        env = {**yarn["env"], "MARKDOWN_DEPLOY_MODE": deploy_mode, "MARKDOWN_ERP_DSN": dsn}
+        command = [
+            *(str(BIN / "markdown-pricing"), "run", "--run-date", RUN_DATE.isoformat(), "--wait-for-inputs", "0"),
+            *("--env", "yarn", "--run-id", run_id, "--raw", yarn["raw"], "--work", work),
+        ]
+        with (logs / f"{deploy_mode}.log").open("w") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        started[deploy_mode] = (process, work, run_id, dsn)
+    try:
+        for process, *_ in started.values():
+            process.wait(timeout=1200)
+    finally:
+        for process, *_ in started.values():
+            stop(process)
+    runs = {}
+    for deploy_mode, (process, work, run_id, dsn) in started.items():
+        assert process.returncode == 0, (logs / f"{deploy_mode}.log").read_text()[-6000:]
+        # Each stage records the YARN application it ran as.
+        stages = join(work, "runs", run_id, "stages")
+        ids = {
+            read_json(join(stages, name))["application_id"]
+            for name in filesystem(stages).list(stages)
+            if name.endswith(".json")
+        }
+        apps = [app for app in applications(hadoop["resourcemanager"]) if app["id"] in ids]
         seconds = {app["name"]: (int(app["finished"]) - int(app["started"])) / 1000 for app in apps}
         print(f"\n{deploy_mode} mode, seconds each application ran on YARN: {seconds}")
-        runs[deploy_mode] = {"rows": rows(yarn["dsn"]), "apps": apps, "work": work, "run_id": f"yarn-{deploy_mode}"}
+        runs[deploy_mode] = {"rows": rows(dsn), "apps": apps, "work": work, "run_id": run_id, "dsn": dsn}
     print(f"deploy took {yarn['deploy_s']:.0f} s")
     return runs
 
@@ -223,9 +239,10 @@ def test_weekly_run_on_yarn_publishes_the_rows_local_mode_publishes(
 def test_report_and_status_read_an_hdfs_work_folder(yarn: dict[str, Any], yarn_runs: dict[str, dict[str, Any]]) -> None:
     work, run_id = yarn_runs["client"]["work"], yarn_runs["client"]["run_id"]
     cli = [str(BIN / "markdown-pricing")]
+    env = {**yarn["env"], "MARKDOWN_ERP_DSN": yarn_runs["client"]["dsn"]}
 
-    report = subprocess.run([*cli, "report", "--work", work], env=yarn["env"], capture_output=True, text=True)
-    status = subprocess.run([*cli, "status", "--work", work], env=yarn["env"], capture_output=True, text=True)
+    report = subprocess.run([*cli, "report", "--work", work], env=env, capture_output=True, text=True)
+    status = subprocess.run([*cli, "status", "--work", work], env=env, capture_output=True, text=True)
 
     assert report.returncode == 0 and report.stdout.strip() == f"{work}/runs/{run_id}/report.html", report.stderr
     assert status.returncode == 0 and run_id in status.stdout, status.stderr

@@ -74,13 +74,14 @@ def test_candidate_discounts_start_at_current_and_never_go_back() -> None:
     assert pricing.candidate_discounts(0.7, LADDER) == [0.7]
 
 
-def test_holding_the_price_keeps_only_todays_discount_snapped_like_the_first_candidate() -> None:
+def test_candidate_weeks_offer_each_article_its_candidates_the_first_snapped_to_the_ladder() -> None:
     future = pd.DataFrame({"article_id": ["A", "B"], "week_start": [RUN_DATE] * 2, "discount": [0.099, 0.15]})
-    held = pricing.candidate_weeks(future, LADDER, hold_price=True).set_index("article_id")["candidate"]
-    assert held.to_dict() == {"A": 0.1, "B": 0.15}
-    assert len(pricing.candidate_weeks(future, LADDER)) == len(pricing.candidate_discounts(0.099, LADDER)) + len(
+    weeks = pricing.candidate_weeks(future, LADDER)
+    assert weeks.groupby("article_id")["candidate"].min().to_dict() == {"A": 0.1, "B": 0.15}
+    assert len(weeks) == len(pricing.candidate_discounts(0.099, LADDER)) + len(
         pricing.candidate_discounts(0.15, LADDER)
     )
+    assert (weeks["current_discount"] == weeks["article_id"].map({"A": 0.099, "B": 0.15})).all()
 
 
 def test_simulate_season_caps_sales_at_stock_and_values_leftover_at_salvage() -> None:
@@ -277,7 +278,7 @@ def steady_world(country: str) -> pd.DataFrame:
     return world.assign(units=world["units"].where(world["is_future"], 5))
 
 
-def test_a_country_whose_model_loses_falls_back_and_the_baseline_holds_todays_price() -> None:
+def test_a_country_whose_model_loses_falls_back_to_the_baseline_with_the_price_response_its_markdowns_show() -> None:
     result = train_country(steady_world("DEU"), PARAMS, RULES, num_threads=1)
     assert result.metrics["status"] == "needs_fallback"
     assert result.metrics["fallback_reason"].startswith("the country model loses to its recent_average baseline")
@@ -285,11 +286,15 @@ def test_a_country_whose_model_loses_falls_back_and_the_baseline_holds_todays_pr
     [fallback] = train_pooled(both, {"DEU": "its model loses"}, PARAMS, RULES, num_threads=1)
     assert fallback.metrics["model_kind"] == "baseline" and fallback.model_text is None
     assert fallback.metrics["fallback_reason"].startswith("its model loses; the pooled model loses too")
+    assert fallback.metrics["fallback_reason"].endswith("so the baseline's level scores it")
+    # Past markdowns sold no more than full price did: no price response, so a markdown only loses money.
+    assert fallback.card["price_response"]["overall"] == 0.0
     predictions = fallback.predictions
     assert (predictions["recommended_discount"] == predictions["current_discount"]).all()
     assert np.allclose(predictions["predicted_units_next_week"], 5.0)
-    # Holding offers today's discount alone: each article's one candidate is chosen.
-    assert len(fallback.candidates) == len(predictions) and fallback.candidates["chosen"].all()
+    # Every candidate was weighed: the baseline's level at each, the same 5 a week.
+    assert len(fallback.candidates) > len(predictions)
+    assert np.allclose(fallback.candidates["predicted_units_next_week"], 5.0)
 
 
 def test_pooled_model_scores_a_small_country_with_the_others_history() -> None:

@@ -61,6 +61,23 @@ class RunRules:
 
 
 @dataclass(frozen=True)
+class PriceResponseSettings:
+    # Weeks of steady price before and after a past price change for it to count as a markdown event.
+    event_window_weeks: int
+    # The highest elasticity an estimate may reach.
+    max_elasticity: float
+    # A deeper markdown must beat holding today's price by this x the level's backtest WAPE x the holding revenue.
+    margin_per_wape: float
+
+    def __post_init__(self) -> None:
+        if self.event_window_weeks < 1 or self.max_elasticity <= 0 or self.margin_per_wape < 0:
+            raise ConfigError(
+                "model.price_response needs event_window_weeks >= 1, max_elasticity > 0 and margin_per_wape >= 0, "
+                f"got {self.event_window_weeks}, {self.max_elasticity} and {self.margin_per_wape}"
+            )
+
+
+@dataclass(frozen=True)
 class TuningSettings:
     enabled: bool
     folds: int
@@ -83,6 +100,7 @@ class ModelParams:
     recent_average_weeks: int
     min_history_weeks: int
     tuning: TuningSettings
+    price_response: PriceResponseSettings
 
     def __post_init__(self) -> None:
         backtested = self.backtest_origins * self.backtest_horizon_weeks
@@ -388,8 +406,9 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 price_endings={str(c): float(e) for c, e in run.get("price_endings", {}).items()},
             ),
             model=ModelParams(
-                **{key: value for key, value in model.items() if key != "tuning"},
+                **{key: value for key, value in model.items() if key not in ("tuning", "price_response")},
                 tuning=TuningSettings(**{**tuning, "candidates": tuple(dict(c) for c in tuning["candidates"])}),
+                price_response=PriceResponseSettings(**model["price_response"]),
             ),
             erp=ErpSettings(**{**erp, "dsn": os.environ.get("MARKDOWN_ERP_DSN", erp["dsn"])}),
             spark=SparkSettings(

@@ -14,7 +14,7 @@ FORECASTERS = ("model", *BASELINES)
 # Per forecaster: weighted absolute percentage error, bias, and WAPE weighted by revenue.
 MEASURES = ("wape", "bias", "rwape")
 
-# Which model scored a country: its own, the pooled fallback, or the baseline that holds today's prices.
+# Which model gave a country's level: its own, the pooled fallback, or the same-price baseline.
 MODEL_KINDS = ("country", "pooled", "baseline")
 
 # One row per active article of a trained country that no rule excludes, as train+score writes them and publish

@@ -94,7 +94,7 @@ def _lost_article_reasons(
 def _baseline_reasons(result: Mapping[str, Any]) -> list[str]:
     model, baseline = metric(result, "model_wape"), metric(result, "baseline_wape")
     kind = result.get("model_kind")
-    # A baseline fallback holds today's prices: there is no model to compare. A pooled fallback for a country
+    # A baseline fallback's level is the baseline: there is no model to compare. A pooled fallback for a country
     # too new to backtest cannot be measured there; its fallback_reason, in the ledger, says so.
     if kind == "baseline" or (kind == "pooled" and model is None):
         return []

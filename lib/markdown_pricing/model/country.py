@@ -30,6 +30,7 @@ from markdown_pricing.model.forecast import (
     tune,
 )
 from markdown_pricing.model.pricing import Scored, score
+from markdown_pricing.model.response import PriceResponse, learned_from, markdown_events, markdown_margin
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,18 @@ def data_card(weekly: pd.DataFrame, usable: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def response_card(response: PriceResponse, history: pd.DataFrame, params: ModelParams) -> dict[str, Any]:
+    """What a model card says about the price response: the one used, and how it fits this country's own past
+    markdowns (model.response's event backtest)."""
+    events = markdown_events(history, params.price_response.event_window_weeks)
+    return {"price_response": response.as_dict(), "markdown_event_backtest": response.checked_against(events)}
+
+
+def level_wape(kind: str, summary: Mapping[str, Any]) -> float | None:
+    """The backtest WAPE of what gives a country's level: its baseline's for a baseline, else its model's."""
+    return summary.get("baseline_wape" if kind == "baseline" else "model_wape")
+
+
 def result_metrics(
     status: str,
     kind: str | None,
@@ -111,16 +124,19 @@ def train_country(
     num_threads: int,
     device: Mapping[str, Any] | None = None,
     buyer_rules: pd.DataFrame | None = None,
+    response: PriceResponse | None = None,
 ) -> CountryResult:
     """Backtests the country's model against the baselines (after tuning it, when on); when the model wins,
-    refits on all weeks and recommends a markdown per active article within its buyer rules and the run's. A
-    country with too little history, or whose model loses, comes back with status `needs_fallback` and why, for
-    the pooled model to score."""
+    refits on all weeks and recommends a markdown per active article within its buyer rules and the run's, the
+    model giving units at today's price and `response` (the one shared by every country; else this country's own)
+    the change at each candidate price. A country with too little history, or whose model loses, comes back with
+    status `needs_fallback` and why, for the pooled model to score."""
     weekly = prepare(weekly)
     country = weekly["country"].iloc[0]
     history = weekly[~weekly["is_future"]]
     usable = training_rows(history, params)
-    card = {"country": country, **data_card(weekly, usable)}
+    response = response or learned_from(history, params.price_response)
+    card = {"country": country, **data_card(weekly, usable), **response_card(response, history, params)}
     weeks = card["training_window"]["weeks"]
     if weeks < params.min_history_weeks:
         reason = f"{weeks} weeks of in-stock history, fewer than min_history_weeks = {params.min_history_weeks}"
@@ -154,7 +170,15 @@ def train_country(
     booster = fit(usable, encoding, settings, rounds)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    scored = score(weekly, booster_predictor(booster, encoding), rules, buyer_rules=buyer_rules)
+    margin = markdown_margin(params.price_response, summary["model_wape"])
+    card["markdown_margin"] = margin
+    scored = score(
+        weekly,
+        response.applied_to(booster_predictor(booster, encoding)),
+        rules,
+        buyer_rules=buyer_rules,
+        markdown_margin=margin,
+    )
     metrics = result_metrics(
         "trained",
         "country",
@@ -190,21 +214,29 @@ def rescore(
     params: ModelParams,
     rules: RunRules,
     buyer_rules: pd.DataFrame | None = None,
+    response: PriceResponse | None = None,
 ) -> CountryResult:
     """Recommends with a saved model and its card, without training: the card says which features and
-    categories it was trained with (a baseline card has no model and holds today's prices)."""
+    categories it was trained with and the price response it recommended with (a card from before price
+    responses were saved takes `response`, else this country's own; a baseline card has no model)."""
     weekly = prepare(weekly)
     country = weekly["country"].iloc[0]
-    usable = backtest.in_stock(weekly[~weekly["is_future"]])
+    history = weekly[~weekly["is_future"]]
+    usable = backtest.in_stock(history)
+    if "price_response" in card:
+        response = PriceResponse.of(card["price_response"])
+    response = response or learned_from(history, params.price_response)
     started = time.perf_counter()
     if card["model_kind"] == "baseline":
-        predictor = baseline_predictor(usable, params.recent_average_weeks)
-        scored = score(weekly, predictor, rules, hold_price=True, buyer_rules=buyer_rules)
+        level = baseline_predictor(usable, params.recent_average_weeks)
     else:
         encoding = Encoding(tuple(card["model"]["features"]), card["model"]["categories"])
-        predictor = booster_predictor(lgb.Booster(model_str=model_text), encoding)
-        scored = score(weekly, predictor, rules, buyer_rules=buyer_rules)
+        level = booster_predictor(lgb.Booster(model_str=model_text), encoding)
     summary = {key: value for key, value in card.get("backtest", {}).items() if key != "by_origin"}
+    margin = card.get(
+        "markdown_margin", markdown_margin(params.price_response, level_wape(card["model_kind"], summary))
+    )
+    scored = score(weekly, response.applied_to(level), rules, buyer_rules=buyer_rules, markdown_margin=margin)
     metrics = result_metrics(
         "trained",
         card["model_kind"],

@@ -10,7 +10,15 @@ import pandas as pd
 
 from markdown_pricing.core.config import ModelParams, RunRules
 from markdown_pricing.model import backtest
-from markdown_pricing.model.country import CountryResult, data_card, model_card, result_metrics, scored_result
+from markdown_pricing.model.country import (
+    CountryResult,
+    data_card,
+    level_wape,
+    model_card,
+    response_card,
+    result_metrics,
+    scored_result,
+)
 from markdown_pricing.model.forecast import (
     POOLED_FEATURES,
     Encoding,
@@ -23,6 +31,7 @@ from markdown_pricing.model.forecast import (
     training_rows,
 )
 from markdown_pricing.model.pricing import score
+from markdown_pricing.model.response import PriceResponse, learned_from, markdown_margin
 
 
 def train_pooled(
@@ -33,13 +42,17 @@ def train_pooled(
     num_threads: int,
     device: Mapping[str, Any] | None = None,
     buyer_rules: Mapping[str, pd.DataFrame] | None = None,
+    response: PriceResponse | None = None,
 ) -> list[CountryResult]:
     """Scores the `fallback` countries (country -> why) with one model trained on every country's history, the
     country as a feature, within each country's `buyer_rules` (country -> its rules in force); a fallback country
-    where the pooled model loses to its baseline in the backtest holds today's prices, as the baseline sees them."""
+    where the pooled model loses to its baseline in the backtest is scored by the baseline's level. Either level
+    takes `response` (else the one these rows' markdowns give) for the change at each candidate price, so a
+    fallback country gets markdowns where they pay too."""
     weekly = prepare(weekly)
     history = weekly[~weekly["is_future"]]
     usable = training_rows(history, params)
+    response = response or learned_from(history, params.price_response)
     started = time.perf_counter()
     encoding = Encoding.of(weekly, POOLED_FEATURES)
     settings = lightgbm_params(params, num_threads, device, features=POOLED_FEATURES)
@@ -62,18 +75,27 @@ def train_pooled(
         measured = errors[errors["country"] == country]
         own_rules = (buyer_rules or {}).get(country)
         summary = backtest.summarize(measured) if len(measured) else {}
-        card = {"country": country, **data_card(rows, own), "model": model, "pooled_training_rows": len(usable)}
+        card = {
+            "country": country,
+            **data_card(rows, own),
+            "model": model,
+            "pooled_training_rows": len(usable),
+            **response_card(response, history[history["country"] == country], params),
+        }
         if summary and summary["model_wape"] >= summary["baseline_wape"]:
             kind, model_text = "baseline", None
             reason += (
                 f"; the pooled model loses too: WAPE {summary['model_wape']:.3f} >= "
-                f"{summary['baseline']} baseline {summary['baseline_wape']:.3f}, so today's prices hold"
+                f"{summary['baseline']} baseline {summary['baseline_wape']:.3f}, so the baseline's level scores it"
             )
-            predictor = baseline_predictor(own, params.recent_average_weeks)
-            scored = score(rows, predictor, rules, hold_price=True, buyer_rules=own_rules)
+            level = baseline_predictor(own, params.recent_average_weeks)
         else:
             kind, model_text = "pooled", booster.model_to_string()
-            scored = score(rows, booster_predictor(booster, encoding), rules, buyer_rules=own_rules)
+            level = booster_predictor(booster, encoding)
+        card["markdown_margin"] = markdown_margin(params.price_response, level_wape(kind, summary))
+        scored = score(
+            rows, response.applied_to(level), rules, buyer_rules=own_rules, markdown_margin=card["markdown_margin"]
+        )
         if len(measured):
             card["backtest"] = {**summary, "by_origin": backtest.by_origin(measured)}
         metrics = result_metrics(

@@ -157,6 +157,6 @@ def booster_predictor(booster: lgb.Booster, encoding: Encoding) -> Callable[[pd.
 
 
 def baseline_predictor(usable: pd.DataFrame, recent_weeks: int) -> Callable[[pd.DataFrame], np.ndarray]:
-    """Units per week at today's price as the same-price baseline sees them: no price response, so the baseline
-    only ever holds today's price."""
+    """Units per week at today's price as the same-price baseline sees them: a level with no price response of its
+    own (model.response gives it one)."""
     return lambda rows: backtest.same_price(usable, rows, recent_weeks).to_numpy()

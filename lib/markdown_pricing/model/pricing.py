@@ -24,17 +24,11 @@ def candidate_discounts(current: float, ladder: tuple[float, ...]) -> list[float
     return [snapped, *(step for step in ladder if step > snapped + LADDER_SNAP)]
 
 
-def candidate_weeks(future: pd.DataFrame, ladder: tuple[float, ...], hold_price: bool = False) -> pd.DataFrame:
-    """Future weeks of each active article repeated once per candidate discount (only today's, snapped to the
-    ladder like every first candidate, when holding the price)."""
+def candidate_weeks(future: pd.DataFrame, ladder: tuple[float, ...]) -> pd.DataFrame:
+    """Future weeks of each active article repeated once per candidate discount."""
     per_article = future.groupby("article_id")["discount"].first()
-    kept = 1 if hold_price else None
     candidates = pd.DataFrame(
-        [
-            (article, step)
-            for article, current in per_article.items()
-            for step in candidate_discounts(current, ladder)[:kept]
-        ],
+        [(article, step) for article, current in per_article.items() for step in candidate_discounts(current, ladder)],
         columns=["article_id", "candidate"],
     )
     expanded = future.merge(candidates, on="article_id", how="inner")
@@ -99,14 +93,15 @@ def score(
     weekly: pd.DataFrame,
     predict: Callable[[pd.DataFrame], np.ndarray],
     rules: RunRules,
-    hold_price: bool = False,
     buyer_rules: pd.DataFrame | None = None,
+    markdown_margin: float = 0.0,
 ) -> Scored:
-    """Predicts every active article's future weeks at each candidate discount (today's only when holding the
-    price) and recommends the best markdown per article that the buyer rules in force and the run's rules allow."""
+    """Predicts every active article's future weeks at each candidate discount and recommends the best markdown
+    per article that the buyer rules in force and the run's rules allow, a deeper one only when it beats holding
+    by `markdown_margin` of the holding revenue (model.rules.decide)."""
     country = str(weekly["country"].iloc[0])
     future = future_weeks(weekly)
-    weeks = candidate_weeks(future, rules.ladder, hold_price)
+    weeks = candidate_weeks(future, rules.ladder)
     weeks["predicted_units"] = predict(weeks) if len(weeks) else []
     constraints = buyer_constraints(country, weekly, buyer_rules)
     decision = decide(
@@ -118,5 +113,6 @@ def score(
         constraints=constraints.by_article,
         policy=Policy.of(rules, country),
         weeks_since=weeks_since_markdown(weekly),
+        markdown_margin=markdown_margin,
     )
     return Scored(decision.predictions, decision.candidates, constraints.problems)

@@ -362,9 +362,12 @@ def decide(
     constraints: pd.DataFrame | None = None,
     policy: Policy = NEUTRAL,
     weeks_since: pd.Series | None = None,
+    markdown_margin: float = 0.0,
 ) -> Decision:
     """Rules out the candidates a rule forbids and recommends per article the allowed one with the highest expected
-    revenue (ties to the smaller discount), priced with the country's ending when it is a new markdown.
+    revenue (ties to the smaller discount), priced with the country's ending when it is a new markdown. A deeper
+    markdown must beat holding by `markdown_margin` x the holding revenue: forecasts err, and an uncertain gain
+    is no reason to give away price.
 
     `season` is model.pricing.simulate_season's (article, candidate) frame, each article's first candidate today's
     discount: never ruled out, as a markdown is never reversed. `constraints` is Constraints.by_article,
@@ -380,7 +383,9 @@ def decide(
     bounds = given.reindex(rows["article_id"].to_numpy()).reset_index(drop=True)
     rows["ruled_out_by"] = _ruled_out_by(rows, bounds, policy, ladder, weeks_since)
 
-    ranked = rows.sort_values(["article_id", "expected_revenue", "candidate"], ascending=[True, False, True])
+    hold_revenue = rows.groupby("article_id")["expected_revenue"].transform("first")
+    rows["_score"] = rows["expected_revenue"] - markdown_margin * hold_revenue * (rows["position"] > 0)
+    ranked = rows.sort_values(["article_id", "_score", "candidate"], ascending=[True, False, True])
     best = ranked.drop_duplicates("article_id").set_index("article_id")
     chosen = ranked[ranked["ruled_out_by"].isna()].drop_duplicates("article_id").sort_values("article_id").index
     rows["chosen"] = rows.index.isin(chosen)

@@ -549,7 +549,8 @@ def report_sections(outputs: RunOutputs, previous_run_id: str | None, changes: p
     about = (
         "Rolling-origin backtest WAPE of each country's model against the better of two baselines (an "
         "article's recent average; its average at today's price). A country whose own model does not beat "
-        "its baseline is scored by the pooled model, or holds today's prices."
+        "its baseline is scored by the pooled model, or by the baseline's level, each with the price response "
+        "learned from every country's past markdowns."
     )
     error = Section(
         "Model error against the baseline",

@@ -19,7 +19,9 @@ from markdown_pricing.core.schemas import TRAIN_SCORE_OUTPUT
 from markdown_pricing.core.session import task_cpus
 from markdown_pricing.model.country import CountryResult, rescore, train_country
 from markdown_pricing.model.fallback import train_pooled
+from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.gpu import check_mode, device_settings
+from markdown_pricing.model.response import STATISTIC_COLUMNS, PriceResponse, event_statistics
 
 OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 # The one group of the pooled model's applyInPandas.
@@ -85,10 +87,11 @@ def country_function(
     resources: Callable[[], Mapping[str, ResourceInformation]] = task_resources,
     saved: SavedModels | None = None,
     buyer_rules: BuyerRules | None = None,
+    response: PriceResponse | None = None,
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """The function Spark runs once per country: trains (or, given `saved` models and cards by country, only
-    rescores) and recommends within the country's buyer rules; a failure becomes a 'failed' country record, not a
-    crash."""
+    rescores) and recommends within the country's buyer rules and with the shared price `response`; a failure
+    becomes a 'failed' country record, not a crash."""
     check_mode(gpu_mode)
 
     def train_score_country(weekly: pd.DataFrame) -> pd.DataFrame:
@@ -100,10 +103,16 @@ def country_function(
             own_rules = (buyer_rules or {}).get(country)
             if saved is None:
                 result = train_country(
-                    weekly, params, rules, num_threads=task_cpus(), device=device.params, buyer_rules=own_rules
+                    weekly,
+                    params,
+                    rules,
+                    num_threads=task_cpus(),
+                    device=device.params,
+                    buyer_rules=own_rules,
+                    response=response,
                 )
             elif country in saved:
-                result = rescore(weekly, *saved[country], params, rules, buyer_rules=own_rules)
+                result = rescore(weekly, *saved[country], params, rules, buyer_rules=own_rules, response=response)
             else:
                 raise LookupError(f"no saved model for {country} in the model run")
         except Exception as err:  # one country's failure must not stop the others
@@ -119,6 +128,7 @@ def pooled_function(
     rules: RunRules,
     gpu_mode: str = "off",
     buyer_rules: BuyerRules | None = None,
+    response: PriceResponse | None = None,
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """The function Spark runs once over every country's rows: the pooled model scores the fallback countries."""
     check_mode(gpu_mode)
@@ -136,6 +146,7 @@ def pooled_function(
                 num_threads=task_cpus(),
                 device=device.params,
                 buyer_rules=buyer_rules or {},
+                response=response,
             )
         except Exception as err:  # every fallback country reports the pooled model's failure
             return pd.concat([_failed(country, err, **task) for country in sorted(fallback)], ignore_index=True)
@@ -151,11 +162,12 @@ def pooled_scores(
     rules: RunRules,
     gpu_mode: str = "off",
     buyer_rules: BuyerRules | None = None,
+    response: PriceResponse | None = None,
 ) -> DataFrame:
     """Scores the fallback countries with one model over every country's history, in a single task: the pooled
     model needs all countries at once (and its memory: every history row, plus the fallback countries' future)."""
     rows = weekly.where(~F.col("is_future") | F.col("country").isin(list(fallback)))
-    train_pooled_countries = pooled_function(fallback, params, rules, gpu_mode, buyer_rules)
+    train_pooled_countries = pooled_function(fallback, params, rules, gpu_mode, buyer_rules, response)
     return (
         rows.withColumn(POOL, F.lit(0))
         .groupBy(POOL)
@@ -223,15 +235,32 @@ def train_score(
     order: Sequence[str] | None = None,
     saved: SavedModels | None = None,
     buyer_rules: BuyerRules | None = None,
+    response: PriceResponse | None = None,
 ) -> DataFrame:
     """Trains and scores every country in parallel, one pandas group per country.
 
     With `order` (every country of `weekly`), each country runs in a task of its own, started in that order:
     countries train in parallel, each holds its own GPU, and the largest can start first.
     """
-    train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules)
+    train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules, response=response)
     if not order:
         return weekly.groupBy("country").applyInPandas(train_country, TRAIN_SCORE_OUTPUT)
     return by_task(weekly, order).applyInPandas(
         lambda frame: train_country(frame.drop(columns=TASK_KEY)), TRAIN_SCORE_OUTPUT
+    )
+
+
+RESPONSE_STATISTICS = T.StructType(
+    [T.StructField(name, T.StringType()) for name in STATISTIC_COLUMNS[:2]]
+    + [T.StructField("events", T.LongType())]
+    + [T.StructField(name, T.DoubleType()) for name in STATISTIC_COLUMNS[3:]]
+)
+
+
+def response_statistics(weekly: DataFrame, window_weeks: int) -> DataFrame:
+    """Each country's markdown events summed by category (model.response.event_statistics), one task per country:
+    the driver adds these few rows into the shared price response."""
+    history = weekly.where(~F.col("is_future"))
+    return history.groupBy("country").applyInPandas(
+        lambda rows: event_statistics(prepare(rows), window_weeks), RESPONSE_STATISTICS
     )

@@ -26,9 +26,17 @@ from markdown_pricing.core.storage import RunLayout, filesystem, read_json, writ
 from markdown_pricing.core.version import git_commit, package_version
 from markdown_pricing.erp.connection import connect_configured, start_dsn
 from markdown_pricing.erp.rules import rules_in_force
+from markdown_pricing.model.response import PriceResponse
 from markdown_pricing.observe.progress import StageProgress
 from markdown_pricing.observe.spark_watch import watch_spark_tasks
-from markdown_pricing.stages.per_country import BuyerRules, SavedModels, largest_first, pooled_scores, train_score
+from markdown_pricing.stages.per_country import (
+    BuyerRules,
+    SavedModels,
+    largest_first,
+    pooled_scores,
+    response_statistics,
+    train_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +106,21 @@ def _scored(
     countries = sorted(order)
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     saved = load_saved_models(layout, ctx.model_run, countries) if ctx.model_run else None
+    settings = cfg.model.price_response
+    with job("train+score: price response from past markdowns"):
+        statistics = response_statistics(weekly, settings.event_window_weeks).toPandas()
+    response = PriceResponse.estimate(statistics, settings.max_elasticity)
+    log.info(
+        "price response from %d markdown events in %d countries: elasticity %.2f overall, by category %s",
+        statistics["events"].sum(),
+        statistics["country"].nunique(),
+        response.overall,
+        ", ".join(f"{category} {value:.2f}" for category, value in sorted(response.by_category.items())),
+    )
     # Written once and read back: every later output comes from this one training pass.
     with job(f"train+score {len(countries)} countries"):
         watcher = watch_spark_tasks(tracker, spark.sparkContext, f"training {len(countries)} countries")
-        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules)
+        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response)
         scored.write.mode("overwrite").parquet(layout.train_score_output)
         watcher.stop()
     output = spark.read.parquet(layout.train_score_output)
@@ -111,7 +130,7 @@ def _scored(
         return output
     with job(f"train+score: pooled model for {', '.join(sorted(fallback))}"):
         tracker.update(f"pooled model for {len(fallback)} fallback countries")
-        pooled = pooled_scores(weekly, fallback, cfg.model, cfg.run, cfg.gpu.mode, buyer_rules)
+        pooled = pooled_scores(weekly, fallback, cfg.model, cfg.run, cfg.gpu.mode, buyer_rules, response)
         pooled.write.mode("overwrite").parquet(layout.pooled_output)
     return output.where(~F.col("country").isin(list(fallback))).unionByName(spark.read.parquet(layout.pooled_output))
 

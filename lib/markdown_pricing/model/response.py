@@ -1,0 +1,179 @@
+"""The price response shared by every country: how units change with the price, learned from past markdowns.
+
+Trees extrapolate flat beyond the discounts they saw, and a country sees few markdown steps per article, so the
+forecast models give the level (units at today's price) and this module the response to a candidate price. At
+every past price change where the price held for `window_weeks` before and after and the article stayed in stock,
+the log of units after over units before is compared with the log of the price ratio; the same weeks of the
+category's articles whose price held (in the same country) correct for the season's own movement (a difference
+in differences). A constant elasticity per category, the slope through the origin, comes from every country's
+events together, shrunk towards the all-category slope by how noisy each category's own is (empirical Bayes).
+The response is monotone (deeper discount, more units) and, being parametric, defined beyond the deepest discount
+any article saw. Plain pandas: the statistics are sums, so each country computes its own and the driver adds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from markdown_pricing.core.config import PriceResponseSettings
+
+# Sufficient statistics of the regression through the origin of y (log lift) on x (log price ratio), per group.
+STATISTICS = ("events", "sxx", "sxy", "syy")
+STATISTIC_COLUMNS = ("country", "category", *STATISTICS)
+
+
+# Prices closer than this are the same price.
+PRICE_STEP = 0.005
+
+
+def _windows(rows: pd.DataFrame, column: str, how: str, k: int) -> tuple[pd.Series, pd.Series]:
+    """`how` of `column` over the k weeks before each row and over the k weeks from it, within its article (NaN
+    where the article has fewer weeks). `rows` are sorted by article and week, one row per week."""
+    rolled = rows[column].rolling(k).agg(how)
+    article = rows.groupby(["country", "article_id"], observed=True, sort=False)
+    before = rolled.shift(1).where(article.cumcount() >= k)
+    after = rolled.shift(-(k - 1)).where(article.cumcount(ascending=False) >= k - 1)
+    return before, after
+
+
+def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
+    """One row per price change with the price steady and the article in stock (not sold out) over `window_weeks`
+    before and after: its country, category, x = log(new price / old price) and y = log(units after / units
+    before) less the same log ratio of the category's steady articles in those weeks (0 when there are none)."""
+    columns = ["country", "category", "article_id", "week_start", "x", "y"]
+    rows = history.sort_values(["country", "article_id", "week_start"], kind="stable").reset_index(drop=True)
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    # Stock known and not sold out: demand was seen whole (no stock figure is the launch week's ramp-up).
+    rows["clear"] = (rows["units"] < rows["stock_on_hand"]).astype("float64")
+    k = window_weeks
+    units_before, units_after = _windows(rows, "units", "sum", k)
+    high_before, high_after = _windows(rows, "price", "max", k)
+    low_before, low_after = _windows(rows, "price", "min", k)
+    clear_before, clear_after = _windows(rows, "clear", "min", k)
+    steady = (
+        (high_before - low_before < PRICE_STEP)
+        & (high_after - low_after < PRICE_STEP)
+        & (clear_before == 1)
+        & (clear_after == 1)
+    )
+    moved = (high_after - high_before).abs() >= PRICE_STEP
+    windowed = rows.assign(
+        units_before=units_before, units_after=units_after, price_before=high_before, price_after=high_after
+    )
+    keys = ["country", "category", "week_start"]
+    # Steady at one price over all 2k weeks: the category's own movement in those weeks.
+    control = windowed[steady & ~moved].groupby(keys, observed=True)[["units_before", "units_after"]].sum()
+    events = windowed[steady & moved & (units_before > 0) & (units_after > 0)]
+    events = events.join(control.add_prefix("control_"), on=keys)
+    ratio = events["control_units_after"] / events["control_units_before"]
+    ratio = ratio.where((ratio > 0) & (ratio < np.inf), 1.0).fillna(1.0)
+    return events.assign(
+        x=np.log(events["price_after"] / events["price_before"]),
+        y=np.log(events["units_after"] / events["units_before"] / ratio),
+    )[columns].reset_index(drop=True)
+
+
+def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
+    """Per country and category, the number of markdown events and their sums (STATISTIC_COLUMNS)."""
+    events = markdown_events(history, window_weeks)
+    sums = events.assign(
+        events=1, sxx=events["x"] * events["x"], sxy=events["x"] * events["y"], syy=events["y"] * events["y"]
+    )
+    grouped = sums.groupby(["country", "category"], observed=True)[list(STATISTICS)].sum().reset_index()
+    return grouped.astype({"country": str, "category": str, "events": "int64"})[list(STATISTIC_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class PriceResponse:
+    """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity, with
+    the category's elasticity (the overall one for a category without events)."""
+
+    overall: float
+    by_category: Mapping[str, float]
+    events: Mapping[str, int]
+
+    @classmethod
+    def estimate(cls, statistics: pd.DataFrame, max_elasticity: float) -> PriceResponse:
+        """Elasticities from every country's event statistics, each category's shrunk towards the overall one."""
+        per_category = statistics.groupby("category")[list(STATISTICS)].sum()
+        total = per_category.sum()
+        if total["events"] < 2 or total["sxx"] <= 0:
+            return cls(0.0, {}, {str(c): int(n) for c, n in per_category["events"].items()})
+        overall = -total["sxy"] / total["sxx"]
+        slope = -per_category["sxy"] / per_category["sxx"].where(per_category["sxx"] > 0)
+        # Residual variance of each category's fit, and so the variance of its slope.
+        residual = per_category["syy"] - 2 * (-slope) * per_category["sxy"] + slope**2 * per_category["sxx"]
+        noise = (residual / (per_category["events"] - 1).clip(lower=1)) / per_category["sxx"].where(
+            per_category["sxx"] > 0
+        )
+        noise = noise.where(per_category["events"] >= 2)
+        # How much the categories truly differ: the spread of their slopes beyond their own noise.
+        known = slope.notna() & noise.notna()
+        slopes, noises = slope[known].to_numpy(dtype="float64"), noise[known].to_numpy(dtype="float64")
+        spread = max(float(np.var(slopes, ddof=1) - np.mean(noises)), 0.0) if len(slopes) >= 2 else 0.0
+        weight = (spread / (spread + noise)).where(known, 0.0).fillna(0.0)
+        shrunk = weight * slope.fillna(overall) + (1 - weight) * overall
+        bounded = shrunk.clip(lower=0.0, upper=max_elasticity)
+        return cls(
+            float(np.clip(overall, 0.0, max_elasticity)),
+            {str(c): float(v) for c, v in bounded.items()},
+            {str(c): int(n) for c, n in per_category["events"].items()},
+        )
+
+    def elasticity(self, categories: pd.Series) -> np.ndarray:
+        return categories.astype(str).map(dict(self.by_category)).fillna(self.overall).to_numpy(dtype="float64")
+
+    def lift(self, rows: pd.DataFrame) -> np.ndarray:
+        """Units at each row's `discount` over units at its `current_discount`."""
+        ratio = (1 - rows["discount"].to_numpy(dtype="float64")) / (1 - rows["current_discount"].to_numpy("float64"))
+        lift: np.ndarray = ratio ** -self.elasticity(rows["category"])
+        return lift
+
+    def applied_to(self, level: Callable[[pd.DataFrame], np.ndarray]) -> Callable[[pd.DataFrame], np.ndarray]:
+        """A forecast at any candidate discount from one of units at today's (`level`)."""
+
+        def predict(rows: pd.DataFrame) -> np.ndarray:
+            units: np.ndarray = np.asarray(level(rows.assign(discount=rows["current_discount"])), dtype="float64")
+            predicted: np.ndarray = units * self.lift(rows)
+            return predicted
+
+        return predict
+
+    def checked_against(self, events: pd.DataFrame) -> dict[str, Any]:
+        """The markdown-event backtest: how far the lift this response predicts for each past event (log of
+        predicted over actual, net of the season) lies from the one seen; mean absolute and mean (bias)."""
+        if events.empty:
+            return {"events": 0, "log_lift_error": None, "log_lift_bias": None}
+        miss = -self.elasticity(events["category"]) * events["x"].to_numpy("float64") - events["y"].to_numpy("float64")
+        return {
+            "events": len(events),
+            "log_lift_error": float(np.abs(miss).mean()),
+            "log_lift_bias": float(miss.mean()),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"overall": self.overall, "by_category": dict(self.by_category), "events": dict(self.events)}
+
+    @classmethod
+    def of(cls, card: Mapping[str, Any]) -> PriceResponse:
+        return cls(float(card["overall"]), dict(card["by_category"]), dict(card["events"]))
+
+
+def learned_from(history: pd.DataFrame, settings: PriceResponseSettings) -> PriceResponse:
+    """The price response of these rows' markdown events alone (the stage learns one from every country's)."""
+    statistics = pd.concat(
+        [event_statistics(rows, settings.event_window_weeks) for _, rows in history.groupby("country", observed=True)]
+        or [pd.DataFrame(columns=STATISTIC_COLUMNS)]
+    )
+    return PriceResponse.estimate(statistics, settings.max_elasticity)
+
+
+def markdown_margin(settings: PriceResponseSettings, level_wape: float | None) -> float:
+    """The share of holding revenue a deeper markdown must gain: more the less the level forecaster is trusted."""
+    return settings.margin_per_wape * (1.0 if level_wape is None else level_wape)

@@ -1,0 +1,235 @@
+"""The shared price response: markdown events, the elasticities they give, and how the models use them."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import SparkSession
+
+from markdown_pricing.core.config import load_config
+from markdown_pricing.model import pricing, rules
+from markdown_pricing.model.country import rescore, train_country
+from markdown_pricing.model.fallback import train_pooled
+from markdown_pricing.model.forecast import prepare
+from markdown_pricing.model.response import (
+    STATISTIC_COLUMNS,
+    PriceResponse,
+    event_statistics,
+    learned_from,
+    markdown_events,
+    markdown_margin,
+)
+from markdown_pricing.stages.per_country import response_statistics
+from test_model import PARAMS, RULES, elastic_world
+
+MONDAY = dt.date(2026, 6, 1)
+SETTINGS = load_config("local").model.price_response
+
+
+def article(country: str, article_id: str, category: str, prices: list[float], units: list[float], stock: float = 1000):
+    return pd.DataFrame(
+        {
+            "country": country,
+            "article_id": article_id,
+            "category": category,
+            "week_start": [pd.Timestamp(MONDAY + dt.timedelta(weeks=w)) for w in range(len(prices))],
+            "price": prices,
+            "units": units,
+            "stock_on_hand": stock,
+        }
+    )
+
+
+def test_an_event_is_a_steady_price_change_its_lift_net_of_the_categorys_steady_articles() -> None:
+    # The marked-down article sells 20 a week at 100, then 20 x 0.8^-2 at 80; the category's steady article falls
+    # by a quarter over the same weeks, so the season alone would have cost the marked-down one a quarter too.
+    marked = article("DEU", "A", "tops", [100.0] * 3 + [80.0] * 3, [20.0] * 3 + [20 * 0.8**-2 * 0.75] * 3)
+    steady = article("DEU", "B", "tops", [50.0] * 6, [40.0] * 3 + [30.0] * 3)
+    # Another category moves in the other direction and stays out of the correction.
+    other = article("DEU", "C", "jeans", [60.0] * 6, [10.0] * 3 + [30.0] * 3)
+    [event] = markdown_events(pd.concat([marked, steady, other]), window_weeks=3).itertuples()
+    assert (event.article_id, event.category, event.week_start) == (
+        "A",
+        "tops",
+        pd.Timestamp(MONDAY + dt.timedelta(3 * 7)),
+    )
+    assert event.x == pytest.approx(np.log(0.8))
+    assert event.y == pytest.approx(-2 * np.log(0.8))
+
+
+@pytest.mark.parametrize(
+    ("prices", "units", "stock"),
+    [
+        ([100.0, 100.0, 90.0, 80.0, 80.0, 80.0], [10.0] * 6, 1000),  # not steady after the change
+        ([100.0] * 3 + [80.0] * 3, [10.0] * 3 + [20.0] * 3, 20),  # sold out after it: demand not seen whole
+        ([100.0] * 2 + [80.0] * 3, [10.0] * 5, 1000),  # too few weeks before it
+    ],
+)
+def test_no_event_where_the_price_wavers_the_article_sells_out_or_the_weeks_are_too_few(
+    prices: list[float], units: list[float], stock: float
+) -> None:
+    assert markdown_events(article("DEU", "A", "tops", prices, units, stock), window_weeks=3).empty
+
+
+def synthetic_statistics(elasticities: dict[str, float], events: int, noise: float, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for category, elasticity in elasticities.items():
+        x = np.log(1 - rng.choice([0.1, 0.2, 0.3], events))
+        y = -elasticity * x + rng.normal(0, noise, events)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "country": "DEU",
+                    "category": category,
+                    "events": [events],
+                    "sxx": [(x * x).sum()],
+                    "sxy": [(x * y).sum()],
+                    "syy": [(y * y).sum()],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_categories_that_differ_keep_their_own_elasticity() -> None:
+    truth = {"tops": 2.5, "outerwear": 1.4, "accessories": 2.8}
+    response = PriceResponse.estimate(synthetic_statistics(truth, events=300, noise=0.05), max_elasticity=6.0)
+    assert response.by_category == pytest.approx(truth, abs=0.1)
+    assert response.events == {"accessories": 300, "outerwear": 300, "tops": 300}
+
+
+def test_a_category_with_few_noisy_events_leans_on_the_others() -> None:
+    alike = {"tops": 2.0, "jeans": 2.1, "dresses": 1.9, "knitwear": 2.0, "outerwear": 2.05}
+    many = synthetic_statistics(alike, events=400, noise=0.05)
+    few = synthetic_statistics({"shoes": 5.0}, events=3, noise=1.5, seed=1)
+    response = PriceResponse.estimate(pd.concat([many, few]), max_elasticity=6.0)
+    own = -few["sxy"].sum() / few["sxx"].sum()
+    assert abs(response.by_category["shoes"] - response.overall) < abs(own - response.overall) / 2
+    assert response.by_category["tops"] == pytest.approx(2.0, abs=0.1)
+
+
+def test_no_events_give_no_price_response_and_estimates_stay_within_bounds() -> None:
+    assert PriceResponse.estimate(pd.DataFrame(columns=STATISTIC_COLUMNS), 6.0) == PriceResponse(0.0, {}, {})
+    wild = PriceResponse.estimate(synthetic_statistics({"tops": 9.0, "jeans": -1.0}, events=300, noise=0.01), 6.0)
+    assert wild.by_category == pytest.approx({"tops": 6.0, "jeans": 0.0})
+
+
+def test_the_response_lifts_todays_level_monotonically_beyond_any_discount_seen() -> None:
+    response = PriceResponse(overall=2.0, by_category={"tops": 2.5}, events={"tops": 10})
+    rows = pd.DataFrame(
+        {
+            "category": ["tops"] * 8 + ["jeans"],
+            "current_discount": [0.1] * 9,
+            "discount": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.3],
+        }
+    )
+    level_seen = []
+    predicted = response.applied_to(
+        lambda frame: level_seen.append(frame["discount"].tolist()) or np.full(len(frame), 4.0)
+    )(rows)
+    assert level_seen == [[0.1] * 9]  # the level is always asked at today's discount
+    assert predicted[0] == pytest.approx(4.0)
+    assert (np.diff(predicted[:8]) > 0).all()
+    assert predicted[7] == pytest.approx(4.0 * (0.2 / 0.9) ** -2.5)
+    assert predicted[8] == pytest.approx(4.0 * (0.7 / 0.9) ** -2.0)  # a category without events: the overall
+
+
+def test_a_country_learns_the_elasticity_its_markdowns_show() -> None:
+    # elastic_world's demand goes with (1 - discount) ^ -2 and decays with age.
+    response = learned_from(elastic_world(weeks=40), SETTINGS)
+    assert response.overall == pytest.approx(2.0, abs=0.35)
+
+
+def test_a_tiny_country_on_the_baseline_gets_markdowns_from_the_shared_response() -> None:
+    # Overstocked articles of a shop too new for any model: the shared response says a markdown sells them.
+    tiny = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
+    tiny.loc[tiny["is_future"], "stock_on_hand"] = 5_000
+    both = pd.concat([elastic_world(seed=1), tiny], ignore_index=True)
+    shared = PriceResponse(overall=2.5, by_category={}, events={})
+    steady = dataclasses.replace(PARAMS, num_boost_round=5)
+    [fallback] = train_pooled(both, {"LUX": "too little history"}, steady, RULES, num_threads=1, response=shared)
+    assert fallback.card["price_response"] == shared.as_dict()
+    assert (fallback.predictions["recommended_discount"] > fallback.predictions["current_discount"]).any()
+
+
+def test_a_rescore_uses_the_response_its_model_recommended_with() -> None:
+    world = elastic_world(seed=2)
+    trained = train_country(world, PARAMS, RULES, num_threads=1, response=PriceResponse(2.0, {}, {}))
+    other = PriceResponse(0.0, {}, {})
+    rescored = rescore(world, trained.model_text, trained.card, PARAMS, RULES, response=other)
+    pd.testing.assert_frame_equal(rescored.predictions, trained.predictions)
+    older_card = {key: value for key, value in trained.card.items() if key != "price_response"}
+    flat = rescore(world, trained.model_text, older_card, PARAMS, RULES, response=other)
+    assert (flat.predictions["recommended_discount"] == flat.predictions["current_discount"]).all()
+
+
+def test_spark_sums_each_countrys_events_as_pandas_does(spark: SparkSession) -> None:
+    history = pd.concat(
+        [elastic_world(seed=1, weeks=20), elastic_world(seed=2, weeks=20).assign(country="AUT")], ignore_index=True
+    )
+    weekly = spark.createDataFrame(history.assign(week_start=pd.to_datetime(history["week_start"])))
+    expected = pd.concat(
+        [event_statistics(prepare(rows[~rows["is_future"]]), 3) for _, rows in history.groupby("country")]
+    )
+    assert_df_equality(
+        response_statistics(weekly, 3),
+        spark.createDataFrame(expected, schema=response_statistics(weekly, 3).schema),
+        ignore_row_order=True,
+        allow_nan_equality=True,
+    )
+
+
+def test_the_markdown_event_backtest_measures_the_predicted_lift_against_the_seen_one() -> None:
+    marked = article("DEU", "A", "tops", [100.0] * 3 + [80.0] * 3, [20.0] * 3 + [20 * 0.8**-2] * 3)
+    events = markdown_events(marked, window_weeks=3)
+    assert PriceResponse(2.0, {}, {}).checked_against(events) == pytest.approx(
+        {"events": 1, "log_lift_error": 0.0, "log_lift_bias": 0.0}
+    )
+    # Elasticity 1 predicts a lift of 0.8^-1 where 0.8^-2 was seen: short by log 1.25 on the log scale.
+    assert PriceResponse(1.0, {}, {}).checked_against(events) == pytest.approx(
+        {"events": 1, "log_lift_error": np.log(1.25), "log_lift_bias": -np.log(1.25)}
+    )
+    assert PriceResponse(1.0, {}, {}).checked_against(events.iloc[:0])["events"] == 0
+    card = train_country(elastic_world(seed=2), PARAMS, RULES, num_threads=1).card
+    assert card["markdown_event_backtest"]["events"] > 10
+    assert abs(card["markdown_event_backtest"]["log_lift_bias"]) < 0.1
+
+
+def test_a_markdown_must_beat_holding_by_the_margin_and_the_margin_grows_with_the_level_error() -> None:
+    # Full price sells 10 of 20 (1000); 10 % off sells 12 (1080): 8 % more than holding.
+    weeks = pd.DataFrame(
+        {
+            "article_id": ["A", "A"],
+            "candidate": [0.0, 0.1],
+            "week_start": [pd.Timestamp(MONDAY)] * 2,
+            "predicted_units": [10.0, 12.0],
+            "stock_on_hand": [20, 20],
+            "original_price": [100.0, 100.0],
+            "price": [100.0, 100.0],
+            "current_discount": [0.0, 0.0],
+        }
+    )
+    season = pricing.simulate_season(weeks, salvage_value_share=0.0)
+    decided = {
+        margin: rules.decide(
+            season,
+            country="DEU",
+            ladder=(0.0, 0.1),
+            salvage_value_share=0.0,
+            weeks_left=pd.Series({"A": 1}),
+            markdown_margin=margin,
+        ).predictions.iloc[0]
+        for margin in (0.0, 0.05, 0.1)
+    }
+    assert [decided[m]["recommended_discount"] for m in (0.0, 0.05, 0.1)] == [0.1, 0.1, 0.0]
+    assert decided[0.1]["hold_expected_revenue"] == decided[0.1]["expected_revenue"] == 1000.0
+    assert decided[0.0]["gain_over_hold"] == pytest.approx(80.0)
+    assert decided[0.1]["rule_applied"] is None  # not a buyer's or run's rule: the model's own doubt
+    assert markdown_margin(SETTINGS, 0.3) == pytest.approx(SETTINGS.margin_per_wape * 0.3)
+    assert markdown_margin(SETTINGS, None) == SETTINGS.margin_per_wape
