@@ -135,8 +135,7 @@ def train_country(
     country = weekly["country"].iloc[0]
     history = weekly[~weekly["is_future"]]
     usable = training_rows(history, params)
-    response = response or learned_from(history, params.price_response)
-    card = {"country": country, **data_card(weekly, usable), **response_card(response, history, params)}
+    card = {"country": country, **data_card(weekly, usable)}
     weeks = card["training_window"]["weeks"]
     if weeks < params.min_history_weeks:
         reason = f"{weeks} weeks of in-stock history, fewer than min_history_weeks = {params.min_history_weeks}"
@@ -170,8 +169,10 @@ def train_country(
     booster = fit(usable, encoding, settings, rounds)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
+    # Only a country that trains needs a response: a fallback country gets the pooled pass's.
+    response = response or learned_from(history, params.price_response)
     margin = markdown_margin(params.price_response, summary["model_wape"])
-    card["markdown_margin"] = margin
+    card |= {**response_card(response, history, params), "markdown_margin": margin}
     scored = score(
         weekly,
         response.applied_to(booster_predictor(booster, encoding)),

@@ -31,16 +31,6 @@ STATISTIC_COLUMNS = ("country", "category", *STATISTICS)
 PRICE_STEP = 0.005
 
 
-def _windows(rows: pd.DataFrame, column: str, how: str, k: int) -> tuple[pd.Series, pd.Series]:
-    """`how` of `column` over the k weeks before each row and over the k weeks from it, within its article (NaN
-    where the article has fewer weeks). `rows` are sorted by article and week, one row per week."""
-    rolled = rows[column].rolling(k).agg(how)
-    article = rows.groupby(["country", "article_id"], observed=True, sort=False)
-    before = rolled.shift(1).where(article.cumcount() >= k)
-    after = rolled.shift(-(k - 1)).where(article.cumcount(ascending=False) >= k - 1)
-    return before, after
-
-
 def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
     """One row per price change with the price steady and the article in stock (not sold out) over `window_weeks`
     before and after: its country, category, x = log(new price / old price) and y = log(units after / units
@@ -52,10 +42,19 @@ def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
     # Stock known and not sold out: demand was seen whole (no stock figure is the launch week's ramp-up).
     rows["clear"] = (rows["units"] < rows["stock_on_hand"]).astype("float64")
     k = window_weeks
-    units_before, units_after = _windows(rows, "units", "sum", k)
-    high_before, high_after = _windows(rows, "price", "max", k)
-    low_before, low_after = _windows(rows, "price", "min", k)
-    clear_before, clear_after = _windows(rows, "clear", "min", k)
+    # Rows are sorted by article and week, one row per week: a window is whole where the article has k weeks
+    # before the row (t-k .. t-1), or k-1 weeks after it (t .. t+k-1).
+    article = rows.groupby(["country", "article_id"], observed=True, sort=False)
+    whole_before, whole_after = article.cumcount() >= k, article.cumcount(ascending=False) >= k - 1
+
+    def windows(column: str, how: str) -> tuple[pd.Series, pd.Series]:
+        rolled = rows[column].rolling(k).agg(how)
+        return rolled.shift(1).where(whole_before), rolled.shift(-(k - 1)).where(whole_after)
+
+    units_before, units_after = windows("units", "sum")
+    high_before, high_after = windows("price", "max")
+    low_before, low_after = windows("price", "min")
+    clear_before, clear_after = windows("clear", "min")
     steady = (
         (high_before - low_before < PRICE_STEP)
         & (high_after - low_after < PRICE_STEP)
@@ -106,12 +105,11 @@ class PriceResponse:
         if total["events"] < 2 or total["sxx"] <= 0:
             return cls(0.0, {}, {str(c): int(n) for c, n in per_category["events"].items()})
         overall = -total["sxy"] / total["sxx"]
-        slope = -per_category["sxy"] / per_category["sxx"].where(per_category["sxx"] > 0)
+        sxx = per_category["sxx"].where(per_category["sxx"] > 0)
+        slope = -per_category["sxy"] / sxx
         # Residual variance of each category's fit, and so the variance of its slope.
-        residual = per_category["syy"] - 2 * (-slope) * per_category["sxy"] + slope**2 * per_category["sxx"]
-        noise = (residual / (per_category["events"] - 1).clip(lower=1)) / per_category["sxx"].where(
-            per_category["sxx"] > 0
-        )
+        residual = per_category["syy"] + 2 * slope * per_category["sxy"] + slope**2 * sxx
+        noise = residual / (per_category["events"] - 1).clip(lower=1) / sxx
         noise = noise.where(per_category["events"] >= 2)
         # How much the categories truly differ: the spread of their slopes beyond their own noise.
         known = slope.notna() & noise.notna()
