@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import socket
 import tempfile
 import time
 import traceback
@@ -24,6 +23,7 @@ from psycopg2 import sql
 from markdown_pricing.core.config import ConfigError
 from markdown_pricing.erp import connection, embedded
 from markdown_pricing.erp.connection import ErpUnavailableError, connect, describe_dsn
+from servers import free_port
 
 # Upper-case letters that no libpq message, socket path (temp names are lower-case), role or description contains,
 # around each special character: any three characters of a password that show up anywhere are a leak, not chance.
@@ -217,7 +217,7 @@ def test_unencoded_uri_password_that_libpq_would_split_is_refused_without_showin
     if host == "socket":
         dsn = scram_server.uri(role, password)
     else:
-        dsn = f"postgresql://{role}:{password}@127.0.0.1:{closed_port()}/postgres"
+        dsn = f"postgresql://{role}:{password}@127.0.0.1:{closed_port(password)}/postgres"
 
     error = _refused(dsn, password, caplog)
 
@@ -246,11 +246,14 @@ def test_key_value_dsn_with_unquoted_spaced_password_is_refused_without_showing_
     _refused(scram_server.key_value(scram_server.roles[password], password), password, caplog)
 
 
-def closed_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def closed_port(password: str) -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (it was free a moment ago) whose number holds no piece of the
+    password: the errors name the port, and "%41" percent-encoded is "%2541", which port 54197 would show by
+    chance."""
+    while True:
+        port = free_port()
+        if not any(piece in str(port) for piece in pieces(password)):
+            return port
 
 
 @pytest.mark.parametrize("password", PASSWORDS)
@@ -258,7 +261,7 @@ def closed_port() -> int:
 def test_unreachable_erp_error_and_retry_warnings_hide_password(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, password: str, form: str
 ) -> None:
-    port = closed_port()
+    port = closed_port(password)
     if form == "uri":
         dsn = f"postgresql://alice:{quote(password, safe='')}@127.0.0.1:{port}/erp"
     elif form == "key_value":
