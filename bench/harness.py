@@ -38,11 +38,20 @@ from markdown_pricing.core.session import build_session
 from markdown_pricing.core.storage import read_json
 from markdown_pricing.erp import writer
 from markdown_pricing.model.country import train_country
-from markdown_pricing.model.fallback import train_pooled
+from markdown_pricing.model.fallback import PooledModel, fit_pooled, score_fallback
+from markdown_pricing.model.forecast import prepare
+from markdown_pricing.model.response import PriceResponse, learned_from
 from markdown_pricing.stages import etl_job as etl_stage
 from markdown_pricing.stages import publish_job as publish_stage
 from markdown_pricing.stages import train_score_job as train_stage
-from markdown_pricing.stages.per_country import country_function, largest_first
+from markdown_pricing.stages.per_country import (
+    POOL,
+    POOLED_RECORD,
+    SAMPLE_BUCKETS,
+    country_function,
+    largest_first,
+    with_pool,
+)
 from markdown_pricing.synthetic.sample import generate_sample
 
 
@@ -119,10 +128,16 @@ def run_train(
     with measured() as sample:
         train_stage.run(spark, ctx, ordered)
     results = read_json(ctx.layout.country_results)
-    # score_seconds arrives with a later model version; until then the function's time is its fit time.
-    function_s = {c: r["fit_seconds"] + (r.get("score_seconds") or 0.0) for c, r in results.items()}
-    tasks = stage_tasks(_event_log(spark, Path(ctx.work)), f"train+score {len(rows)} countries", len(rows))
-    planned = largest_first(rows) if order == "largest_first" else sorted(rows)
+    # A fallback country's fit is the pooled model's, which trained once, in the pool task.
+    function_s = {
+        c: (0.0 if r["model_kind"] in ("pooled", "baseline") else r["fit_seconds"]) + (r.get("score_seconds") or 0.0)
+        for c, r in results.items()
+    }
+    [pool] = spark.read.parquet(ctx.layout.train_score_output).where(F.col("record") == POOLED_RECORD).collect()
+    function_s[POOL] = pool["fit_seconds"] or 0.0
+    _, sizes = with_pool(rows, cfg.model.pooled_max_rows)
+    tasks = stage_tasks(_event_log(spark, Path(ctx.work)), f"train+score {len(rows)} countries", len(sizes))
+    planned = largest_first(sizes) if order == "largest_first" else sorted(sizes)
     launched = [planned[task["index"]] for task in sorted(tasks, key=lambda task: (task["launch"], task["index"]))]
     task_s = [task["finish"] - task["launch"] for task in tasks]
     return {
@@ -132,7 +147,7 @@ def run_train(
         "score_seconds_recorded": all("score_seconds" in r for r in results.values()),
         "country_seconds": function_s,
         "launch_order": launched,
-        "started_largest_first": launched == largest_first(rows),
+        "started_largest_first": launched == largest_first(sizes),
         "tasks": [{"country": planned[t["index"]], **t} for t in tasks],
     }
 
@@ -151,31 +166,64 @@ def _peer_country(
     return time.perf_counter() - started, record["fallback_reason"] if record["status"] == "needs_fallback" else None
 
 
-def _peer_pooled(weekly: str, out: Path, fallback: dict[str, str], params: ModelParams, rules: RunRules) -> None:
-    """The peer's fallback pass: like the stage's, one pooled model over every country's rows in one process."""
-    frame = pd.read_parquet(weekly)
-    frame = frame[~frame["is_future"] | frame["country"].isin(list(fallback))].assign(
-        country=lambda rows: rows["country"].astype(str)
-    )
-    for result in train_pooled(frame, fallback, params, rules, num_threads=1):
-        result.predictions.loc[:, list(PREDICTION_COLUMNS)].to_parquet(out / f"{result.country}.parquet")
+def _peer_pool(
+    weekly: str, shares: dict[str, float], countries: list[str], params: ModelParams
+) -> tuple[float, PooledModel, PriceResponse]:
+    """The peer's pool job, beside its countries' as the stage's: the pooled model on the same share of each
+    country's articles (sampled by a pandas hash), and the price response of that sample."""
+    started = time.perf_counter()
+    frame = pd.read_parquet(weekly, filters=[("is_future", "==", False)])
+    frame["country"] = frame["country"].astype(str)
+    bucket = pd.util.hash_pandas_object(frame[["country", "article_id"]], index=False).to_numpy() % SAMPLE_BUCKETS
+    sample = frame[bucket < frame["country"].map(shares).to_numpy() * SAMPLE_BUCKETS]
+    pooled = fit_pooled(sample, params, num_threads=1, countries=countries)
+    response = learned_from(prepare(sample), params.price_response)
+    return time.perf_counter() - started, pooled, response
 
 
-def joblib_peer(ctx: RunContext, cfg: Config, order: list[str], processes: int, rows: int) -> dict[str, Any]:
-    """The train+score stage as a user would write it without Spark: a joblib loop over the countries."""
+def _peer_fallback(
+    weekly: str,
+    out: Path,
+    country: str,
+    reason: str,
+    pool: tuple[float, PooledModel, PriceResponse],
+    params: ModelParams,
+    rules: RunRules,
+) -> None:
+    """One fallback country of the peer, scored by its pooled model."""
+    frame = pd.read_parquet(weekly, filters=[("country", "==", country)])
+    frame["country"] = frame["country"].astype(str)
+    _, pooled, response = pool
+    result = score_fallback(frame, reason, pooled, params, rules, response)
+    result.predictions.loc[:, list(PREDICTION_COLUMNS)].to_parquet(out / f"{country}.parquet")
+
+
+def joblib_peer(ctx: RunContext, cfg: Config, rows: dict[str, int], processes: int) -> dict[str, Any]:
+    """The train+score stage as a user would write it without Spark: a joblib loop over the countries and the
+    pooled model (the largest first), then over the fallback countries."""
     out = Path(ctx.layout.run_dir) / "joblib_predictions"
     out.mkdir(parents=True, exist_ok=True)
+    weekly, params, rules = ctx.layout.weekly, cfg.model, cfg.run
+    shares, tasks = with_pool(rows, params.pooled_max_rows)
+    order = largest_first(tasks)
     with measured() as sample:
         outcomes = Parallel(n_jobs=processes, batch_size=1)(
-            delayed(_peer_country)(ctx.layout.weekly, out, country, cfg.model, cfg.run) for country in order
+            delayed(_peer_pool)(weekly, shares, sorted(rows), params)
+            if country == POOL
+            else delayed(_peer_country)(weekly, out, country, params, rules)
+            for country in order
         )
-        seconds, reasons = zip(*outcomes, strict=True)
-        fallback = {country: reason for country, reason in zip(order, reasons, strict=True) if reason}
-        if fallback:
-            _peer_pooled(ctx.layout.weekly, out, fallback, cfg.model, cfg.run)
+        done = dict(zip(order, outcomes, strict=True))
+        pool = done.pop(POOL)
+        fallback = {country: reason for country, (_, reason) in done.items() if reason}
+        Parallel(n_jobs=processes, batch_size=1)(
+            delayed(_peer_fallback)(weekly, out, country, reason, pool, params, rules)
+            for country, reason in fallback.items()
+        )
     # joblib keeps its workers for the next call: they would count as Python workers in the stages measured later.
     get_reusable_executor().shutdown(wait=True)
-    return {**stage_figures(sample, rows), "country_seconds": dict(zip(order, seconds, strict=True))}
+    seconds = {country: seconds for country, (seconds, _) in done.items()}
+    return {**stage_figures(sample, sum(rows.values())), "country_seconds": seconds, "pool_seconds": pool[0]}
 
 
 def _peak_virtual_mb() -> float:
@@ -298,7 +346,7 @@ def bench_size(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> dict[s
         # left over helps the alphabetical order it is compared with.
         warm_python_workers(spark, slots)
         train = {order: run_train(spark, ctx, cfg, order, rows, slots) for order in ("largest_first", "name")}
-        peer = joblib_peer(ctx, cfg, largest_first(rows), slots, weekly_rows)
+        peer = joblib_peer(ctx, cfg, rows, slots)
         probe = probes(ctx, cfg, largest_first(rows), slots)
         published = publish(spark, ctx, cfg, server)
     finally:

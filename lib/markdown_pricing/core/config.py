@@ -99,6 +99,7 @@ class ModelParams:
     backtest_horizon_weeks: int
     recent_average_weeks: int
     min_history_weeks: int
+    pooled_max_rows: int
     tuning: TuningSettings
     price_response: PriceResponseSettings
 
@@ -109,6 +110,8 @@ class ModelParams:
                 f"model.min_history_weeks ({self.min_history_weeks}) must exceed the backtested weeks "
                 f"(backtest_origins x backtest_horizon_weeks = {backtested}): the first origin needs weeks to train on"
             )
+        if self.pooled_max_rows < 1:
+            raise ConfigError(f"model.pooled_max_rows must be at least 1, not {self.pooled_max_rows}")
 
 
 @dataclass(frozen=True)

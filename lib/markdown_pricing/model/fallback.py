@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
+import lightgbm as lgb
+import numpy as np
 import pandas as pd
 
 from markdown_pricing.core.config import ModelParams, RunRules
@@ -34,27 +38,55 @@ from markdown_pricing.model.pricing import score
 from markdown_pricing.model.response import PriceResponse, learned_from, markdown_margin
 
 
-def train_pooled(
-    weekly: pd.DataFrame,
-    fallback: Mapping[str, str],
+@dataclass(frozen=True)
+class PooledModel:
+    """The pooled model, trained once on every country's history (or a bounded sample of it), with its backtest
+    by country: all that scoring a fallback country needs, small enough to ship to each task that scores one."""
+
+    model_text: str
+    card: dict[str, Any]
+    training_rows: int
+    fit_seconds: float
+    # Country -> backtest.summarize of its rows, with "by_origin".
+    backtests: dict[str, dict[str, Any]]
+
+    def as_json(self) -> str:
+        """Everything but the model text, which travels beside it."""
+        return json.dumps(
+            {
+                "card": self.card,
+                "training_rows": self.training_rows,
+                "fit_seconds": self.fit_seconds,
+                "backtests": self.backtests,
+            },
+            default=str,
+        )
+
+    @classmethod
+    def of(cls, model_text: str, document: str) -> PooledModel:
+        return cls(model_text=model_text, **json.loads(document))
+
+    def level(self) -> Callable[[pd.DataFrame], np.ndarray]:
+        encoding = Encoding(tuple(self.card["features"]), self.card["categories"])
+        return booster_predictor(lgb.Booster(model_str=self.model_text), encoding)
+
+
+def fit_pooled(
+    history: pd.DataFrame,
     params: ModelParams,
-    rules: RunRules,
     num_threads: int,
     device: Mapping[str, Any] | None = None,
-    buyer_rules: Mapping[str, pd.DataFrame] | None = None,
-    response: PriceResponse | None = None,
-) -> list[CountryResult]:
-    """Scores the `fallback` countries (country -> why) with one model trained on every country's history, the
-    country as a feature, within each country's `buyer_rules` (country -> its rules in force); a fallback country
-    where the pooled model loses to its baseline in the backtest is scored by the baseline's level. Either level
-    takes `response` (else the one these rows' markdowns give) for the change at each candidate price, so a
-    fallback country gets markdowns where they pay too."""
-    weekly = prepare(weekly)
-    history = weekly[~weekly["is_future"]]
+    countries: Collection[str] = (),
+) -> PooledModel:
+    """One model over the history rows of every country, the country as a feature, backtested like a country's
+    model. `countries` are the ones it may score, whether or not they have history here."""
+    history = prepare(history)
     usable = training_rows(history, params)
-    response = response or learned_from(history, params.price_response)
     started = time.perf_counter()
-    encoding = Encoding.of(weekly, POOLED_FEATURES)
+    encoding = Encoding.of(history, POOLED_FEATURES)
+    encoding = replace(
+        encoding, categories={**encoding.categories, "country": sorted({*encoding.categories["country"], *countries})}
+    )
     settings = lightgbm_params(params, num_threads, device, features=POOLED_FEATURES)
     rounds = params.num_boost_round
     errors = backtest.backtest(
@@ -66,41 +98,103 @@ def train_pooled(
         recent_weeks=params.recent_average_weeks,
     )
     booster = fit(usable, encoding, settings, rounds)
-    fit_seconds = time.perf_counter() - started
-    model = model_card(encoding, settings, rounds, params, None)
-    results = []
-    for country, reason in sorted(fallback.items()):
-        started = time.perf_counter()
-        rows, own = weekly[weekly["country"] == country], usable[usable["country"] == country]
-        measured = errors[errors["country"] == country]
-        own_rules = (buyer_rules or {}).get(country)
-        summary = backtest.summarize(measured) if len(measured) else {}
-        card = {
-            "country": country,
-            **data_card(rows, own),
-            "model": model,
-            "pooled_training_rows": len(usable),
-            **response_card(response, history[history["country"] == country], params),
-        }
-        if summary and summary["model_wape"] >= summary["baseline_wape"]:
-            kind, model_text = "baseline", None
-            reason += (
-                f"; the pooled model loses too: WAPE {summary['model_wape']:.3f} >= "
-                f"{summary['baseline']} baseline {summary['baseline_wape']:.3f}, so the baseline's level scores it"
-            )
-            level = baseline_predictor(own, params.recent_average_weeks)
-        else:
-            kind, model_text = "pooled", booster.model_to_string()
-            level = booster_predictor(booster, encoding)
-        card["markdown_margin"] = markdown_margin(params.price_response, level_wape(kind, summary))
-        scored = score(
-            rows, response.applied_to(level), rules, buyer_rules=own_rules, markdown_margin=card["markdown_margin"]
+    backtests = {
+        str(country): {**backtest.summarize(measured), "by_origin": backtest.by_origin(measured)}
+        for country, measured in errors.groupby("country")
+    }
+    return PooledModel(
+        model_text=booster.model_to_string(),
+        card=model_card(encoding, settings, rounds, params, None),
+        training_rows=len(usable),
+        fit_seconds=time.perf_counter() - started,
+        backtests=backtests,
+    )
+
+
+def score_fallback(
+    weekly: pd.DataFrame,
+    reason: str,
+    pooled: PooledModel | None,
+    params: ModelParams,
+    rules: RunRules,
+    response: PriceResponse,
+    buyer_rules: pd.DataFrame | None = None,
+    pooled_failure: str | None = None,
+) -> CountryResult:
+    """Scores one country that cannot use its own model (`reason` says why) within its `buyer_rules`: by the
+    pooled model's level, or by its baseline's where the pooled model loses to it in the backtest (or failed:
+    `pooled_failure`). Either level takes the shared `response` for the change at each candidate price, so a
+    fallback country gets markdowns where they pay too."""
+    started = time.perf_counter()
+    weekly = prepare(weekly)
+    country = str(weekly["country"].iloc[0])
+    history = weekly[~weekly["is_future"]]
+    own = training_rows(history, params)
+    measured = pooled.backtests.get(country, {}) if pooled else {}
+    summary = {key: value for key, value in measured.items() if key != "by_origin"}
+    card = {
+        "country": country,
+        **data_card(weekly, own),
+        "model": pooled.card if pooled else None,
+        "pooled_training_rows": pooled.training_rows if pooled else 0,
+        **response_card(response, history, params),
+    }
+    if pooled is None:
+        kind, model_text = "baseline", None
+        reason += f"; the pooled model failed ({pooled_failure}), so the baseline's level scores it"
+    elif summary and summary["model_wape"] >= summary["baseline_wape"]:
+        kind, model_text = "baseline", None
+        reason += (
+            f"; the pooled model loses too: WAPE {summary['model_wape']:.3f} >= "
+            f"{summary['baseline']} baseline {summary['baseline_wape']:.3f}, so the baseline's level scores it"
         )
-        if len(measured):
-            card["backtest"] = {**summary, "by_origin": backtest.by_origin(measured)}
-        metrics = result_metrics(
-            "trained", kind, reason, own, summary, fit_seconds=fit_seconds, score_seconds=time.perf_counter() - started
+    else:
+        kind, model_text = "pooled", pooled.model_text
+    level = pooled.level() if kind == "pooled" and pooled else baseline_predictor(own, params.recent_average_weeks)
+    card["markdown_margin"] = markdown_margin(params.price_response, level_wape(kind, summary))
+    scored = score(
+        weekly, response.applied_to(level), rules, buyer_rules=buyer_rules, markdown_margin=card["markdown_margin"]
+    )
+    if measured:
+        card["backtest"] = measured
+    metrics = result_metrics(
+        "trained",
+        kind,
+        reason,
+        own,
+        summary,
+        fit_seconds=pooled.fit_seconds if pooled else 0.0,
+        score_seconds=time.perf_counter() - started,
+    )
+    card |= {"model_kind": kind, "fallback_reason": reason}
+    return scored_result(country, scored, metrics, model_text, card)
+
+
+def train_pooled(
+    weekly: pd.DataFrame,
+    fallback: Mapping[str, str],
+    params: ModelParams,
+    rules: RunRules,
+    num_threads: int,
+    device: Mapping[str, Any] | None = None,
+    buyer_rules: Mapping[str, pd.DataFrame] | None = None,
+    response: PriceResponse | None = None,
+) -> list[CountryResult]:
+    """Both steps in one process: the pooled model on every country's history scores each `fallback` country
+    (country -> why) with `response` (else the one these rows' markdowns give)."""
+    weekly = prepare(weekly)
+    history = weekly[~weekly["is_future"]]
+    response = response or learned_from(history, params.price_response)
+    pooled = fit_pooled(history, params, num_threads, device, countries=fallback)
+    return [
+        score_fallback(
+            weekly[weekly["country"] == country],
+            reason,
+            pooled,
+            params,
+            rules,
+            response,
+            buyer_rules=(buyer_rules or {}).get(country),
         )
-        card |= {"model_kind": kind, "fallback_reason": reason}
-        results.append(scored_result(country, scored, metrics, model_text, card))
-    return results
+        for country, reason in sorted(fallback.items())
+    ]

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from pyspark import TaskContext
 from pyspark.resource import ResourceInformation
-from pyspark.sql import DataFrame, GroupedData
+from pyspark.sql import DataFrame, GroupedData, Row
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -18,14 +18,16 @@ from markdown_pricing.core.config import ModelParams, RunRules
 from markdown_pricing.core.schemas import TRAIN_SCORE_OUTPUT
 from markdown_pricing.core.session import task_cpus
 from markdown_pricing.model.country import CountryResult, rescore, train_country
-from markdown_pricing.model.fallback import train_pooled
+from markdown_pricing.model.fallback import PooledModel, fit_pooled, score_fallback
 from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.gpu import check_mode, device_settings
 from markdown_pricing.model.response import STATISTIC_COLUMNS, PriceResponse, event_statistics
 
 OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
-# The one group of the pooled model's applyInPandas.
-POOL = "_pool"
+# The pooled model's task among the countries', and the record it returns.
+POOL, POOLED_RECORD = "_pool", "pooled_model"
+# Which task a row goes to: its country's, or the pool's.
+GROUP = "_group"
 # A missing string column would default to all-NaN float64, which Arrow cannot turn into strings cleanly.
 STRING_COLUMNS = {f.name: object for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.StringType)}
 BOOLEAN_COLUMNS = {f.name: "boolean" for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.BooleanType)}
@@ -122,56 +124,115 @@ def country_function(
     return train_score_country
 
 
+def _pooled_record(pooled: PooledModel | None, error: str | None = None, **task: object) -> pd.DataFrame:
+    """The pool task's one row: the pooled model's text and the rest of it as JSON, or why it failed."""
+    values = (
+        {
+            "status": "trained",
+            "model_text": pooled.model_text,
+            "card_json": pooled.as_json(),
+            "fit_seconds": pooled.fit_seconds,
+        }
+        if pooled
+        else {"status": "failed", "error": error}
+    )
+    return _conform(pd.DataFrame([{"record": POOLED_RECORD, "country": POOL, **values, **task}]))
+
+
 def pooled_function(
-    fallback: Mapping[str, str],
-    params: ModelParams,
-    rules: RunRules,
-    gpu_mode: str = "off",
-    buyer_rules: BuyerRules | None = None,
-    response: PriceResponse | None = None,
+    params: ModelParams, gpu_mode: str = "off", countries: Sequence[str] = ()
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """The function Spark runs once over every country's rows: the pooled model scores the fallback countries."""
+    """The function Spark runs once, in the pool task, over the sampled history of every country: the pooled model
+    that may score any of `countries`, as one record (a failure becomes a failed record)."""
     check_mode(gpu_mode)
 
-    def train_score_pooled(weekly: pd.DataFrame) -> pd.DataFrame:
+    def train_pooled_model(history: pd.DataFrame) -> pd.DataFrame:
         addresses = gpu_addresses(task_resources())
         task = {"task_gpus": ",".join(addresses) or None}
         try:
             device = device_settings(gpu_mode, addresses)
-            results = train_pooled(
-                weekly,
-                fallback,
-                params,
-                rules,
-                num_threads=task_cpus(),
-                device=device.params,
-                buyer_rules=buyer_rules or {},
-                response=response,
-            )
-        except Exception as err:  # every fallback country reports the pooled model's failure
-            return pd.concat([_failed(country, err, **task) for country in sorted(fallback)], ignore_index=True)
-        return pd.concat([_result_frame(r, device=device.label, **task) for r in results], ignore_index=True)
+            pooled = fit_pooled(history, params, task_cpus(), device.params, countries)
+        except Exception as err:  # the fallback countries then take their baselines' level
+            return _pooled_record(None, f"{type(err).__name__}: {err}", **task)
+        return _pooled_record(pooled, device=device.label, **task)
 
-    return train_score_pooled
+    return train_pooled_model
 
 
-def pooled_scores(
-    weekly: DataFrame,
+def sample_shares(rows: Mapping[str, int], max_rows: int) -> dict[str, float]:
+    """The share of each country's articles the pooled model trains on: every row while they fit in `max_rows`,
+    else the same number of rows from each country (a small country keeps all of its own, the rest shared out
+    among the larger ones)."""
+    shares, budget = {}, float(max_rows)
+    for left, country in enumerate(sorted(rows, key=lambda c: (rows[c], c))):
+        allotted = budget / (len(rows) - left)
+        shares[country] = min(1.0, allotted / rows[country]) if rows[country] else 1.0
+        budget -= min(allotted, rows[country])
+    return shares
+
+
+def with_pool(rows: Mapping[str, int], max_rows: int) -> tuple[dict[str, float], dict[str, int]]:
+    """The pool's sample shares by country, no bigger than the largest country (so its task costs no more time or
+    memory than that country's), and the tasks' sizes: every country's rows and the pool's under POOL."""
+    shares = sample_shares(rows, min(max_rows, max(rows.values())))
+    return shares, {**rows, POOL: round(sum(rows[country] * shares[country] for country in rows))}
+
+
+# Articles are sampled by a hash of their key into this many buckets, whole: the model sees complete series.
+SAMPLE_BUCKETS = 1_000_000
+
+
+def pooled_sample(weekly: DataFrame, shares: Mapping[str, float]) -> DataFrame:
+    """The history rows of each country's articles sampled at its share (sample_shares): the pool task's input."""
+    share_of = F.create_map(*(F.lit(value) for pair in shares.items() for value in pair))
+    bucket = F.pmod(F.xxhash64("country", "article_id"), F.lit(SAMPLE_BUCKETS))
+    return weekly.where(~F.col("is_future") & (bucket < share_of[F.col("country")] * SAMPLE_BUCKETS))
+
+
+def fallback_function(
     fallback: Mapping[str, str],
+    pooled: Row | None,
     params: ModelParams,
     rules: RunRules,
-    gpu_mode: str = "off",
+    response: PriceResponse,
     buyer_rules: BuyerRules | None = None,
-    response: PriceResponse | None = None,
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The function Spark runs once per fallback country (country -> why): scores it with the pool task's
+    record `pooled` (none: no pool task ran)."""
+    model = PooledModel.of(pooled["model_text"], pooled["card_json"]) if pooled and pooled["model_text"] else None
+    failure = (pooled["error"] if pooled else None) or "no pooled model was trained"
+
+    # Where the pooled model trained: its recommendations are that training's.
+    task = {"task_gpus": pooled["task_gpus"] if pooled else None, "device": pooled["device"] if pooled else None}
+
+    def score_fallback_country(weekly: pd.DataFrame) -> pd.DataFrame:
+        country = str(weekly["country"].iloc[0])
+        try:
+            own_rules = (buyer_rules or {}).get(country)
+            result = score_fallback(weekly, fallback[country], model, params, rules, response, own_rules, failure)
+        except Exception as err:  # one country's failure must not stop the others
+            return _failed(country, err, **task)
+        return _result_frame(result, **task)
+
+    return score_fallback_country
+
+
+def fallback_scores(
+    weekly: DataFrame,
+    fallback: Mapping[str, str],
+    order: Sequence[str],
+    pooled: Row | None,
+    params: ModelParams,
+    rules: RunRules,
+    response: PriceResponse,
+    buyer_rules: BuyerRules | None = None,
 ) -> DataFrame:
-    """Scores the fallback countries with one model over every country's history, in a single task: the pooled
-    model needs all countries at once (and its memory: every history row, plus the fallback countries' future)."""
-    rows = weekly.where(~F.col("is_future") | F.col("country").isin(list(fallback)))
-    train_pooled_countries = pooled_function(fallback, params, rules, gpu_mode, buyer_rules, response)
-    return (
-        rows.withColumn(POOL, F.lit(0))
-        .groupBy(POOL)
-        .applyInPandas(lambda frame: train_pooled_countries(frame.drop(columns=POOL)), TRAIN_SCORE_OUTPUT)
+    """Scores the fallback countries, each in a task of its own, started in `order`."""
+    score_country = fallback_function(fallback, pooled, params, rules, response, buyer_rules)
+    countries = [country for country in order if country in fallback]
+    rows = weekly.where(F.col("country").isin(countries))
+    return by_task(rows, countries).applyInPandas(
+        lambda frame: score_country(frame.drop(columns=TASK_KEY)), TRAIN_SCORE_OUTPUT
     )
 
 
@@ -219,12 +280,12 @@ def largest_first(rows: Mapping[str, int]) -> list[str]:
     return sorted(rows, key=lambda country: (-rows[country], country))
 
 
-def by_task(weekly: DataFrame, order: Sequence[str]) -> GroupedData:
-    """Weekly rows grouped by country, each country in a task of its own, the tasks numbered (and so started) in
-    `order`. An explicit partition count is never coalesced by adaptive execution."""
+def by_task(weekly: DataFrame, order: Sequence[str], group: str = "country") -> GroupedData:
+    """Weekly rows grouped by `group` (a country), each group in a task of its own, the tasks numbered (and so
+    started) in `order`. An explicit partition count is never coalesced by adaptive execution."""
     keys = task_keys(order)
     key_of = F.create_map(*(F.lit(value) for pair in keys.items() for value in pair))
-    return weekly.withColumn(TASK_KEY, key_of[F.col("country")]).repartition(len(order), TASK_KEY).groupBy(TASK_KEY)
+    return weekly.withColumn(TASK_KEY, key_of[F.col(group)]).repartition(len(order), TASK_KEY).groupBy(TASK_KEY)
 
 
 def train_score(
@@ -236,18 +297,31 @@ def train_score(
     saved: SavedModels | None = None,
     buyer_rules: BuyerRules | None = None,
     response: PriceResponse | None = None,
+    pool: DataFrame | None = None,
 ) -> DataFrame:
     """Trains and scores every country in parallel, one pandas group per country.
 
     With `order` (every country of `weekly`), each country runs in a task of its own, started in that order:
-    countries train in parallel, each holds its own GPU, and the largest can start first.
+    countries train in parallel, each holds its own GPU, and the largest can start first. With `pool` (history
+    rows, pooled_sample's), the pooled model trains beside them in a task of its own, started where POOL stands
+    in `order`, and comes back as one POOLED_RECORD row.
     """
     train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules, response=response)
     if not order:
         return weekly.groupBy("country").applyInPandas(train_country, TRAIN_SCORE_OUTPUT)
-    return by_task(weekly, order).applyInPandas(
-        lambda frame: train_country(frame.drop(columns=TASK_KEY)), TRAIN_SCORE_OUTPUT
-    )
+    if pool is None:
+        return by_task(weekly, order).applyInPandas(
+            lambda frame: train_country(frame.drop(columns=TASK_KEY)), TRAIN_SCORE_OUTPUT
+        )
+    countries = [country for country in order if country != POOL]
+    train_pooled_model = pooled_function(params, gpu_mode, countries)
+
+    def train_group(frame: pd.DataFrame) -> pd.DataFrame:
+        rows = frame.drop(columns=[TASK_KEY, GROUP])
+        return train_pooled_model(rows) if frame[GROUP].iloc[0] == POOL else train_country(rows)
+
+    groups = weekly.withColumn(GROUP, F.col("country")).unionByName(pool.withColumn(GROUP, F.lit(POOL)))
+    return by_task(groups, order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
 
 
 RESPONSE_STATISTICS = T.StructType(

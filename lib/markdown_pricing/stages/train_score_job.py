@@ -30,12 +30,16 @@ from markdown_pricing.model.response import PriceResponse
 from markdown_pricing.observe.progress import StageProgress
 from markdown_pricing.observe.spark_watch import watch_spark_tasks
 from markdown_pricing.stages.per_country import (
+    POOL,
+    POOLED_RECORD,
     BuyerRules,
     SavedModels,
+    fallback_scores,
     largest_first,
-    pooled_scores,
+    pooled_sample,
     response_statistics,
     train_score,
+    with_pool,
 )
 
 log = logging.getLogger(__name__)
@@ -97,13 +101,14 @@ def _scored(
     ctx: RunContext,
     cfg: Config,
     weekly: DataFrame,
-    order: list[str],
+    rows: dict[str, int],
     tracker: StageProgress,
     buyer_rules: BuyerRules,
 ) -> DataFrame:
-    """Trains (or rescores) every country once; fallback countries are replaced by the pooled pass's records."""
+    """Trains (or rescores) every country once, the pooled model beside them on a bounded sample of every
+    country's history; the fallback countries are then scored by it and replace their country records."""
     layout = ctx.layout
-    countries = sorted(order)
+    countries = sorted(rows)
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     saved = load_saved_models(layout, ctx.model_run, countries) if ctx.model_run else None
     settings = cfg.model.price_response
@@ -117,21 +122,36 @@ def _scored(
         response.overall,
         ", ".join(f"{category} {value:.2f}" for category, value in sorted(response.by_category.items())),
     )
+    # A rescore trains nothing: its fallback countries have the pooled model their model run saved.
+    pool, tasks = None, dict(rows)
+    if saved is None:
+        shares, tasks = with_pool(rows, cfg.model.pooled_max_rows)
+        pool = pooled_sample(weekly, shares)
+    # Spark starts tasks in this order: the largest first, so none of them is left to run alone at the end.
+    order = largest_first(tasks) if cfg.schedule.start_order == "largest_first" else sorted(tasks)
     # Written once and read back: every later output comes from this one training pass.
     with job(f"train+score {len(countries)} countries"):
         watcher = watch_spark_tasks(tracker, spark.sparkContext, f"training {len(countries)} countries")
-        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response)
+        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response, pool)
         scored.write.mode("overwrite").parquet(layout.train_score_output)
         watcher.stop()
     output = spark.read.parquet(layout.train_score_output)
-    pending = output.where((F.col("record") == "country") & (F.col("status") == "needs_fallback"))
-    fallback = {row["country"]: row["fallback_reason"] for row in pending.collect()}
+    pending = output.where(
+        ((F.col("record") == "country") & (F.col("status") == "needs_fallback")) | (F.col("record") == POOLED_RECORD)
+    ).collect()
+    pooled = next((row for row in pending if row["record"] == POOLED_RECORD), None)
+    if pooled is not None and pooled["status"] == "failed":
+        log.warning("the pooled model failed; fallback countries take their baselines' level: %s", pooled["error"])
+    elif pooled is not None:
+        log.info("pooled model trained in %.1f s on about %d sampled history rows", pooled["fit_seconds"], tasks[POOL])
+    fallback = {row["country"]: row["fallback_reason"] for row in pending if row["record"] == "country"}
+    output = output.where(F.col("record") != POOLED_RECORD)
     if not fallback:
         return output
-    with job(f"train+score: pooled model for {', '.join(sorted(fallback))}"):
-        tracker.update(f"pooled model for {len(fallback)} fallback countries")
-        pooled = pooled_scores(weekly, fallback, cfg.model, cfg.run, cfg.gpu.mode, buyer_rules, response)
-        pooled.write.mode("overwrite").parquet(layout.pooled_output)
+    with job(f"train+score: pooled model scores {', '.join(sorted(fallback))}"):
+        tracker.update(f"pooled model scores {len(fallback)} fallback countries")
+        scores = fallback_scores(weekly, fallback, order, pooled, cfg.model, cfg.run, response, buyer_rules)
+        scores.write.mode("overwrite").parquet(layout.pooled_output)
     return output.where(~F.col("country").isin(list(fallback))).unionByName(spark.read.parquet(layout.pooled_output))
 
 
@@ -143,10 +163,8 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         weekly = spark.read.parquet(layout.weekly)
         rows = {row["country"]: row["count"] for row in weekly.groupBy("country").count().collect()}
     countries = sorted(rows)
-    # Spark starts tasks in this order: the largest countries first, so none of them is left to run alone at the end.
-    order = largest_first(rows) if cfg.schedule.start_order == "largest_first" else countries
     tracker = StageProgress(layout, "train_score", total=len(countries))
-    output = _scored(spark, ctx, cfg, weekly, order, tracker, read_buyer_rules(ctx, cfg, countries))
+    output = _scored(spark, ctx, cfg, weekly, rows, tracker, read_buyer_rules(ctx, cfg, countries))
     tracker.update("saving models, metrics and predictions", done=len(countries))
 
     with job("train+score: save models and metrics"):
@@ -159,7 +177,8 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
         results = {}
-        for row in country_rows.collect():
+        # One partition at a time: the driver never holds every country's model text at once.
+        for row in country_rows.toLocalIterator():
             country = row["country"]
             results[country] = {column: row[column] for column in METRIC_COLUMNS}
             if row["status"] == TRAINED:

@@ -1,0 +1,104 @@
+"""The pooled fallback: trained on a bounded sample beside the countries' tasks, then scoring each fallback country
+in a task of its own."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from markdown_pricing.model.fallback import score_fallback, train_pooled
+from markdown_pricing.model.response import PriceResponse
+from markdown_pricing.stages.per_country import (
+    POOL,
+    POOLED_RECORD,
+    fallback_scores,
+    largest_first,
+    pooled_sample,
+    sample_shares,
+    train_score,
+)
+from test_model import PARAMS, RULES, elastic_world
+
+RESPONSE = PriceResponse(2.0, {}, {})
+
+
+def as_spark(spark: SparkSession, weekly: pd.DataFrame) -> DataFrame:
+    return spark.createDataFrame(weekly.assign(week_start=pd.to_datetime(weekly["week_start"])))
+
+
+def test_sample_shares_bound_the_pool_and_keep_small_countries_whole() -> None:
+    rows = {"DEU": 1000, "FRA": 500, "LUX": 10}
+    shares = sample_shares(rows, 400)
+    # LUX keeps its 10 rows; the 390 left go half to each of the larger two.
+    assert shares == pytest.approx({"LUX": 1.0, "FRA": 195 / 500, "DEU": 195 / 1000})
+    assert sum(rows[c] * shares[c] for c in rows) == pytest.approx(400)
+    assert sample_shares(rows, 2000) == {"DEU": 1.0, "FRA": 1.0, "LUX": 1.0}
+    assert sample_shares({"NEW": 0, "DEU": 1000}, 100) == {"NEW": 1.0, "DEU": pytest.approx(0.1)}
+
+
+def test_pooled_sample_takes_whole_past_articles_at_each_countrys_share(spark: SparkSession) -> None:
+    weekly = pd.concat(
+        [elastic_world(seed=1, articles=600, weeks=3), elastic_world(seed=2, articles=20, weeks=3).assign(country="LUX")]
+    )
+    sample = pooled_sample(as_spark(spark, weekly), {"DEU": 0.25, "LUX": 1.0}).toPandas()
+    assert not sample["is_future"].any()
+    weeks_per_article = sample.groupby(["country", "article_id"]).size()
+    assert (weeks_per_article == 3).all()
+    kept = weeks_per_article.groupby("country").size()
+    assert kept["LUX"] == 20
+    assert 0.2 * 600 < kept["DEU"] < 0.3 * 600
+    # The same articles every time: the hash of their key, not a random draw.
+    again = pooled_sample(as_spark(spark, weekly), {"DEU": 0.25, "LUX": 1.0}).select("country", "article_id").distinct()
+    assert_df_equality(
+        again, spark.createDataFrame(weights_index(weeks_per_article)), ignore_row_order=True, ignore_nullable=True
+    )
+
+
+def weights_index(series: pd.Series) -> pd.DataFrame:
+    return series.index.to_frame(index=False)
+
+
+def test_the_pooled_model_trains_beside_the_countries_and_scores_the_fallback_one(spark: SparkSession) -> None:
+    # A shop opened two weeks ago: too little history of its own, so the pooled model scores it.
+    small = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
+    pandas_weekly = pd.concat([elastic_world(seed=1), small], ignore_index=True)
+    weekly = as_spark(spark, pandas_weekly)
+    rows = {"DEU": int((pandas_weekly["country"] == "DEU").sum()), "LUX": len(small)}
+    shares = sample_shares(rows, max(rows.values()))
+    order = largest_first({**rows, POOL: sum(rows.values())})
+    output = train_score(weekly, PARAMS, RULES, order=order, response=RESPONSE, pool=pooled_sample(weekly, shares))
+    records = output.where(F.col("record").isin("country", POOLED_RECORD)).toPandas().set_index("country")
+    assert records.loc["DEU", "status"] == "trained" and records.loc["LUX", "status"] == "needs_fallback"
+    pooled = output.where(F.col("record") == POOLED_RECORD).collect()
+    assert len(pooled) == 1 and pooled[0]["status"] == "trained" and pooled[0]["model_text"]
+    assert output.where((F.col("record") == "prediction") & (F.col("country") == POOL)).count() == 0
+
+    fallback = {"LUX": records.loc["LUX", "fallback_reason"]}
+    scored = fallback_scores(weekly, fallback, order, pooled[0], PARAMS, RULES, RESPONSE).toPandas()
+    record = scored[scored["record"] == "country"].set_index("country").loc["LUX"]
+    assert (record["status"], record["model_kind"]) == ("trained", "pooled")
+    assert record["train_rows"] > 0
+    predicted = scored[scored["record"] == "prediction"]
+    assert sorted(predicted["article_id"]) == sorted(small["article_id"].unique())
+    # What one process gives with the whole pool: the same country, model kind and articles.
+    [alone] = train_pooled(pandas_weekly, fallback, PARAMS, RULES, num_threads=1, response=RESPONSE)
+    assert alone.metrics["model_kind"] == "pooled"
+    assert sorted(alone.predictions["article_id"]) == sorted(predicted["article_id"])
+
+
+def test_a_failed_pooled_model_leaves_a_fallback_country_its_baselines_level_and_the_shared_response() -> None:
+    tiny = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
+    tiny.loc[tiny["is_future"], "stock_on_hand"] = 5_000
+    result = score_fallback(
+        tiny, "too little history", None, PARAMS, RULES, PriceResponse(2.5, {}, {}), pooled_failure="MemoryError: x"
+    )
+    assert result.metrics["status"] == "trained" and result.metrics["model_kind"] == "baseline"
+    assert result.metrics["fallback_reason"] == (
+        "too little history; the pooled model failed (MemoryError: x), so the baseline's level scores it"
+    )
+    assert result.model_text is None
+    # Overstocked: the shared response still says a markdown sells them.
+    assert (result.predictions["recommended_discount"] > result.predictions["current_discount"]).any()
