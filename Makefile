@@ -109,7 +109,7 @@ test-fast: check-java check-chromium lint $(BIN)/markdown-pricing
 
 # The benchmark (README "Performance"): worlds of each size, every stage against its floor and its peer. Results go
 # to bench/results (JSON, Markdown, PNG); worlds, runs and the bench's own PostgreSQL to $(BENCH_WORK), reused.
-BENCH_SIZES ?= small,medium,large
+BENCH_SIZES ?= small,medium,skewed
 BENCH_WORK ?= bench/.work
 # Spark's JDBC writer (the publish stage's peer) needs the PostgreSQL driver: Debian's libpostgresql-jdbc-java.
 JDBC_JAR ?= /usr/share/java/postgresql.jar

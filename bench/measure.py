@@ -114,8 +114,9 @@ class BenchErp:
     def jdbc_url(self) -> str:
         return f"jdbc:postgresql://127.0.0.1:{self.port}/postgres"
 
-    def psql(self, command: str) -> None:
-        subprocess.run([embedded.psql_binary(), self.dsn, "-qc", command], check=True)
+    def psql(self, *commands: str) -> None:
+        """Runs the commands in one session (one connection)."""
+        subprocess.run([embedded.psql_binary(), self.dsn, "-q", *(f"-c{command}" for command in commands)], check=True)
 
 
 @contextmanager

@@ -157,7 +157,7 @@ def _migrated_to(conn: Connection, settings: ErpSettings, version: int, monkeypa
         schema.migrate(conn, settings)
 
 
-def test_migration_3_upgrades_a_schema_of_version_2_and_keeps_its_rows(
+def test_later_migrations_upgrade_a_schema_of_version_2_and_keep_its_rows(
     erp_settings: ErpSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fresh = dataclasses.replace(erp_settings, schema=f"{erp_settings.schema}_fresh")
@@ -176,9 +176,9 @@ def test_migration_3_upgrades_a_schema_of_version_2_and_keeps_its_rows(
 
         done = schema.migrate(conn, erp_settings)
 
-        assert done == [f"migration 3: {schema.MIGRATIONS[2].description}"]
+        assert done == [f"migration {step.version}: {step.description}" for step in schema.MIGRATIONS[2:]]
         assert schema.is_current(conn, erp_settings)
-        assert [row[0] for row in _versions(conn, erp_settings)] == [1, 2, 3]
+        assert [row[0] for row in _versions(conn, erp_settings)] == [step.version for step in schema.MIGRATIONS]
         with transaction(conn) as cur:
             cur.execute(
                 sql.SQL(
@@ -192,6 +192,29 @@ def test_migration_3_upgrades_a_schema_of_version_2_and_keeps_its_rows(
         finally:
             with transaction(conn) as cur:
                 cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(fresh.schema)))
+
+
+def test_migration_4_adds_the_markdown_event_backtest_to_the_ledger_and_keeps_its_rows(
+    erp_settings: ErpSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = sql.SQL("{}.{}").format(sql.Identifier(erp_settings.schema), sql.Identifier(erp_settings.ledger_table))
+    with closing(connect(erp_settings.dsn, 5)) as conn:
+        _migrated_to(conn, erp_settings, 3, monkeypatch)
+        with transaction(conn) as cur:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (run_id, country, run_date, status, model_wape) VALUES ('r1', 'DE', '2026-11-23',"
+                    " 'published', 0.3)"
+                ).format(ledger)
+            )
+        assert schema.migrate(conn, erp_settings) == [f"migration 4: {schema.MIGRATIONS[3].description}"]
+        with transaction(conn) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT run_id, model_wape, markdown_events, markdown_lift_error, markdown_lift_bias FROM {}"
+                ).format(ledger)
+            )
+            assert cur.fetchall() == [("r1", 0.3, None, None, None)]
 
 
 def test_migration_3_leaves_the_erp_teams_own_rules_table_as_it_is(

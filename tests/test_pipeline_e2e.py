@@ -65,8 +65,8 @@ def erp_table(dsn: str) -> pd.DataFrame:
 def ledger(dsn: str) -> pd.DataFrame:
     with closing(connection.connect(dsn, 5)) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT run_id, country, status, rows, model_kind, fallback_reason, model_version "
-            "FROM markdown.publish_ledger ORDER BY run_id, country"
+            "SELECT run_id, country, status, rows, model_kind, fallback_reason, model_version, markdown_events, "
+            "markdown_lift_error FROM markdown.publish_ledger ORDER BY run_id, country"
         )
         return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
 
@@ -134,6 +134,10 @@ def test_pipeline_publishes_one_row_per_active_article_by_contract(world: dict[s
     assert set(kinds[regular]) == {"country"} and kinds[tiny] in ("pooled", "baseline")
     reason = published.set_index("country").loc[tiny, "fallback_reason"]
     assert reason.startswith("6 weeks of in-stock history, fewer than min_history_weeks = 20")
+    # Every country with a model has past markdowns to check its price response against, and the ledger says how
+    # well the lift they showed was predicted.
+    events = published.set_index("country").loc[regular]
+    assert (events["markdown_events"] > 0).all() and (events["markdown_lift_error"] >= 0).all()
     models = Path(str(world["work"])) / "models" / RUN_DATE.isoformat()
     for country in regular:
         assert (models / country / "model.txt").is_file()

@@ -41,7 +41,10 @@ def test_sample_shares_bound_the_pool_and_keep_small_countries_whole() -> None:
 
 def test_pooled_sample_takes_whole_past_articles_at_each_countrys_share(spark: SparkSession) -> None:
     weekly = pd.concat(
-        [elastic_world(seed=1, articles=600, weeks=3), elastic_world(seed=2, articles=20, weeks=3).assign(country="LUX")]
+        [
+            elastic_world(seed=1, articles=600, weeks=3),
+            elastic_world(seed=2, articles=20, weeks=3).assign(country="LUX"),
+        ]
     )
     sample = pooled_sample(as_spark(spark, weekly), {"DEU": 0.25, "LUX": 1.0}).toPandas()
     assert not sample["is_future"].any()

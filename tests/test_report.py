@@ -41,7 +41,14 @@ def predictions_frame(rows: list[tuple[str, str, float]], sell_through: float = 
 
 def test_model_error_keeps_failed_countries_with_missing_metrics() -> None:
     results = {
-        "FRA": {"status": "trained", "model_wape": 0.3, "baseline_wape": 0.4, "model_bias": -0.02},
+        "FRA": {
+            "status": "trained",
+            "model_wape": 0.3,
+            "baseline_wape": 0.4,
+            "model_bias": -0.02,
+            "markdown_events": 12,
+            "markdown_lift_error": 0.25,
+        },
         "DEU": {"status": "failed", "error": "ValueError: too short", "model_wape": None, "baseline_wape": None},
     }
     expected = pd.DataFrame(
@@ -51,9 +58,15 @@ def test_model_error_keeps_failed_countries_with_missing_metrics() -> None:
             "model_wape": [np.nan, 0.3],
             "baseline_wape": [np.nan, 0.4],
             "model_bias": [np.nan, -0.02],
+            "markdown_events": [np.nan, 12.0],
+            "markdown_lift_error": [np.nan, 0.25],
         }
     )
     pd.testing.assert_frame_equal(run_report.model_error(results), expected)
+    overview = run_report.model_error(results).set_index("country").assign(error=None)
+    table = run_report.overview_html(overview)
+    assert '<th class="number">Markdown lift error (events)</th>' in table
+    assert "0.250 (12)" in table and "n/a" in table
 
 
 def test_discount_mix_gives_each_country_shares_per_discount() -> None:

@@ -20,6 +20,7 @@ from markdown_pricing.synthetic.sample import (
     COUNTRY_CODES,
     EPOCH,
     SampleSummary,
+    assortment_shares,
     build_world,
     generate_sample,
     true_daily_demand,
@@ -99,6 +100,19 @@ def test_generate_sample_country_skew(sample: tuple[Path, SampleSummary]) -> Non
     units = read(root, "sales").groupby("country")["units"].sum()[list(summary.countries)]
     assert units.idxmax() == summary.countries[0] and units.idxmin() == summary.countries[-1]
     assert units.iloc[0] >= 5 * units.iloc[-1]
+
+
+def test_a_retailers_assortment_skew_puts_ten_times_the_median_in_the_largest_country() -> None:
+    shares = assortment_shares(45, largest_to_median=10.0)
+    assert shares[0] == pytest.approx(0.95) and np.median(shares) == pytest.approx(0.095)
+    assert (np.diff(shares) < 0).all()
+    world = build_world(
+        np.random.default_rng(3), countries=45, articles=2000, weeks=30, run_date=RUN_DATE, largest_to_median=10.0
+    )
+    carried = world.carried[:45].sum(axis=1)
+    assert 8 < carried[0] / np.median(carried) < 12
+    # The default skew is unchanged: 95 % down to 50 %.
+    assert assortment_shares(12).tolist() == pytest.approx(list(np.linspace(0.95, 0.5, 12)))
 
 
 def test_prices_markdowns_never_reverse(sample: tuple[Path, SampleSummary]) -> None:

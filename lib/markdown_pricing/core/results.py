@@ -31,6 +31,11 @@ RESULT_FIELDS: dict[str, type] = {
     **{f"{forecaster}_{measure}": float for forecaster in FORECASTERS for measure in MEASURES},
     "baseline": str,
     "baseline_wape": float,
+    # The markdown-event backtest of the price response (model.response): past price changes in the country, their
+    # count, and the mean absolute and mean log of predicted over seen lift.
+    "markdown_events": int,
+    "markdown_lift_error": float,
+    "markdown_lift_bias": float,
     "fit_seconds": float,
     "score_seconds": float,
     # Where the model trained ("cpu", "gpu:1", "cpu (gpu fallback: <why>)") and the GPUs Spark gave the task.

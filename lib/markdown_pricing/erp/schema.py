@@ -42,6 +42,13 @@ ADDED_PREDICTION_COLUMNS = (
     ("rule_applied", "text"),
 )
 
+# Ledger columns added by migration 4: the markdown-event backtest of the price response a country was scored with.
+MARKDOWN_EVENT_COLUMNS = (
+    ("markdown_events", "integer"),
+    ("markdown_lift_error", "double precision"),
+    ("markdown_lift_bias", "double precision"),
+)
+
 
 class ErpNotReadyError(RuntimeError):
     """Raised before a run writes anything: its tables are not current, or its role lacks a privilege it needs."""
@@ -186,12 +193,24 @@ def _add_rules_and_candidates(cur: Cursor, settings: ErpSettings) -> None:
     )
 
 
+def _add_markdown_event_columns(cur: Cursor, settings: ErpSettings) -> None:
+    """The ledger's markdown-event backtest columns, where missing."""
+    cur.execute(
+        sql.SQL("ALTER TABLE {} ").format(tables.ledger(settings))
+        + sql.SQL(", ").join(
+            sql.SQL("ADD COLUMN IF NOT EXISTS {} " + kind).format(sql.Identifier(column))
+            for column, kind in MARKDOWN_EVENT_COLUMNS
+        )
+    )
+
+
 # In order; append new steps, never change an applied one. The ledger's status CHECK is not a step: `migrate` widens
 # it whenever LEDGER_STATUSES gains a status.
 MIGRATIONS = (
     Migration(1, "predictions, run ledger and model metrics tables", _create_tables),
     Migration(2, "ledger columns gate_override, model_kind and fallback_reason", _add_ledger_columns),
     Migration(3, "predictions' explanation columns, candidates and buyer rules tables", _add_rules_and_candidates),
+    Migration(4, "ledger columns of the markdown-event backtest", _add_markdown_event_columns),
 )
 
 

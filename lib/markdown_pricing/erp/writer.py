@@ -73,7 +73,14 @@ CANDIDATE_COPY_COLUMNS = (*CANDIDATE_FRAME_COLUMNS, *_CANDIDATE_LABEL_COLUMNS, "
 _CANDIDATE_FORCE_NULL_COLUMNS = (*_CANDIDATE_FLOAT_COLUMNS, *_CANDIDATE_LABEL_COLUMNS)
 # The scale of candidate_discount in the table: two discounts equal at it are one candidate.
 _DISCOUNT_DECIMALS = 3
-METRIC_KEYS = ("model_wape", "baseline_wape", "model_bias")
+METRIC_KEYS = (
+    "model_wape",
+    "baseline_wape",
+    "model_bias",
+    "markdown_events",
+    "markdown_lift_error",
+    "markdown_lift_bias",
+)
 # Which model scored the country and, for a fallback, why: text the ledger carries beside the metrics.
 MODEL_KEYS = ("model_kind", "fallback_reason")
 # What record_not_published may record: superseded is decided inside publish_country, under the country's lock.
@@ -300,13 +307,15 @@ def publish_country(
                 """
                 INSERT INTO {} AS ledger
                     (run_id, country, run_date, status, rows, model_version,
-                     model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at,
-                     gate_override)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
+                     model_wape, baseline_wape, model_bias, markdown_events, markdown_lift_error,
+                     markdown_lift_bias, model_kind, fallback_reason, message, recorded_at, gate_override)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s)
                 ON CONFLICT (run_id, country) DO UPDATE SET
                     run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = EXCLUDED.rows,
                     model_version = EXCLUDED.model_version, model_wape = EXCLUDED.model_wape,
                     baseline_wape = EXCLUDED.baseline_wape, model_bias = EXCLUDED.model_bias,
+                    markdown_events = EXCLUDED.markdown_events, markdown_lift_error = EXCLUDED.markdown_lift_error,
+                    markdown_lift_bias = EXCLUDED.markdown_lift_bias,
                     model_kind = EXCLUDED.model_kind, fallback_reason = EXCLUDED.fallback_reason,
                     message = EXCLUDED.message, recorded_at = EXCLUDED.recorded_at,
                     gate_override = EXCLUDED.gate_override
@@ -360,12 +369,15 @@ def _record_not_published(
             """
             INSERT INTO {} AS ledger
                 (run_id, country, run_date, status, rows, model_version,
-                 model_wape, baseline_wape, model_bias, model_kind, fallback_reason, message, recorded_at)
-            VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, now())
+                 model_wape, baseline_wape, model_bias, markdown_events, markdown_lift_error, markdown_lift_bias,
+                 model_kind, fallback_reason, message, recorded_at)
+            VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
             ON CONFLICT (run_id, country) DO UPDATE SET
                 run_date = EXCLUDED.run_date, status = EXCLUDED.status, rows = NULL, model_version = NULL,
                 model_wape = EXCLUDED.model_wape, baseline_wape = EXCLUDED.baseline_wape,
-                model_bias = EXCLUDED.model_bias, model_kind = EXCLUDED.model_kind,
+                model_bias = EXCLUDED.model_bias, markdown_events = EXCLUDED.markdown_events,
+                markdown_lift_error = EXCLUDED.markdown_lift_error, markdown_lift_bias = EXCLUDED.markdown_lift_bias,
+                model_kind = EXCLUDED.model_kind,
                 fallback_reason = EXCLUDED.fallback_reason, message = EXCLUDED.message,
                 recorded_at = EXCLUDED.recorded_at, gate_override = false
             WHERE ledger.status <> %s

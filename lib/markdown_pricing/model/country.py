@@ -195,7 +195,13 @@ def train_country(
 def scored_result(
     country: str, scored: Scored, metrics: dict[str, Any], model_text: str | None, card: dict[str, Any]
 ) -> CountryResult:
-    """A trained country's result from its scores."""
+    """A trained country's result from its scores; its metrics carry its card's markdown-event backtest."""
+    check = card.get("markdown_event_backtest") or {}
+    metrics = metrics | {
+        "markdown_events": check.get("events"),
+        "markdown_lift_error": check.get("log_lift_error"),
+        "markdown_lift_bias": check.get("log_lift_bias"),
+    }
     return CountryResult(
         country, scored.predictions, metrics, model_text, card, scored.candidates, list(scored.problems)
     )

@@ -119,13 +119,15 @@ def previous_run(candidates: list[RunFolder], current: RunFolder) -> RunFolder |
 
 
 def model_error(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Per country: status and holdout metrics from country_results.json (NaN where training failed)."""
-    columns = ["status", "model_wape", "baseline_wape", "model_bias"]
+    """Per country: status, holdout metrics and the markdown-event backtest from country_results.json (NaN where
+    training failed)."""
+    numbers = ["model_wape", "baseline_wape", "model_bias", "markdown_events", "markdown_lift_error"]
+    columns = ["status", *numbers]
     frame = pd.DataFrame(
         [(country, *(result.get(column) for column in columns)) for country, result in sorted(results.items())],
         columns=["country", *columns],
     )
-    return frame.astype({"model_wape": float, "baseline_wape": float, "model_bias": float})
+    return frame.astype(dict.fromkeys(numbers, float))
 
 
 def discount_mix(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -790,6 +792,11 @@ def money_html(revenue: pd.DataFrame, gains: pd.DataFrame) -> str:
     return f"{per_country}\n<h3>Largest gains over holding</h3>\n{largest}"
 
 
+def _lift_error(error: float, events: float) -> str:
+    """The markdown-event backtest's mean absolute log lift error and how many past markdowns it rests on."""
+    return "n/a" if pd.isna(error) else f"{_number(error)} ({events:.0f})"
+
+
 def overview_html(overview: pd.DataFrame) -> str:
     """The per-country table as HTML."""
     compare = "up" in overview.columns
@@ -802,6 +809,7 @@ def overview_html(overview: pd.DataFrame) -> str:
         ("Model WAPE", False),
         ("Naive WAPE", False),
         ("Bias", False),
+        ("Markdown lift error (events)", False),
         ("Mean discount now → recommended", False),
         ("Stock sold by season end", False),
     ]
@@ -822,6 +830,7 @@ def overview_html(overview: pd.DataFrame) -> str:
             _number(row["model_wape"]),
             _number(row["baseline_wape"]),
             _number(row["model_bias"]),
+            _lift_error(row.get("markdown_lift_error", np.nan), row.get("markdown_events", np.nan)),
             "n/a"
             if pd.isna(row.get("recommended_discount", np.nan))
             else f"{_percent(row['current_discount'], 1)} → {_percent(row['recommended_discount'], 1)}",

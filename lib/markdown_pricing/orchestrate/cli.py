@@ -54,6 +54,7 @@ def generate_sample_command(args: argparse.Namespace) -> int:
         run_date=args.run_date,
         tiny_country_weeks=tiny_country_weeks,
         truth_dir=Path(args.truth) if args.truth else None,
+        largest_to_median=args.largest_to_median,
     )
     if remote:
         filesystem(args.out).upload(args.out, local_out)
@@ -508,6 +509,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="weeks since the tiny country's shop opened (default: the generator's; 0: no tiny country)",
+    )
+    sample.add_argument(
+        "--largest-to-median",
+        type=float,
+        metavar="RATIO",
+        help="the largest country carries RATIO times the median country's assortment (default: 95 %% to 50 %%)",
     )
     sample.add_argument("--truth", metavar="DIR", help="also write the true outcomes per candidate discount here")
     sample.set_defaults(handler=generate_sample_command)

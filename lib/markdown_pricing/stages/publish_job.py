@@ -46,12 +46,14 @@ def ended_articles(spark: SparkSession, ctx: RunContext) -> dict[str, set[str]]:
     return {str(country): set(group["article_id"]) for country, group in states.groupby("country")}
 
 
-def country_candidates(spark: SparkSession, ctx: RunContext, country: str) -> pd.DataFrame:
-    """One country's candidate curves (none for a run from before train+score wrote them)."""
+def candidates_by_country(spark: SparkSession, ctx: RunContext) -> dict[str, pd.DataFrame]:
+    """Each country's candidate curves, read in one Spark job as the predictions are (none for a run from before
+    train+score wrote them)."""
     uri = ctx.layout.candidates
     if not filesystem(uri).exists(uri):
-        return pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
-    return spark.read.schema(CANDIDATES).parquet(uri).where(F.col("country") == country).toPandas()
+        return {}
+    candidates = spark.read.schema(CANDIDATES).parquet(uri).toPandas()
+    return {str(country): rows for country, rows in candidates.groupby("country", sort=False)}
 
 
 def excluded_articles(candidates: pd.DataFrame) -> set[str]:
@@ -143,6 +145,8 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         return 1
     spark.sparkContext.setJobGroup(f"publish-{ctx.run_id}", f"publish: read predictions of {len(results)} countries")
     predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
+    candidates = candidates_by_country(spark, ctx)
+    no_candidates = pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
     ended = ended_articles(spark, ctx)
     # What moved beyond the [drift] limits in force now, against the run the ETL compared with.
     drift = checked_now(ctx.layout, cfg.drift)
@@ -199,7 +203,7 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
                     country,
                     result,
                     rows,
-                    country_candidates(spark, ctx, country),
+                    candidates.get(country, no_candidates),
                     held_articles.get(country, set()),
                     ended.get(country, set()),
                     repair=country in missing,

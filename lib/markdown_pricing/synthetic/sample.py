@@ -55,6 +55,21 @@ COUNTRY_CODES = (
     "MLT",
     "CYP",
     "SRB",
+    "USA",
+    "CAN",
+    "MEX",
+    "BRA",
+    "JPN",
+    "KOR",
+    "AUS",
+    "NZL",
+    "TUR",
+    "UKR",
+    "ISR",
+    "ARE",
+    "SAU",
+    "ZAF",
+    "SGP",
 )
 # category: (lowest base price, highest base price, base daily demand in the largest country, price elasticity)
 CATEGORIES: dict[str, tuple[float, float, float, float]] = {
@@ -83,6 +98,14 @@ TINY_SCALE = 0.5
 def country_scales(n: int) -> np.ndarray:
     """Demand multiplier per country rank (largest first): a power law with largest/smallest ratio 8."""
     return (np.arange(n) + 1.0) ** -(log(8) / log(n) if n > 1 else 1.0)
+
+
+def assortment_shares(n: int, largest_to_median: float | None = None) -> np.ndarray:
+    """The share of the articles each country carries, by rank (largest first)."""
+    if largest_to_median is None:
+        return 0.95 - 0.45 * np.arange(n) / max(1, n - 1)
+    median_rank = (n + 1) / 2
+    return 0.95 * (np.arange(n) + 1.0) ** -(log(largest_to_median) / log(median_rank) if n > 1 else 1.0)
 
 
 def lifecycle(weeks_since_launch: np.ndarray) -> np.ndarray:
@@ -198,11 +221,14 @@ def build_world(
     weeks: int,
     run_date: date,
     tiny_country_weeks: int = TINY_COUNTRY_WEEKS,
+    largest_to_median: float | None = None,
 ) -> World:
     """Draws the world's parameters; the first thing generate_sample does with default_rng(seed).
 
     `countries` regular countries, then, unless tiny_country_weeks is 0 (or no article launched in those weeks),
     the next code of COUNTRY_CODES as the tiny country whose shop opened tiny_country_weeks before the run date.
+    Each country carries a share of the articles falling with its rank: from 95 % to 50 % by default, or as a
+    power law with the largest country carrying `largest_to_median` times the median country's assortment.
     """
     if run_date.weekday() != 0:
         raise ValueError(f"run_date {run_date} is not a Monday")
@@ -233,8 +259,7 @@ def build_world(
     cat_idx = rng.integers(0, len(names), articles)
     low, high, base, elasticity = params[cat_idx].T
     price = np.floor(low + rng.random(articles) * (high - low)) + rng.choice([0.95, 0.99], articles)
-    rank = np.arange(countries) / max(1, countries - 1)
-    carried = rng.random((countries, articles)) < (0.95 - 0.45 * rank)[:, None]
+    carried = rng.random((countries, articles)) < assortment_shares(countries, largest_to_median)[:, None]
     scale = country_scales(countries)
     tiny_row = np.zeros(articles, dtype=bool)
     if tiny_country_weeks:
@@ -496,6 +521,7 @@ def generate_sample(
     tiny_country_weeks: int = TINY_COUNTRY_WEEKS,
     truth_dir: Path | None = None,
     salvage_value_share: float = 0.0,
+    largest_to_median: float | None = None,
 ) -> SampleSummary:
     """Writes articles/, sales/, prices/ and stock/ raw datasets (each with a _SUCCESS marker) under out_dir.
 
@@ -511,6 +537,7 @@ def generate_sample(
         weeks=weeks,
         run_date=run_date,
         tiny_country_weeks=tiny_country_weeks,
+        largest_to_median=largest_to_median,
     )
     tiny = np.zeros_like(world.carried)
     if world.tiny_country:
