@@ -129,6 +129,12 @@ check-jdbc:
 bench: check-java check-jdbc $(BIN)/markdown-pricing
 	$(BIN)/python -m bench.harness --sizes $(BENCH_SIZES) --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
 
+# What a stage costs on YARN around its Spark jobs (application start, containers, archive localization), cold and
+# warm, against local mode: on a dev Hadoop of its own under $(BENCH_WORK)/yarn (README "Performance").
+.PHONY: bench-yarn
+bench-yarn: check-java check-maven $(BIN)/markdown-pricing
+	$(BIN)/python -m bench.yarn --work $(BENCH_WORK)/yarn --results bench/results
+
 # A single-node HDFS and YARN on 127.0.0.1 (README "Running on a YARN cluster"); it prints what to export.
 .PHONY: hadoop hadoop-stop check-maven
 check-maven:

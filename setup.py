@@ -49,8 +49,9 @@ setup(
             # Runs docker/compose.standalone.yml's cluster of containers in `make test-containers`.
             "podman-compose==1.6.0",
         ],
-        # `make bench`: the single-machine peer of the train stage (psutil, for peak memory, comes with luigi).
-        "bench": ["joblib==1.6.0", "psutil==7.2.2"],
+        # `make bench`: the single-machine peer of the train stage (psutil, for peak memory, comes with luigi);
+        # zstandard reads the stages' compressed event logs (`make bench-yarn`).
+        "bench": ["joblib==1.6.0", "psutil==7.2.2", "zstandard==0.25.0"],
     },
     entry_points={"console_scripts": ["markdown-pricing=markdown_pricing.orchestrate.cli:main"]},
 )

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import report
+import zstandard
+from bench import report, yarn
 from bench.harness import finite_ratios, ideal_makespan, ratios, summarise
 from bench.measure import measured, stage_tasks
 
@@ -102,3 +103,22 @@ def test_memory_model_fits_one_threaded_probes_and_gives_the_largest_country_per
     assert math.isclose(model["virtual_base_mb"], 1200.0)
     assert math.isclose(report.largest_country_rows(model, "virtual", 1300.0), 10_000.0)
     assert report.largest_country_rows(model, "virtual", 1000.0) == 0.0
+
+
+def test_the_yarn_bench_reads_jobs_from_a_zstd_event_log_and_counts_overlapping_jobs_once(tmp_path: Path) -> None:
+    lines = [
+        _event("SparkListenerJobStart", **{"Job ID": 0, "Submission Time": 1_000}),
+        _event("SparkListenerJobStart", **{"Job ID": 1, "Submission Time": 2_000}),
+        _event("SparkListenerJobEnd", **{"Job ID": 0, "Completion Time": 3_000}),
+        _event("SparkListenerJobEnd", **{"Job ID": 1, "Completion Time": 4_000}),
+        _event("SparkListenerJobStart", **{"Job ID": 2, "Submission Time": 6_000}),
+        _event("SparkListenerJobEnd", **{"Job ID": 2, "Completion Time": 6_500}),
+        _event("SparkListenerJobStart", **{"Job ID": 3, "Submission Time": 7_000}),
+    ]
+    compressed = zstandard.ZstdCompressor().compress("\n".join(lines).encode())
+    (tmp_path / "local-1.zstd").write_bytes(compressed)
+    (tmp_path / "other").write_text("")
+    spans = yarn.job_spans(yarn.event_log(str(tmp_path), "local-1"))
+    # The job that never ended (the log was cut) is left out.
+    assert spans == [(1.0, 3.0), (2.0, 4.0), (6.0, 6.5)]
+    assert yarn.busy_seconds(spans) == 3.5
