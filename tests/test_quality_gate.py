@@ -64,6 +64,30 @@ def test_gate_reasons_pass_a_sound_result() -> None:
     assert reasons(recommendations(), previous=articles(4)) == []
 
 
+def test_gate_blocks_a_price_response_that_missed_the_countrys_own_markdowns_only_past_its_limit() -> None:
+    missed = {**TRAINED, "markdown_events": 14, "markdown_lift_error": 0.6}
+
+    def gate(result: dict[str, Any], limit: float) -> list[str]:
+        return gate_reasons(
+            result,
+            recommendations(),
+            previous_articles=(),
+            ended_articles=(),
+            ladder=LADDER,
+            max_drop_share=0.10,
+            min_lost_articles=3,
+            max_lift_error=limit,
+        )
+
+    assert gate(missed, 0.5) == [
+        "the price response predicted the lift of its 14 past markdowns badly: mean absolute log lift error "
+        "0.600 > 0.500"
+    ]
+    assert gate(missed, 0.0) == [] and gate(missed, 0.7) == []
+    # No past markdown to check against: nothing to judge.
+    assert gate({**TRAINED, "markdown_events": 0, "markdown_lift_error": None}, 0.5) == []
+
+
 def test_gate_reasons_pass_any_count_without_a_previous_publish() -> None:
     assert reasons(recommendations(1)) == []
 

@@ -41,6 +41,8 @@ class RunRules:
     max_rejected_share: float
     max_recommendation_drop_share: float
     min_lost_articles: int
+    # The publish gate's limit on the markdown-event backtest's mean absolute log lift error; 0 is no limit.
+    max_markdown_lift_error: float
     wait_for_inputs_s: float
     input_poll_s: float
     max_sales_lag_days: int
@@ -53,8 +55,11 @@ class RunRules:
 
     def __post_init__(self) -> None:
         # Checked here, at load: in a country's task a bad value would fail every country of the run.
-        if self.max_markdown_steps < 0 or self.min_weeks_between_markdowns < 0:
-            raise ConfigError("run.max_markdown_steps and run.min_weeks_between_markdowns must not be negative")
+        if self.max_markdown_steps < 0 or self.min_weeks_between_markdowns < 0 or self.max_markdown_lift_error < 0:
+            raise ConfigError(
+                "run.max_markdown_steps, run.min_weeks_between_markdowns and run.max_markdown_lift_error must not be "
+                "negative"
+            )
         wrong = sorted(country for country, ending in self.price_endings.items() if not 0.0 <= ending < 1.0)
         if wrong:
             raise ConfigError(f"run.price_endings of {', '.join(wrong)}: an ending is a share of a euro in [0, 1)")
@@ -401,6 +406,7 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
                 max_rejected_share=float(run["max_rejected_share"]),
                 max_recommendation_drop_share=float(run["max_recommendation_drop_share"]),
                 min_lost_articles=int(run["min_lost_articles"]),
+                max_markdown_lift_error=float(run["max_markdown_lift_error"]),
                 wait_for_inputs_s=float(run["wait_for_inputs_s"]),
                 input_poll_s=float(run["input_poll_s"]),
                 max_sales_lag_days=int(run["max_sales_lag_days"]),

@@ -53,16 +53,19 @@ def gate_reasons(
     max_drop_share: float,
     min_lost_articles: int,
     drift: Sequence[Finding] = (),
+    max_lift_error: float = 0.0,
 ) -> list[str]:
     """Why a trained country's recommendations should not be published; empty when the gate passes.
 
     `previous_articles` are those the ERP holds for the country now (none before its first publish);
     `ended_articles` those known to have sold out or reached their season end by the run date; `drift` the country's
-    input drift findings, of which those beyond a block limit block it.
+    input drift findings, of which those beyond a block limit block it; `max_lift_error` the limit on its
+    markdown-event backtest (0: none).
     """
     return [
         *_lost_article_reasons(rows, previous_articles, ended_articles, max_drop_share, min_lost_articles),
         *_baseline_reasons(result),
+        *_lift_reasons(result, max_lift_error),
         *_range_reasons(rows, ladder),
         *(f"input drift: {describe(finding)}" for finding in drift if finding.level == BLOCK),
     ]
@@ -104,6 +107,17 @@ def _baseline_reasons(result: Mapping[str, Any]) -> list[str]:
     if model >= baseline:
         return [f"model loses to its baseline: model WAPE {model:.3f} >= baseline WAPE {baseline:.3f}"]
     return []
+
+
+def _lift_reasons(result: Mapping[str, Any], limit: float) -> list[str]:
+    """The price response missed the lift of the country's own past markdowns by more than the limit."""
+    error = metric(result, "markdown_lift_error")
+    if not limit or error is None or error <= limit:
+        return []
+    return [
+        f"the price response predicted the lift of its {result.get('markdown_events')} past markdowns badly: "
+        f"mean absolute log lift error {error:.3f} > {limit:.3f}"
+    ]
 
 
 def _rows_reason(rows: pd.DataFrame, bad: pd.Series, what: str, *shown: str) -> list[str]:

@@ -101,6 +101,7 @@ def publish_or_record(
         max_drop_share=rules.max_recommendation_drop_share,
         min_lost_articles=rules.min_lost_articles,
         drift=drift,
+        max_lift_error=rules.max_markdown_lift_error,
     )
     if reasons and not override:
         problem = "blocked by the quality gate: " + "; ".join(reasons)
