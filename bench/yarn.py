@@ -15,6 +15,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,13 +50,27 @@ def _lines(data: bytes, name: str) -> Iterator[dict[str, Any]]:
 
 
 def event_log(folder: str, application_id: str) -> list[dict[str, Any]]:
-    """The events of an application's log under `folder` (local or HDFS; plain or zstd)."""
+    """The events of an application's log under `folder` (local or HDFS; plain or zstd; one file, or Spark's
+    rolling log: a folder eventlog_v2_<id> of events_<n>_<id> files)."""
     fs = filesystem(folder)
-    [name] = [name for name in fs.list(folder) if name.startswith(application_id)]
+    # <id>, <id>.zstd, <id>_<attempt> (YARN cluster mode), or the rolling log's folder eventlog_v2_<id>[_<attempt>].
+    [name] = [
+        name
+        for name in fs.list(folder)
+        if re.fullmatch(rf"(eventlog_v2_)?{re.escape(application_id)}(_\d+)?(\.\w+)?", name)
+    ]
+    uri = join(folder, name)
+    parts = [uri]
+    if fs.is_dir(uri):
+        files = [part for part in fs.list(uri) if part.startswith("events_")]
+        parts = [join(uri, part) for part in sorted(files, key=lambda part: int(part.split("_")[1]))]
+    events: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
-        local = Path(scratch) / name
-        fs.download(join(folder, name), local)
-        return list(_lines(local.read_bytes(), name))
+        for part in parts:
+            local = Path(scratch) / part.rsplit("/", 1)[-1]
+            fs.download(part, local)
+            events += _lines(local.read_bytes(), local.name)
+    return events
 
 
 def job_spans(events: list[dict[str, Any]]) -> list[tuple[float, float]]:

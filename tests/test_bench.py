@@ -115,9 +115,14 @@ def test_the_yarn_bench_reads_jobs_from_a_zstd_event_log_and_counts_overlapping_
         _event("SparkListenerJobEnd", **{"Job ID": 2, "Completion Time": 6_500}),
         _event("SparkListenerJobStart", **{"Job ID": 3, "Submission Time": 7_000}),
     ]
-    compressed = zstandard.ZstdCompressor().compress("\n".join(lines).encode())
-    (tmp_path / "local-1.zstd").write_bytes(compressed)
-    (tmp_path / "other").write_text("")
+    # Spark's rolling log: a folder of numbered parts, here compressed.
+    rolled = tmp_path / "eventlog_v2_local-1"
+    rolled.mkdir()
+    for number, part in ((1, lines[:3]), (2, lines[3:])):
+        compressed = zstandard.ZstdCompressor().compress("\n".join(part).encode())
+        (rolled / f"events_{number}_local-1.zstd").write_bytes(compressed)
+    (rolled / "appstatus_local-1").write_text("")
+    (tmp_path / "eventlog_v2_local-2").mkdir()
     spans = yarn.job_spans(yarn.event_log(str(tmp_path), "local-1"))
     # The job that never ended (the log was cut) is left out.
     assert spans == [(1.0, 3.0), (2.0, 4.0), (6.0, 6.5)]

@@ -172,8 +172,8 @@ def sample_shares(rows: Mapping[str, int], max_rows: int) -> dict[str, float]:
 
 
 def with_pool(rows: Mapping[str, int], max_rows: int) -> tuple[dict[str, float], dict[str, int]]:
-    """The pool's sample shares by country, no bigger than the largest country (so its task costs no more time or
-    memory than that country's), and the tasks' sizes: every country's rows and the pool's under POOL."""
+    """The pool's sample shares by country, no bigger than the largest country (so its task holds no more rows than
+    that country's), and the tasks' sizes: every country's rows and the pool's under POOL."""
     shares = sample_shares(rows, min(max_rows, max(rows.values())))
     return shares, {**rows, POOL: round(sum(rows[country] * shares[country] for country in rows))}
 
