@@ -142,18 +142,22 @@ def _add_ledger_columns(cur: Cursor, settings: ErpSettings) -> None:
         )
 
 
+def _add_columns_where_missing(cur: Cursor, table: sql.Composable, columns: tuple[tuple[str, str], ...]) -> None:
+    """One ALTER TABLE adding each (column, type) the table lacks."""
+    cur.execute(
+        sql.SQL("ALTER TABLE {} ").format(table)
+        + sql.SQL(", ").join(
+            sql.SQL("ADD COLUMN IF NOT EXISTS {} " + kind).format(sql.Identifier(column)) for column, kind in columns
+        )
+    )
+
+
 def _add_rules_and_candidates(cur: Cursor, settings: ErpSettings) -> None:
     """The predictions' explanation columns, the candidates table and the buyers' rules table, each where missing.
 
     The ERP team owns the rules table: one it created beforehand, with audit columns of its own, stays as it is.
     """
-    cur.execute(
-        sql.SQL("ALTER TABLE {} ").format(tables.predictions(settings))
-        + sql.SQL(", ").join(
-            sql.SQL("ADD COLUMN IF NOT EXISTS {} " + kind).format(sql.Identifier(column))
-            for column, kind in ADDED_PREDICTION_COLUMNS
-        )
-    )
+    _add_columns_where_missing(cur, tables.predictions(settings), ADDED_PREDICTION_COLUMNS)
     cur.execute(
         sql.SQL(
             """
@@ -195,13 +199,7 @@ def _add_rules_and_candidates(cur: Cursor, settings: ErpSettings) -> None:
 
 def _add_markdown_event_columns(cur: Cursor, settings: ErpSettings) -> None:
     """The ledger's markdown-event backtest columns, where missing."""
-    cur.execute(
-        sql.SQL("ALTER TABLE {} ").format(tables.ledger(settings))
-        + sql.SQL(", ").join(
-            sql.SQL("ADD COLUMN IF NOT EXISTS {} " + kind).format(sql.Identifier(column))
-            for column, kind in MARKDOWN_EVENT_COLUMNS
-        )
-    )
+    _add_columns_where_missing(cur, tables.ledger(settings), MARKDOWN_EVENT_COLUMNS)
 
 
 # In order; append new steps, never change an applied one. The ledger's status CHECK is not a step: `migrate` widens
