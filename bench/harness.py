@@ -272,6 +272,7 @@ def probes(ctx: RunContext, cfg: Config, order: list[str], threads: int) -> dict
 def publish(spark: SparkSession, ctx: RunContext, cfg: Config, server: BenchErp) -> dict[str, Any]:
     """The publish stage against a raw COPY of the same rows into the same table and Spark's JDBC writer."""
     table = f"{ERP_SCHEMA}.{cfg.erp.predictions_table}"
+    candidates_table = f"{ERP_SCHEMA}.{cfg.erp.candidates_table}"
     server.psql(f"DROP SCHEMA IF EXISTS {ERP_SCHEMA} CASCADE")
     # Every country published, as the peers write every row: the gate judges models, this measures throughput.
     countries = tuple(read_json(ctx.layout.country_results))
@@ -282,12 +283,12 @@ def publish(spark: SparkSession, ctx: RunContext, cfg: Config, server: BenchErp)
     with psycopg2.connect(server.dsn) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT count(*) FROM {table}")
         published = int(cur.fetchone()[0])
-        cur.execute(f"SELECT count(*) FROM {ERP_SCHEMA}.{cfg.erp.candidates_table}")
+        cur.execute(f"SELECT count(*) FROM {candidates_table}")
         candidates = int(cur.fetchone()[0])
         cur.execute(f"SELECT count(*) FROM {ERP_SCHEMA}.{cfg.erp.ledger_table} WHERE status = 'published'")
         published_countries = int(cur.fetchone()[0])
     # The same rows the stage wrote, predictions and the candidates behind them, COPYed on one connection.
-    published_tables = [table, f"{ERP_SCHEMA}.{cfg.erp.candidates_table}"]
+    published_tables = [table, candidates_table]
     files = {name: Path(ctx.layout.run_dir) / f"published_{name}.csv" for name in published_tables}
     server.psql(*(f"\\copy (SELECT * FROM {name}) TO '{file}' WITH (FORMAT csv)" for name, file in files.items()))
     copied = published + candidates
@@ -316,7 +317,7 @@ def publish(spark: SparkSession, ctx: RunContext, cfg: Config, server: BenchErp)
     properties = {"user": "postgres", "driver": "org.postgresql.Driver"}
     with measured() as jdbc:
         predictions.write.jdbc(server.jdbc_url, table, "append", properties)
-        curves.write.jdbc(server.jdbc_url, published_tables[1], "append", properties)
+        curves.write.jdbc(server.jdbc_url, candidates_table, "append", properties)
     server.psql(f"TRUNCATE {', '.join(published_tables)}")
     stage = stage_figures(sample, published)
     return {
