@@ -19,6 +19,7 @@ from markdown_pricing.stages.per_country import (
     pooled_sample,
     sample_shares,
     train_score,
+    with_pool,
 )
 from test_model import PARAMS, RULES, elastic_world
 
@@ -55,13 +56,8 @@ def test_pooled_sample_takes_whole_past_articles_at_each_countrys_share(spark: S
     assert 0.2 * 600 < kept["DEU"] < 0.3 * 600
     # The same articles every time: the hash of their key, not a random draw.
     again = pooled_sample(as_spark(spark, weekly), {"DEU": 0.25, "LUX": 1.0}).select("country", "article_id").distinct()
-    assert_df_equality(
-        again, spark.createDataFrame(weights_index(weeks_per_article)), ignore_row_order=True, ignore_nullable=True
-    )
-
-
-def weights_index(series: pd.Series) -> pd.DataFrame:
-    return series.index.to_frame(index=False)
+    kept_articles = spark.createDataFrame(weeks_per_article.index.to_frame(index=False))
+    assert_df_equality(again, kept_articles, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_the_pooled_model_trains_beside_the_countries_and_scores_the_fallback_one(spark: SparkSession) -> None:
@@ -70,8 +66,8 @@ def test_the_pooled_model_trains_beside_the_countries_and_scores_the_fallback_on
     pandas_weekly = pd.concat([elastic_world(seed=1), small], ignore_index=True)
     weekly = as_spark(spark, pandas_weekly)
     rows = {"DEU": int((pandas_weekly["country"] == "DEU").sum()), "LUX": len(small)}
-    shares = sample_shares(rows, max(rows.values()))
-    order = largest_first({**rows, POOL: sum(rows.values())})
+    shares, tasks = with_pool(rows, PARAMS.pooled_max_rows)
+    order = largest_first(tasks)
     output = train_score(weekly, PARAMS, RULES, order=order, response=RESPONSE, pool=pooled_sample(weekly, shares))
     records = output.where(F.col("record").isin("country", POOLED_RECORD)).toPandas().set_index("country")
     assert records.loc["DEU", "status"] == "trained" and records.loc["LUX", "status"] == "needs_fallback"
