@@ -309,18 +309,15 @@ def train_score(
     train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules, response=response)
     if not order:
         return weekly.groupBy("country").applyInPandas(train_country, TRAIN_SCORE_OUTPUT)
-    if pool is None:
-        return by_task(weekly, order).applyInPandas(
-            lambda frame: train_country(frame.drop(columns=TASK_KEY)), TRAIN_SCORE_OUTPUT
-        )
-    countries = [country for country in order if country != POOL]
-    train_pooled_model = pooled_function(params, gpu_mode, countries)
+    train_pooled_model = pooled_function(params, gpu_mode, [country for country in order if country != POOL])
 
     def train_group(frame: pd.DataFrame) -> pd.DataFrame:
         rows = frame.drop(columns=[TASK_KEY, GROUP])
         return train_pooled_model(rows) if frame[GROUP].iloc[0] == POOL else train_country(rows)
 
-    groups = weekly.withColumn(GROUP, F.col("country")).unionByName(pool.withColumn(GROUP, F.lit(POOL)))
+    groups = weekly.withColumn(GROUP, F.col("country"))
+    if pool is not None:
+        groups = groups.unionByName(pool.withColumn(GROUP, F.lit(POOL)))
     return by_task(groups, order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
 
 
