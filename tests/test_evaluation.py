@@ -15,7 +15,9 @@ from markdown_pricing.synthetic.evaluation import (
     accuracy_table,
     evaluation_table,
     policy_revenues,
+    regret_bar,
     regret_table,
+    to_document,
     to_markdown,
     verdict,
 )
@@ -79,6 +81,8 @@ def test_regret_of_known_picks_and_baselines() -> None:
     assert (overall["articles"], overall["covered"]) == (3, 2)
     assert overall["coverage"] == pytest.approx(2 / 3)
     assert overall["regret_model"] == pytest.approx(10 / 170)
+    # Of the covered articles, A1 got the oracle's discount and A2 did not.
+    assert deu["oracle_share"] == overall["oracle_share"] == 0.5 and math.isnan(fra["oracle_share"])
 
 
 def test_overall_regret_is_revenue_weighted() -> None:
@@ -181,3 +185,51 @@ def test_evaluate_command_says_what_is_missing(tmp_path: Path, capsys: pytest.Ca
     code = cli.main(["evaluate", "--work", str(tmp_path), "--run-id", "none", "--truth", truth])
     assert code == 1
     assert "markdown-pricing evaluate:" in capsys.readouterr().err
+
+
+def test_issue_15s_bar_holds_every_country_to_the_keep_price_policy() -> None:
+    truth = truth_frame()
+    # DEU at the oracle; FRA holds today's price, which is what keeping it earns: regret 2/3, but none behind keep.
+    table = regret_table(
+        policy_revenues(truth, predictions(("DEU", "A1", 0.1), ("DEU", "A2", 0.6), ("FRA", "A3", 0.0)))
+    )
+    bar = regret_bar(table)
+    assert (bar["worst_country"], bar["worst_country_regret"]) == ("FRA", pytest.approx(20 / 30))
+    assert bar["most_behind_keep"] == pytest.approx(0.0) and not bar["passed"]
+    # Every country at most 5 % and none behind keeping its prices: met.
+    assert regret_bar(
+        regret_table(
+            policy_revenues(truth, truth[truth["oracle"]].rename(columns={"candidate": "recommended_discount"}))
+        )
+    )["passed"]
+    # DEU at the oracle overall, but A2 one step deeper than holding: 10/170 behind keeping its price.
+    behind = regret_bar(regret_table(policy_revenues(truth, predictions(("DEU", "A1", 0.0), ("DEU", "A2", 0.7)))))
+    assert behind["most_behind_keep_country"] == "DEU" and behind["most_behind_keep"] == pytest.approx(10 / 170)
+
+
+def test_evaluation_summary_puts_the_family_first_development_worlds_before_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = truth_frame()
+    oracle = truth[truth["oracle"]].rename(columns={"candidate": "recommended_discount"})
+    results = {c: {"status": "trained", "model_kind": "country", "model_wape": 0.3} for c in ("DEU", "FRA")}
+    worlds = {"z": ("development", oracle), "y": ("validation", predictions(("DEU", "A1", 0.0), ("DEU", "A2", 0.7)))}
+    parts = []
+    for name, (role, picks) in worlds.items():
+        table = evaluation_table(accuracy_table(results), regret_table(policy_revenues(truth, picks)))
+        part = tmp_path / f"world-{name}.md"
+        part.write_text(to_markdown(table, f"World {name}: flags"))
+        part.with_suffix(".json").write_text(json.dumps(to_document(table, f"World {name}: flags", role)))
+        parts.append(str(part))
+    out = tmp_path / "evaluation.md"
+
+    assert cli.main(["evaluation-summary", *sorted(parts), "--out", str(out)]) == 0
+
+    document = out.read_text()
+    family = [line for line in document.split("## The family of worlds")[1].splitlines() if line.startswith("| World")]
+    assert [line.split("|")[1].strip() for line in family] == ["World z", "World y"]
+    assert "met" in family[0].split("|")[-2] and "not met" in family[1].split("|")[-2]
+    assert "development: 1 of 1 worlds meet issue 15's bar; validation: 0 of 1" in document
+    assert document.index("## World z: flags") < document.index("## World y: flags")
+    assert cli.main(["evaluation-summary", str(tmp_path / "none.md"), "--out", str(out)]) == 1
+    assert "markdown-pricing evaluation-summary:" in capsys.readouterr().err

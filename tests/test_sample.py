@@ -19,10 +19,14 @@ from markdown_pricing.etl import transforms
 from markdown_pricing.synthetic.sample import (
     COUNTRY_CODES,
     EPOCH,
+    PRICE_RESPONSE_ANCHOR,
+    RESPONSES,
     SampleSummary,
+    WorldShape,
     assortment_shares,
     build_world,
     generate_sample,
+    price_response,
     true_daily_demand,
 )
 
@@ -369,3 +373,100 @@ def test_true_outcomes_oracle_is_the_best_candidate(with_truth: tuple[Path, pd.D
     best = truth[truth["oracle"]].set_index(keys)["candidate"].sort_index()
     pd.testing.assert_series_equal(best, top.groupby(keys)["candidate"].min().sort_index())
     assert (best > by_article["current_discount"].first().loc[best.index]).any()
+
+
+def test_price_responses_agree_at_the_anchor_and_part_beyond_it() -> None:
+    discounts = np.round(np.arange(8) * 0.1, 1)
+    curves = {shape: price_response(discounts, np.full(8, 2.0), shape) for shape in RESPONSES}
+    for curve in curves.values():
+        assert curve[0] == pytest.approx(1.0) and (np.diff(curve) > 0).all()
+        assert curve[3] == pytest.approx((1 - PRICE_RESPONSE_ANCHOR) ** -2.0)
+    deep = discounts > PRICE_RESPONSE_ANCHOR + 1e-9
+    assert (curves["linear"][deep] < curves["exponential"][deep]).all()
+    assert (curves["exponential"][deep] < curves["power"][deep]).all()
+
+
+def test_a_world_shape_says_what_is_wrong_with_it() -> None:
+    with pytest.raises(ValueError, match=r"response 'cubic' is none of power, .*deepest_markdown must be a step"):
+        WorldShape(response="cubic", deepest_markdown=0.25)
+    with pytest.raises(ValueError, match="stock_cover"):
+        WorldShape(stock_cover=(1.0, 0.5))
+
+
+SHAPED = WorldShape(
+    response="linear",
+    elasticity_shift=-0.5,
+    elasticity_spread=2.0,
+    noise=0.5,
+    affinity=0.4,
+    volume=0.5,
+    markdown_chance=0.3,
+    deepest_markdown=0.3,
+    stock_cover=(1.5, 2.0),
+)
+
+
+@pytest.fixture(scope="module")
+def shaped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("shaped")
+    generate_sample(
+        root / "raw",
+        run_date=TRUTH_RUN_DATE,
+        inject_bad_rows=False,
+        truth_dir=root / "truth",
+        shape=SHAPED,
+        **TRUTH_SHAPE,
+    )
+    return root / "raw", pd.read_parquet(root / "truth")
+
+
+def test_a_shaped_worlds_history_never_goes_deeper_than_its_deepest_markdown(shaped: tuple[Path, pd.DataFrame]) -> None:
+    raw, _ = shaped
+    prices = read(raw, "prices").merge(read(raw, "articles")[["article_id", "original_price"]], on="article_id")
+    discount = (1 - prices["price"] / prices["original_price"]).round(2)
+    assert discount.max() == pytest.approx(SHAPED.deepest_markdown, abs=0.01)
+
+
+def test_a_shaped_worlds_truth_follows_its_demand_curve_and_elasticities(
+    shaped: tuple[Path, pd.DataFrame],
+) -> None:
+    _, truth = shaped
+    seed, size = TRUTH_SHAPE["seed"], {k: v for k, v in TRUTH_SHAPE.items() if k != "seed"}
+    world = build_world(np.random.default_rng(seed), run_date=TRUTH_RUN_DATE, shape=SHAPED, **size)
+    demo = build_world(np.random.default_rng(seed), run_date=TRUTH_RUN_DATE, **size)
+    # Stretched twice as far around the center, then moved down: the same articles' elasticities, within new bounds.
+    assert world.elasticity.std() > 1.5 * demo.elasticity.std() and world.elasticity.min() >= 0.2
+    assert world.elasticity.mean() < demo.elasticity.mean() - 0.3
+    assert world.affinity is not None and world.affinity.shape == world.carried.shape
+    # Every day of a candidate's season is the current discount's, times the curve's lift between the two.
+    held = truth[truth["candidate"] == truth["current_discount"]].set_index(["country", "article_id"])
+    deeper = truth[truth["candidate"] > truth["current_discount"]].join(
+        held["expected_units"].rename("held_units"), on=["country", "article_id"]
+    )
+    article = deeper["article_id"].map(dict(zip(world.article_id, range(len(world.article_id)), strict=True)))
+    elasticity = world.elasticity[article.to_numpy()]
+    lift = price_response(deeper["candidate"], elasticity, "linear") / price_response(
+        deeper["current_discount"], elasticity, "linear"
+    )
+    moving = deeper["held_units"] > 0
+    assert np.allclose(deeper["expected_units"][moving], (deeper["held_units"] * lift)[moving], rtol=1e-9)
+
+
+def test_a_tiny_country_may_carry_older_articles_but_sells_nothing_before_it_opened(tmp_path: Path) -> None:
+    summary = generate_sample(
+        tmp_path,
+        run_date=TRUTH_RUN_DATE,
+        inject_bad_rows=False,
+        tiny_country_weeks=8,
+        shape=WorldShape(tiny_carries_older=True),
+        **TRUTH_SHAPE,
+    )
+    opened = TRUTH_RUN_DATE - timedelta(weeks=8)
+    articles = read(tmp_path, "articles").set_index("article_id")
+    for name, day in (("sales", "sale_date"), ("stock", "snapshot_date")):
+        rows = read(tmp_path, name).astype({"country": str})
+        tiny = rows[rows["country"] == summary.tiny_country]
+        assert tiny[day].min() >= opened
+    sold = read(tmp_path, "sales").astype({"country": str})
+    older = articles.loc[sold.loc[sold["country"] == summary.tiny_country, "article_id"].unique(), "launch_date"]
+    assert (older < opened).any()

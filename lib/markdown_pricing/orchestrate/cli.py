@@ -37,11 +37,17 @@ def configured(args: argparse.Namespace) -> Config:
 
 
 def generate_sample_command(args: argparse.Namespace) -> int:
-    from markdown_pricing.synthetic.sample import TINY_COUNTRY_WEEKS, generate_sample
+    from markdown_pricing.synthetic.sample import TINY_COUNTRY_WEEKS, WorldShape, generate_sample
 
     tiny_country_weeks = TINY_COUNTRY_WEEKS if args.tiny_country_weeks is None else args.tiny_country_weeks
     from markdown_pricing.core.storage import filesystem, local_path
 
+    try:
+        flags = {name: getattr(args, name) for name in SHAPE_FLAGS}
+        shape = WorldShape(**{name: value_of(flag) for name, flag in flags.items() if flag is not None})
+    except ValueError as err:
+        print(f"markdown-pricing generate-sample: {err}", file=sys.stderr)
+        return 2
     remote = urlparse(args.out).scheme not in ("", "file")
     # A raw root on HDFS is written here first, then uploaded, as an upstream export would deliver it.
     local_out = Path(tempfile.mkdtemp(prefix="markdown-sample-")) / "raw" if remote else local_path(args.out)
@@ -55,6 +61,7 @@ def generate_sample_command(args: argparse.Namespace) -> int:
         tiny_country_weeks=tiny_country_weeks,
         truth_dir=Path(args.truth) if args.truth else None,
         largest_to_median=args.largest_to_median,
+        shape=shape,
     )
     if remote:
         filesystem(args.out).upload(args.out, local_out)
@@ -91,14 +98,49 @@ def evaluate_command(args: argparse.Namespace) -> int:
     predictions["country"] = predictions["country"].astype(str)
     revenues = evaluation.policy_revenues(truth, predictions)
     table = evaluation.evaluation_table(evaluation.accuracy_table(results), evaluation.regret_table(revenues))
-    markdown = evaluation.to_markdown(table, args.title or f"run {args.run_id}")
+    title = args.title or f"run {args.run_id}"
+    markdown = evaluation.to_markdown(table, title)
     print(markdown)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown)
-        out.with_suffix(".json").write_text(json.dumps(evaluation.to_document(table), indent=2))
+        out.with_suffix(".json").write_text(json.dumps(evaluation.to_document(table, title, args.role), indent=2))
         print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def evaluation_summary_command(args: argparse.Namespace) -> int:
+    """docs/evaluation.md from the worlds' `evaluate --out` parts: the family's table, then each world's."""
+    from markdown_pricing.synthetic import evaluation
+
+    parts = [Path(part) for part in args.parts]
+    try:
+        worlds = [
+            (json.loads(part.with_suffix(".json").read_text()), part.with_suffix(".md").read_text()) for part in parts
+        ]
+    except (OSError, ValueError) as err:
+        print(f"markdown-pricing evaluation-summary: {err}", file=sys.stderr)
+        return 1
+    # Development worlds first: "development" sorts before "validation".
+    documents, sections = zip(*sorted(worlds, key=lambda world: world[0]["role"] or ""), strict=True)
+    Path(args.out).write_text(
+        "\n".join(
+            [
+                "# Evaluation against the known truth",
+                "",
+                "Written by `make evaluate`; the measures are defined in"
+                " `lib/markdown_pricing/synthetic/evaluation.py`, the worlds in the Makefile (`EVALUATION_WORLDS`)."
+                " Methods were chosen on the development worlds; the validation worlds are only reported.",
+                "",
+                "## The family of worlds",
+                "",
+                evaluation.family_markdown(list(documents)),
+                *sections,
+            ]
+        )
+    )
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -492,6 +534,42 @@ def add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# generate-sample's flags for synthetic.sample.WorldShape, by field: (type, metavar, help). Defaults are WorldShape's.
+SHAPE_FLAGS: dict[str, tuple[Callable[[str], Any], str, str]] = {
+    "response": (str, "CURVE", "the demand curve of the discount: power (constant elasticity), exponential or linear"),
+    "elasticity_shift": (float, "E", "added to every article's price elasticity"),
+    "elasticity_spread": (float, "X", "stretches the elasticities' spread around their center"),
+    "noise": (float, "VAR", "variance of a day-to-day demand shock (0: Poisson alone)"),
+    "affinity": (float, "SD", "log-sd of a demand multiplier per (country, article)"),
+    "volume": (float, "X", "multiplies every country's demand"),
+    "markdown_chance": (float, "P", "weekly chance of a markdown in the history"),
+    "deepest_markdown": (float, "D", "the deepest discount the history reaches"),
+    "stock_cover": (float, "LOW HIGH", "an article's stock as a share of its season demand, drawn in this range"),
+    "tiny_carries_older": (bool, "", "the tiny country carries articles launched before its shop opened too"),
+}
+
+
+def value_of(flag: Any) -> Any:
+    """A flag's value as WorldShape takes it: a pair as a tuple."""
+    return tuple(flag) if isinstance(flag, list) else flag
+
+
+def add_shape_arguments(group: argparse._ArgumentGroup) -> None:
+    for name, (kind, metavar, text) in SHAPE_FLAGS.items():
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            group.add_argument(flag, action="store_const", const=True, help=text)
+            continue
+        pair = " " in metavar
+        group.add_argument(
+            flag,
+            type=kind,
+            nargs=2 if pair else None,
+            metavar=tuple(metavar.split()) if pair else metavar,
+            help=f"{text} (default: the demo world's)",
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     main = argparse.ArgumentParser(prog="markdown-pricing", description=__doc__)
@@ -516,6 +594,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="RATIO",
         help="the largest country carries RATIO times the median country's assortment (default: 95 %% to 50 %%)",
     )
+    add_shape_arguments(sample.add_argument_group("the world's structure (synthetic.sample.WorldShape)"))
     sample.add_argument("--truth", metavar="DIR", help="also write the true outcomes per candidate discount here")
     sample.set_defaults(handler=generate_sample_command)
 
@@ -528,7 +607,19 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--env", choices=ENVIRONMENTS, default="local")
     evaluate.add_argument("--title", help="heading of the Markdown section (default: the run id)")
     evaluate.add_argument("--out", metavar="FILE.md", help="also write the Markdown here, and JSON beside it")
+    evaluate.add_argument(
+        "--role",
+        choices=("development", "validation"),
+        help="the world's part in the family: methods are chosen on development worlds",
+    )
     evaluate.set_defaults(handler=evaluate_command)
+
+    summary = commands.add_parser(
+        "evaluation-summary", help="one document from several worlds' `evaluate --out` parts, the family's table first"
+    )
+    summary.add_argument("parts", nargs="+", metavar="PART", help="what `evaluate --out` wrote (.md, JSON beside it)")
+    summary.add_argument("--out", required=True, metavar="FILE.md")
+    summary.set_defaults(handler=evaluation_summary_command)
 
     run = commands.add_parser("run", help="run the weekly pipeline for one run date through Luigi")
     add_run_arguments(run)

@@ -10,7 +10,8 @@ one candidate per article and earns that candidate's true revenue:
 - oracle: the true best candidate.
 
 Regret is 1 − revenue / oracle revenue, per country and overall (sums over the countries, so the overall figure
-is revenue-weighted). Every policy is scored on the same articles: those the truth prices and the run recommended
+is revenue-weighted); `oracle_share` is the share of articles the model gave the oracle's discount. Every policy is
+scored on the same articles: those the truth prices and the run recommended
 for with one of the candidates. Articles without such a recommendation (a country that failed, an article the run
 did not find active) are left out and counted in `coverage`, so a regret never mixes in what another policy
 would have earned there.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ OVERALL = "overall"
 # and the recommendations' regret against the oracle under 5 % overall.
 MIN_IMPROVEMENT = 0.2
 MAX_REGRET = 0.05
+# Issue 15's bar, on every world of the family: regret at most 3 % overall and 5 % in every country, and no country
+# more than half a point worse than keeping today's price.
+MAX_OVERALL_REGRET = 0.03
+MAX_COUNTRY_REGRET = 0.05
+MAX_REGRET_OVER_KEEP = 0.005
 # What country_results.json may hold per country; keys a run did not write show blank.
 RESULT_KEYS = (
     "status",
@@ -77,7 +83,8 @@ def policy_revenues(truth: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFr
     for policy in POLICIES:
         earned = picks[policy].set_index(KEYS)["expected_revenue"].rename(policy)
         revenues = revenues.join(earned, on=KEYS, how="left")
-    return revenues.reset_index(drop=True)
+    oracle_pick = picks["model"].set_index(KEYS)["oracle"].rename("oracle_pick")
+    return revenues.join(oracle_pick, on=KEYS, how="left").reset_index(drop=True)
 
 
 def regret_table(revenues: pd.DataFrame) -> pd.DataFrame:
@@ -85,11 +92,13 @@ def regret_table(revenues: pd.DataFrame) -> pd.DataFrame:
     covered = revenues.assign(covered=revenues["model"].notna())
     scored = covered[covered["covered"]]
     per_country = covered.groupby("country").agg(articles=("article_id", "size"), covered=("covered", "sum"))
-    per_country = per_country.join(scored.groupby("country")[list(POLICIES)].sum()).fillna(
-        {policy: 0.0 for policy in POLICIES}
+    sums = scored.assign(oracle_picks=scored["oracle_pick"].astype(bool)).groupby("country")
+    per_country = per_country.join(sums[[*POLICIES, "oracle_picks"]].sum()).fillna(
+        {policy: 0.0 for policy in (*POLICIES, "oracle_picks")}
     )
     table = pd.concat([per_country, per_country.sum().to_frame(OVERALL).T])
     table["coverage"] = table["covered"] / table["articles"]
+    table["oracle_share"] = table["oracle_picks"] / table["covered"].where(table["covered"] > 0)
     oracle = table["oracle"].where(table["oracle"] > 0)
     for policy in POLICIES:
         table[f"regret_{policy}"] = 1 - table[policy] / oracle
@@ -140,9 +149,38 @@ def verdict(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def to_document(table: pd.DataFrame) -> dict[str, Any]:
-    """The verdict and the table as plain JSON values: missing figures become null."""
-    return {"verdict": verdict(table), "countries": json.loads(table.to_json(orient="records"))}
+def regret_bar(table: pd.DataFrame) -> dict[str, Any]:
+    """Issue 15's bar on one world: overall regret, the worst country's, and how far the country that gains least
+    on keeping today's price falls behind it (regret points; negative: it does better)."""
+    countries = table[(table["country"] != OVERALL) & (table["covered"] > 0)]
+    overall = table.loc[table["country"] == OVERALL, "regret_model"].dropna()
+    regret = float(overall.iloc[0]) if len(overall) else None
+    over_keep = countries["regret_model"] - countries["regret_keep_price"]
+    worst = countries.loc[countries["regret_model"].idxmax()] if len(countries) else None
+    behind = countries.loc[over_keep.idxmax()] if len(countries) else None
+    return {
+        "overall_regret": regret,
+        "worst_country": None if worst is None else str(worst["country"]),
+        "worst_country_regret": None if worst is None else float(worst["regret_model"]),
+        "most_behind_keep_country": None if behind is None else str(behind["country"]),
+        "most_behind_keep": None if behind is None else float(over_keep.max()),
+        "oracle_share": float(table.loc[table["country"] == OVERALL, "oracle_share"].iloc[0]),
+        "passed": regret is not None
+        and regret <= MAX_OVERALL_REGRET
+        and bool((countries["regret_model"] <= MAX_COUNTRY_REGRET).all())
+        and bool((over_keep <= MAX_REGRET_OVER_KEEP).all()),
+    }
+
+
+def to_document(table: pd.DataFrame, title: str = "", role: str | None = None) -> dict[str, Any]:
+    """The verdicts and the table as plain JSON values: missing figures become null."""
+    return {
+        "title": title,
+        "role": role,
+        "verdict": verdict(table),
+        "regret_bar": regret_bar(table),
+        "countries": json.loads(table.to_json(orient="records")),
+    }
 
 
 # (column, heading, format): WAPEs as shares, improvements and regrets as percentages.
@@ -159,6 +197,8 @@ COLUMNS = (
     ("regret_model", "regret: model", "{:.2%}"),
     ("regret_keep_price", "regret: keep price", "{:.2%}"),
     ("regret_extra_20", "regret: +20 %", "{:.2%}"),
+    ("oracle_share", "oracle's discount", "{:.0%}"),
+    ("model_bias", "model bias", "{:+.3f}"),
 )
 
 
@@ -168,13 +208,19 @@ def _cell(value: Any, template: str) -> str:
     return template.format(value)
 
 
+def _grid(cells: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the first row of cells is the heading."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return lines
+
+
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     """A Markdown section: the title, the table, and whether the run meets issue 3's bar."""
     cells = [[heading for _, heading, _ in COLUMNS]]
     cells += [[_cell(row[column], template) for column, _, template in COLUMNS] for _, row in table.iterrows()]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    lines = _grid(cells)
     check = verdict(table)
     short = ", ".join(check["improvement_below_bar"]) or "none"
     bar = (
@@ -193,4 +239,48 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
         "articles the run recommended for (articles, coverage of those the truth prices); keep price: no further "
         "markdown; +20 %: 20 points more discount, at most the ladder's top."
     )
-    return "\n".join([f"## {title}", "", *lines, "", *fallbacks, *([""] if fallbacks else []), legend, "", bar, ""])
+    notes = [*fallbacks, *([""] if fallbacks else []), legend, "", bar, family_bar(table)]
+    return "\n".join([f"## {title}", "", *lines, "", *notes, ""])
+
+
+def family_bar(table: pd.DataFrame) -> str:
+    check = regret_bar(table)
+    return (
+        f"Issue 15's bar: overall regret ≤ {MAX_OVERALL_REGRET:.0%} (got {_cell(check['overall_regret'], '{:.2%}')}), "
+        f"every country's ≤ {MAX_COUNTRY_REGRET:.0%} (worst: {check['worst_country']} "
+        f"{_cell(check['worst_country_regret'], '{:.2%}')}), none more than {MAX_REGRET_OVER_KEEP:.1%} points "
+        f"worse than keeping today's price (most behind: {check['most_behind_keep_country']} "
+        f"{_cell(check['most_behind_keep'], '{:+.2%}')}): {'met' if check['passed'] else 'not met'}."
+    )
+
+
+# The family's table: (heading, format, what of a world's document).
+FAMILY_COLUMNS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], Any]], ...] = (
+    ("world", "{}", lambda d: d["title"].split(":")[0]),
+    ("role", "{}", lambda d: d["role"]),
+    ("regret: model", "{:.2%}", lambda d: d["regret_bar"]["overall_regret"]),
+    ("regret: keep price", "{:.2%}", lambda d: _overall(d)["regret_keep_price"]),
+    ("worst country", "{}", lambda d: d["regret_bar"]["worst_country"]),
+    ("its regret", "{:.2%}", lambda d: d["regret_bar"]["worst_country_regret"]),
+    ("most behind keep price", "{}", lambda d: d["regret_bar"]["most_behind_keep_country"]),
+    ("by", "{:+.2%}", lambda d: d["regret_bar"]["most_behind_keep"]),
+    ("oracle's discount", "{:.0%}", lambda d: d["regret_bar"]["oracle_share"]),
+    ("issue 15's bar", "{}", lambda d: "met" if d["regret_bar"]["passed"] else "not met"),
+)
+
+
+def _overall(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    return next(row for row in document["countries"] if row["country"] == OVERALL)
+
+
+def family_markdown(documents: list[Mapping[str, Any]]) -> str:
+    """One row per world, in the order given, and how many worlds of each role meet issue 15's bar."""
+    cells = [[heading for heading, _, _ in FAMILY_COLUMNS]]
+    cells += [[_cell(pick(d), template) for _, template, pick in FAMILY_COLUMNS] for d in documents]
+    lines = _grid(cells)
+    counts = [
+        f"{role}: {sum(d['regret_bar']['passed'] for d in documents if d['role'] == role)} of "
+        f"{sum(d['role'] == role for d in documents)} worlds meet issue 15's bar"
+        for role in sorted({d["role"] for d in documents if d["role"]})
+    ]
+    return "\n".join([*lines, "", "; ".join(counts) + ".", ""])

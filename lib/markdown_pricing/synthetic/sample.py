@@ -93,6 +93,9 @@ TINY_COUNTRY_WEEKS = 6
 TINY_ARTICLE_SHARE = 0.05
 TINY_MIN_ARTICLES = 3
 TINY_SCALE = 0.5
+# Articles' price elasticities stay within these bounds; WorldShape moves and stretches them around the center.
+ELASTICITY_BOUNDS = (1.2, 3.0)
+ELASTICITY_CENTER = 2.0
 
 
 def country_scales(n: int) -> np.ndarray:
@@ -120,9 +123,24 @@ def seasonal_factor(day_of_year: np.ndarray) -> np.ndarray:
     return 1 + 0.15 * np.cos(2 * np.pi * (np.asarray(day_of_year, dtype=float) - 345) / 365.25)
 
 
-def price_response(discount: np.ndarray, elasticity: np.ndarray) -> np.ndarray:
-    """Demand multiplier of a discount under constant price elasticity."""
-    return (1 - np.asarray(discount, dtype=float)) ** (-np.asarray(elasticity, dtype=float))
+# The demand curves a world's price response may follow. All agree at PRICE_RESPONSE_ANCHOR off; they part beyond it.
+RESPONSES = ("power", "exponential", "linear")
+PRICE_RESPONSE_ANCHOR = 0.3
+
+
+def price_response(discount: np.ndarray, elasticity: np.ndarray, shape: str = "power") -> np.ndarray:
+    """Demand multiplier of a discount: under constant price elasticity ("power"), or a curve with the same lift at
+    PRICE_RESPONSE_ANCHOR off that grows exponentially ("exponential", log-linear in the discount) or linearly
+    ("linear") with the discount, so that deep discounts lift demand less than the power law says."""
+    d, e = np.asarray(discount, dtype=float), np.asarray(elasticity, dtype=float)
+    if shape == "power":
+        return (1 - d) ** -e
+    anchor = (1 - PRICE_RESPONSE_ANCHOR) ** -e
+    if shape == "exponential":
+        return anchor ** (d / PRICE_RESPONSE_ANCHOR)
+    if shape == "linear":
+        return 1 + (anchor - 1) * d / PRICE_RESPONSE_ANCHOR
+    raise ValueError(f"price response {shape!r} is none of {', '.join(RESPONSES)}")
 
 
 def true_daily_demand(
@@ -133,17 +151,73 @@ def true_daily_demand(
     day_of_year: np.ndarray,
     discount: np.ndarray,
     elasticity: np.ndarray,
+    response: str = "power",
 ) -> np.ndarray:
-    """Poisson mean of units sold on a day; base is the article's base demand times the country scale."""
+    """Mean of units sold on a day; base is the article's base demand times the country scale and the pair's
+    affinity."""
     in_season = (np.asarray(days_since_launch) >= 0) & (np.asarray(days_to_season_end) >= 0)
     mean = (
         base
         * lifecycle(np.asarray(days_since_launch) / 7)
         * WEEKDAY_FACTOR[weekday]
         * seasonal_factor(day_of_year)
-        * price_response(discount, elasticity)
+        * price_response(discount, elasticity, response)
     )
     return np.where(in_season, mean, 0.0)
+
+
+@dataclass(frozen=True)
+class WorldShape:
+    """What sets one world's structure apart from another's beyond its size and seed; the defaults are the demo's.
+
+    response: the demand curve of the discount (RESPONSES); elasticity_shift and elasticity_spread move the
+    categories' price elasticities and scale their spread around ELASTICITY_CENTER; noise: the variance of a
+    gamma-distributed day-to-day demand shock (0: Poisson alone); affinity: the standard deviation of a lognormal
+    demand multiplier per (country, article), how differently countries take to one article; volume: multiplies
+    every country's demand; markdown_chance: the weekly chance of a markdown in the history, never deeper than
+    deepest_markdown; stock_cover: the range of an article's stock as a share of its expected season demand;
+    tiny_carries_older: the tiny country carries articles launched before its shop opened too, not only newer ones.
+    """
+
+    response: str = "power"
+    elasticity_shift: float = 0.0
+    elasticity_spread: float = 1.0
+    noise: float = 0.0
+    affinity: float = 0.0
+    volume: float = 1.0
+    markdown_chance: float = MARKDOWN_CHANCE
+    deepest_markdown: float = float(LADDER[-1])
+    stock_cover: tuple[float, float] = (0.6, 1.4)
+    tiny_carries_older: bool = False
+
+    def __post_init__(self) -> None:
+        problems = [
+            *([f"response {self.response!r} is none of {', '.join(RESPONSES)}"] * (self.response not in RESPONSES)),
+            *(["elasticity_spread must be positive"] if self.elasticity_spread <= 0 else []),
+            *(["noise and affinity must not be negative"] if min(self.noise, self.affinity) < 0 else []),
+            *(["volume must be positive"] if self.volume <= 0 else []),
+            *(["markdown_chance must be between 0 and 1"] if not 0 <= self.markdown_chance <= 1 else []),
+            *([f"deepest_markdown must be a step of {LADDER.tolist()}"] if self.deepest_step() is None else []),
+            *(["stock_cover must be 0 < low <= high"] if not 0 < self.stock_cover[0] <= self.stock_cover[1] else []),
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def deepest_step(self) -> int | None:
+        steps = np.flatnonzero(np.isclose(LADDER, self.deepest_markdown))
+        return int(steps[0]) if len(steps) else None
+
+    def elasticities(self, drawn: np.ndarray) -> np.ndarray:
+        """The world's elasticities from the default ones drawn per article, within bounds that move with them."""
+        if (self.elasticity_shift, self.elasticity_spread) == (0.0, 1.0):
+            return np.clip(drawn, *ELASTICITY_BOUNDS)
+        low, high = (ELASTICITY_CENTER + self.elasticity_spread * (b - ELASTICITY_CENTER) for b in ELASTICITY_BOUNDS)
+        moved = ELASTICITY_CENTER + self.elasticity_spread * (drawn - ELASTICITY_CENTER)
+        shift = self.elasticity_shift
+        return np.clip(moved + shift, max(0.2, low + shift), high + shift)
+
+
+DEMO_SHAPE = WorldShape()
 
 
 @dataclass(frozen=True)
@@ -164,6 +238,14 @@ class World:
     first_day: date
     run_date: date
     tiny_country: str | None = None  # the last of `countries`, when the world has one
+    opened: int = 0  # days since 1970-01-01 when the tiny country's shop opened
+    shape: WorldShape = DEMO_SHAPE
+    affinity: np.ndarray | None = None  # float (country, article) demand multiplier; None: 1 everywhere
+
+    def pair_base(self, country: np.ndarray, article: np.ndarray) -> np.ndarray:
+        """Base daily demand of (country, article) pairs: the article's, the country's scale and their affinity."""
+        base = self.base_demand[article] * self.country_scale[country]
+        return base if self.affinity is None else base * self.affinity[country, article]
 
 
 @dataclass(frozen=True)
@@ -222,6 +304,7 @@ def build_world(
     run_date: date,
     tiny_country_weeks: int = TINY_COUNTRY_WEEKS,
     largest_to_median: float | None = None,
+    shape: WorldShape = DEMO_SHAPE,
 ) -> World:
     """Draws the world's parameters; the first thing generate_sample does with default_rng(seed).
 
@@ -229,6 +312,7 @@ def build_world(
     the next code of COUNTRY_CODES as the tiny country whose shop opened tiny_country_weeks before the run date.
     Each country carries a share of the articles falling with its rank: from 95 % to 50 % by default, or as a
     power law with the largest country carrying `largest_to_median` times the median country's assortment.
+    `shape` sets the world's structure; its defaults draw exactly the demo's world.
     """
     if run_date.weekday() != 0:
         raise ValueError(f"run_date {run_date} is not a Monday")
@@ -260,16 +344,21 @@ def build_world(
     low, high, base, elasticity = params[cat_idx].T
     price = np.floor(low + rng.random(articles) * (high - low)) + rng.choice([0.95, 0.99], articles)
     carried = rng.random((countries, articles)) < assortment_shares(countries, largest_to_median)[:, None]
-    scale = country_scales(countries)
+    scale = country_scales(countries) * shape.volume
     tiny_row = np.zeros(articles, dtype=bool)
+    season_end = np.array([_days(seasons[i][3]) for i in season_idx], dtype=np.int64)
+    opened = _days(run_date - timedelta(weeks=tiny_country_weeks))
     if tiny_country_weeks:
         # A child generator: the regular countries' draws stay what they were without a tiny country.
-        opened = _days(run_date - timedelta(weeks=tiny_country_weeks))
-        tiny_row = _tiny_assortment(rng.spawn(1)[0], launch, opened)
+        on_sale = season_end > opened + 28 if shape.tiny_carries_older else launch >= opened
+        tiny_row = _tiny_assortment(rng.spawn(1)[0], on_sale & (launch < _days(run_date)))
     tiny = int(tiny_row.any())
     if tiny:
         carried = np.vstack([carried, tiny_row])
         scale = np.append(scale, TINY_SCALE * scale[-1])
+    affinity = None
+    if shape.affinity:
+        affinity = rng.spawn(1)[0].lognormal(-(shape.affinity**2) / 2, shape.affinity, carried.shape)
     return World(
         countries=COUNTRY_CODES[: countries + tiny],
         country_scale=scale,
@@ -277,56 +366,57 @@ def build_world(
         category=names[cat_idx],
         season=np.array([seasons[i][0] for i in season_idx]),
         launch=launch,
-        season_end=np.array([_days(seasons[i][3]) for i in season_idx], dtype=np.int64),
+        season_end=season_end,
         original_price=np.round(price, 2),
         base_demand=base * rng.lognormal(0.0, 0.6, articles),
-        elasticity=np.clip(elasticity + rng.normal(0.0, 0.15, articles), 1.2, 3.0),
+        elasticity=shape.elasticities(elasticity + rng.normal(0.0, 0.15, articles)),
         carried=carried,
         first_day=first_day,
         run_date=run_date,
         tiny_country=COUNTRY_CODES[countries] if tiny else None,
+        opened=opened if tiny else 0,
+        shape=shape,
+        affinity=affinity,
     )
 
 
-def _tiny_assortment(rng: np.random.Generator, launch: np.ndarray, opened: int) -> np.ndarray:
-    """Which articles the tiny country carries: a few of those launched since its shop opened.
-
-    Only those, because the ETL gives an article weeks from its launch on: one launched before the shop opened
-    would show zero-sales weeks from before it, as if the shop had been open all along.
-    """
-    since_opening = np.nonzero(launch >= opened)[0]
-    wanted = max(TINY_MIN_ARTICLES, round(TINY_ARTICLE_SHARE * len(launch)))
-    carried = np.zeros(len(launch), dtype=bool)
-    carried[rng.choice(since_opening, min(wanted, len(since_opening)), replace=False)] = True
+def _tiny_assortment(rng: np.random.Generator, eligible: np.ndarray) -> np.ndarray:
+    """Which articles the tiny country carries: a few of the eligible ones."""
+    candidates = np.nonzero(eligible)[0]
+    wanted = max(TINY_MIN_ARTICLES, round(TINY_ARTICLE_SHARE * len(eligible)))
+    carried = np.zeros(len(eligible), dtype=bool)
+    carried[rng.choice(candidates, min(wanted, len(candidates)), replace=False)] = True
     return carried
 
 
-def _season_shape(world: World) -> np.ndarray:
-    """Per article, the sum of its daily demand curve over the season at full price and base demand 1."""
+def _season_shape(world: World, opened: int = 0) -> np.ndarray:
+    """Per article, the sum of its daily demand curve over the season (from the day a shop `opened`, when later
+    than its launch) at full price and base demand 1."""
     offset = np.arange(int((world.season_end - world.launch).max()) + 1)
     day = world.launch[:, None] + offset[None, :]
     curve = true_daily_demand(
         1.0, offset[None, :], world.season_end[:, None] - day, _weekday(day), _day_of_year(day), 0.0, 1.0
     )
-    return curve.sum(axis=1)
+    return (curve * (day >= opened)).sum(axis=1)
 
 
 def _simulate(
-    rng: np.random.Generator, world: World, carried: np.ndarray
+    rng: np.random.Generator, world: World, carried: np.ndarray, opened: int = 0
 ) -> tuple[dict[str, dict[str, np.ndarray]], RunState]:
-    """Runs the carried (country, article) pairs from their earliest launch to the day before the run date;
-    returns the clean rows by dataset and the pairs' state at the run date."""
+    """Runs the carried (country, article) pairs from their earliest launch (or the day their shop `opened`, when
+    later) to the day before the run date; returns the clean rows by dataset and the pairs' state at the run date."""
     ctry, art = np.nonzero(carried)
     n = len(ctry)
+    shape = world.shape
     launch, end, orig = world.launch[art], world.season_end[art], world.original_price[art]
-    base, elasticity = world.base_demand[art] * world.country_scale[ctry], world.elasticity[art]
-    stock = np.round(base * _season_shape(world)[art] * rng.uniform(0.6, 1.4, n)).astype(np.int64)
+    base, elasticity = world.pair_base(ctry, art), world.elasticity[art]
+    stock = np.round(base * _season_shape(world, opened)[art] * rng.uniform(*shape.stock_cover, n)).astype(np.int64)
     step = np.zeros(n, dtype=np.int64)
     sold_total = np.zeros(n, dtype=np.int64)
     last_snapshot = np.full(n, -1, dtype=np.int64)
     first, stop = _days(world.first_day), _days(world.run_date)
     sales, snaps, prices = [], [], [(np.arange(n), launch, orig)]
-    for day in range(int(launch.min()), stop):
+    for day in range(max(int(launch.min()), opened), stop):
         since, to_end = day - launch, end - day
         in_season = (since >= 0) & (to_end >= 0)
         if _weekday(day) == 0:  # Monday: stock snapshot at the start of the day, then any markdown
@@ -335,11 +425,16 @@ def _simulate(
                 snaps.append((snap, np.full(len(snap), day), stock[snap]))
                 last_snapshot[snap] = stock[snap]
             jump = 1 + (rng.random(n) < 0.3)
-            moves = in_season & (since >= 21) & (step < len(LADDER) - 1) & (rng.random(n) < MARKDOWN_CHANCE)
-            step = np.where(moves, np.minimum(step + jump, len(LADDER) - 1), step)
+            deepest = shape.deepest_step()
+            moves = in_season & (since >= 21) & (step < deepest) & (rng.random(n) < shape.markdown_chance)
+            step = np.where(moves, np.minimum(step + jump, deepest), step)
             moved = np.nonzero(moves)[0]
             prices.append((moved, np.full(len(moved), day), np.round(orig[moved] * (1 - LADDER[step[moved]]), 2)))
-        mean = true_daily_demand(base, since, to_end, _weekday(day), _day_of_year(day), LADDER[step], elasticity)
+        mean = true_daily_demand(
+            base, since, to_end, _weekday(day), _day_of_year(day), LADDER[step], elasticity, shape.response
+        )
+        if shape.noise:
+            mean = mean * rng.gamma(1 / shape.noise, shape.noise, n)
         sold = np.minimum(rng.poisson(mean), stock)
         # Returns arrive on any in-season day after a first sale, so a day can net out negative.
         returned = (in_season & (sold_total > 0) & (rng.random(n) < RETURN_CHANCE)).astype(np.int64)
@@ -417,13 +512,14 @@ def true_outcomes(world: World, state: RunState, ladder: tuple[float, ...], salv
     day = week_start[:, None] + np.arange(7)[None, :]
     a = art[row][:, None]
     units = true_daily_demand(
-        world.base_demand[a] * world.country_scale[ctry[row]][:, None],
+        world.pair_base(ctry[row], art[row])[:, None],
         day - world.launch[a],
         world.season_end[a] - day,
         _weekday(day),
         _day_of_year(day),
         candidate[row][:, None],
         world.elasticity[a],
+        world.shape.response,
     ).sum(axis=1)
     current = LADDER[state.step[pair]]
     weekly = pd.DataFrame(
@@ -522,6 +618,7 @@ def generate_sample(
     truth_dir: Path | None = None,
     salvage_value_share: float = 0.0,
     largest_to_median: float | None = None,
+    shape: WorldShape = DEMO_SHAPE,
 ) -> SampleSummary:
     """Writes articles/, sales/, prices/ and stock/ raw datasets (each with a _SUCCESS marker) under out_dir.
 
@@ -538,6 +635,7 @@ def generate_sample(
         run_date=run_date,
         tiny_country_weeks=tiny_country_weeks,
         largest_to_median=largest_to_median,
+        shape=shape,
     )
     tiny = np.zeros_like(world.carried)
     if world.tiny_country:
@@ -547,7 +645,7 @@ def generate_sample(
     if world.tiny_country:
         # Simulated apart, from a child generator and after the bad rows were picked: the regular countries' rows
         # stay what they were without a tiny country. Appended, so the re-delivered row numbers still hold.
-        tiny_data, tiny_state = _simulate(rng.spawn(1)[0], world, tiny)
+        tiny_data, tiny_state = _simulate(rng.spawn(1)[0], world, tiny, world.opened)
         data = {
             name: {k: np.concatenate([v, tiny_data[name][k]]) for k, v in cols.items()} for name, cols in data.items()
         }
