@@ -197,6 +197,7 @@ def test_country_with_one_article_and_two_weeks_asks_for_a_fallback_not_raised()
             "weeks_since_launch": [0, 1, 2],
             "weeks_to_season_end": [6, 5, 4],
             "article_popularity": [None, 3.0, 2.5],
+            "article_popularity_everywhere": [None, 30.0, 25.0],
         }
     )
     cfg = load_config("local")

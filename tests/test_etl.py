@@ -174,12 +174,35 @@ def test_weekly_units_sums_days_into_monday_weeks_with_returns(spark: SparkSessi
 
 
 def test_history_grid_runs_from_launch_week_to_week_before_run(spark: SparkSession, articles: DataFrame) -> None:
-    pairs = spark.createDataFrame([("DEU", "A1"), ("FRA", "A2")], "country string, article_id string")
-    grid = transforms.history_grid(pairs, articles, RUN_DATE)
+    # Seen before its launch (a stock snapshot of the delivery): its weeks still start at the launch week.
+    seen = spark.createDataFrame(
+        [("DEU", "A1", D(2026, 10, 19)), ("FRA", "A2", D(2026, 3, 2))],
+        "country string, article_id string, first_seen date",
+    )
+    grid = transforms.history_grid(seen, articles, RUN_DATE)
     deu_weeks = sorted(r.week_start for r in grid.where(F.col("country") == "DEU").collect())
     assert deu_weeks == [D(2026, 10, 26), D(2026, 11, 2), D(2026, 11, 9), D(2026, 11, 16)]
     fra_weeks = sorted(r.week_start for r in grid.where(F.col("country") == "FRA").collect())
     assert (fra_weeks[0], fra_weeks[-1], len(fra_weeks)) == (D(2026, 3, 2), D(2026, 7, 27), 22)
+
+
+def test_a_pairs_weeks_start_at_its_first_sale_or_stock_snapshot_when_that_is_after_launch(
+    spark: SparkSession, articles: DataFrame
+) -> None:
+    # DEU's data begins weeks after A1's launch (the window's start, or a shop that opened later): those weeks are
+    # unknown, not weeks without sales. FRA's first trace is a stock snapshot, before its first sale.
+    sales = frame(spark, "sales", [("DEU", "A1", D(2026, 11, 11), 3, 150.0), ("FRA", "A1", D(2026, 11, 18), 1, 50.0)])
+    stock = frame(spark, "stock", [("FRA", "A1", D(2026, 11, 2), 30)])
+    seen = transforms.first_seen(sales, stock)
+    expected = spark.createDataFrame(
+        [("DEU", "A1", D(2026, 11, 9)), ("FRA", "A1", D(2026, 11, 2))],
+        "country string, article_id string, first_seen date",
+    )
+    assert_df_equality(seen, expected, ignore_row_order=True, ignore_nullable=True)
+    grid = transforms.history_grid(seen, articles, RUN_DATE)
+    weeks = {(r.country, r.week_start) for r in grid.collect()}
+    deu, fra = [D(2026, 11, 9), D(2026, 11, 16)], [D(2026, 11, 2), D(2026, 11, 9), D(2026, 11, 16)]
+    assert weeks == {("DEU", week) for week in deu} | {("FRA", week) for week in fra}
 
 
 def test_active_articles_needs_stock_and_season_after_run(spark: SparkSession, articles: DataFrame) -> None:
@@ -222,6 +245,30 @@ def test_curated_weekly_fills_zero_weeks_and_carries_price_and_stock(spark: Spar
     assert_approx_df_equality(history, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_popularity_everywhere_is_the_articles_mean_week_in_every_country_before_the_rows_week(
+    spark: SparkSession, articles: DataFrame
+) -> None:
+    sales = frame(
+        spark,
+        "sales",
+        [
+            ("DEU", "A1", D(2026, 10, 28), 8, 400.0),
+            ("FRA", "A1", D(2026, 11, 4), 2, 100.0),
+            ("FRA", "A1", D(2026, 11, 11), 4, 200.0),
+        ],
+    )
+    prices = frame(spark, "prices", [])
+    stock = frame(spark, "stock", [("DEU", "A1", D(2026, 11, 16), 14), ("FRA", "A1", D(2026, 11, 16), 9)])
+    curated = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE)
+    seen = {(r.country, r.week_start): r.article_popularity_everywhere for r in curated.collect()}
+    # DEU's weeks from 10-26 (8, 0, 0, 0), FRA's from 11-02 (2, 4, 0): before 11-09, DEU's two weeks and FRA's one.
+    assert seen[("DEU", D(2026, 10, 26))] is None
+    assert seen[("FRA", D(2026, 11, 2))] == seen[("DEU", D(2026, 11, 2))] == 8.0
+    assert seen[("FRA", D(2026, 11, 9))] == pytest.approx((8 + 0 + 2) / 3)
+    # The future weeks know every past week of both countries.
+    assert seen[("DEU", RUN_DATE)] == seen[("FRA", D(2027, 1, 25))] == pytest.approx((8 + 2 + 4) / 7)
+
+
 def test_curated_weekly_future_weeks_reach_season_end_at_current_price(
     spark: SparkSession, articles: DataFrame
 ) -> None:
@@ -234,8 +281,9 @@ def test_curated_weekly_future_weeks_reach_season_end_at_current_price(
     rows = sorted(future.collect(), key=lambda r: r.week_start)
     assert [r.week_start for r in rows][:2] == [D(2026, 11, 23), D(2026, 11, 30)]
     assert rows[-1].week_start == D(2027, 1, 25)
+    # History from its first sale's week (11-09): 6 then 0 units.
     assert {(r.units, r.price, r.discount, r.stock_on_hand, r.article_popularity) for r in rows} == {
-        (None, 40.0, 0.2, 14, 1.5)
+        (None, 40.0, 0.2, 14, 3.0)
     }
     assert rows[0].weeks_to_season_end == 9
 

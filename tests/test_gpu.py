@@ -57,6 +57,7 @@ def weekly_rows(country: str, seed: int, articles: int = 6, weeks: int = 12) -> 
                     w + weeks,
                     4 - w,
                     5.0,
+                    20.0,
                 )
             )
     return rows

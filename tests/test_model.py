@@ -60,6 +60,7 @@ def elastic_world(seed: int = 0, articles: int = 40, weeks: int = 30) -> pd.Data
                     "weeks_since_launch": w + weeks,
                     "weeks_to_season_end": 8 - w,
                     "article_popularity": base,
+                    "article_popularity_everywhere": 2 * base,
                 }
             )
     world = pd.DataFrame(rows)
@@ -138,10 +139,11 @@ def test_backtest_origins_tile_the_last_weeks_and_refuse_too_short_history() -> 
 
 
 def with_etl_popularity(world: pd.DataFrame) -> pd.DataFrame:
-    """Popularity as the ETL computes it: each article's mean units over the weeks before the row's."""
+    """Popularity as the ETL computes it: each article's mean units over the weeks before the row's (in a world of
+    one country, the same everywhere)."""
     ordered = world.sort_values(["article_id", "week_start"], ignore_index=True)
-    by_article = ordered.groupby("article_id")["units"]
-    return ordered.assign(article_popularity=by_article.transform(lambda u: u.astype(float).expanding().mean().shift()))
+    mean_before = ordered.groupby("article_id")["units"].transform(lambda u: u.astype(float).expanding().mean().shift())
+    return ordered.assign(article_popularity=mean_before, article_popularity_everywhere=mean_before)
 
 
 def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_features() -> None:
@@ -153,8 +155,9 @@ def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_fea
     assert train["week_start"].max() < origin <= test["week_start"].min()
     assert test.groupby("week_start")["weeks_ahead"].unique().map(list).tolist() == [[0], [1], [2], [3]]
     # Popularity is frozen at the origin: the value the origin's own row carries (mean of the weeks before it).
-    at_origin = history[history["week_start"] == origin].set_index("article_id")["article_popularity"]
-    assert (test["article_popularity"].to_numpy() == test["article_id"].map(at_origin).to_numpy()).all()
+    for popularity in backtest.POPULARITY:
+        at_origin = history[history["week_start"] == origin].set_index("article_id")[popularity]
+        assert (test[popularity].to_numpy() == test["article_id"].map(at_origin).to_numpy()).all()
     # Changing every week from the origin on changes neither the training rows nor the test features.
     changed = world.assign(units=np.where(pd.to_datetime(world["week_start"]) >= origin, 999, world["units"]))
     changed_history, _ = history_of(with_etl_popularity(changed))
@@ -169,7 +172,8 @@ def test_backtest_split_never_lets_weeks_from_the_origin_on_into_training_or_fea
 
 def test_training_rows_read_popularity_as_a_forecast_made_weeks_ahead_earlier_would() -> None:
     history, usable = history_of(elastic_world(articles=10, weeks=12))
-    history = history.assign(article_popularity=(history["week_start"] - pd.Timestamp(RUN_DATE)).dt.days / 7.0)
+    weeks_from_run = (history["week_start"] - pd.Timestamp(RUN_DATE)).dt.days / 7.0
+    history = history.assign(article_popularity=weeks_from_run, article_popularity_everywhere=2 * weeks_from_run)
     seen = backtest.as_forecasts(history, usable, 4)
     assert set(seen["weeks_ahead"]) == {0, 1, 2, 3}
     # The popularity the history holds weeks_ahead weeks before the row's week; none before the first week.
@@ -177,6 +181,7 @@ def test_training_rows_read_popularity_as_a_forecast_made_weeks_ahead_earlier_wo
     known_at = weeks_before_run - seen["weeks_ahead"]
     expected = known_at.where(known_at >= -12)
     pd.testing.assert_series_equal(seen["article_popularity"], expected, check_names=False)
+    pd.testing.assert_series_equal(seen["article_popularity_everywhere"], 2 * expected, check_names=False)
     assert seen["article_popularity"].isna().any()
     # The same rows in another order are seen the same way.
     shuffled = backtest.as_forecasts(history, usable.sample(frac=1.0, random_state=1), 4)

@@ -79,6 +79,7 @@ WEEKLY = T.StructType(
         T.StructField("weeks_since_launch", T.IntegerType()),
         T.StructField("weeks_to_season_end", T.IntegerType()),
         T.StructField("article_popularity", T.DoubleType()),
+        T.StructField("article_popularity_everywhere", T.DoubleType()),
     ]
 )
 

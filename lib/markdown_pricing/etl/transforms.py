@@ -186,12 +186,23 @@ def weekly_first_stock(stock: DataFrame) -> DataFrame:
     )
 
 
-def history_grid(pairs: DataFrame, articles: DataFrame, run_date: dt.date) -> DataFrame:
-    """Every week from an article's launch week to the week before the run (or its season's end)."""
+def first_seen(sales: DataFrame, stock: DataFrame) -> DataFrame:
+    """Per (country, article), the week of its first sale or stock snapshot (`first_seen`)."""
+    days = sales.select(*KEYS, F.col("sale_date").alias("day")).unionByName(
+        stock.select(*KEYS, F.col("snapshot_date").alias("day"))
+    )
+    return days.groupBy(*KEYS).agg(week_start(F.min("day")).alias("first_seen"))
+
+
+def history_grid(seen: DataFrame, articles: DataFrame, run_date: dt.date) -> DataFrame:
+    """Every week from a pair's first week to the week before the run (or its season's end). The first week is
+    the article's launch week, or the pair's `first_seen` when later: before any sale or stock snapshot (before
+    the data's window began, or before the country carried the article) nothing says the article was on sale,
+    so those weeks are not zero-sales weeks."""
     last_week = run_date - dt.timedelta(days=7)
-    bounded = pairs.join(articles, on="article_id", how="inner").select(
+    bounded = seen.join(articles, on="article_id", how="inner").select(
         *KEYS,
-        week_start(F.col("launch_date")).alias("first_week"),
+        F.greatest(week_start(F.col("launch_date")), F.col("first_seen")).alias("first_week"),
         F.least(week_start(F.col("season_end")), F.lit(last_week)).alias("last_week"),
     )
     return bounded.where(F.col("first_week") <= F.col("last_week")).select(
@@ -280,17 +291,30 @@ def _forward_filled(column: str, window: Window) -> Column:
     return F.last(column, ignorenulls=True).over(window.rowsBetween(Window.unboundedPreceding, 0))
 
 
+def popularity_everywhere(weeks: DataFrame) -> DataFrame:
+    """Per article and week, its mean weekly units over every country's weeks before that one: how the same
+    article sells elsewhere, which a young article's own few weeks (or a new shop's) say little about."""
+    per_week = weeks.groupBy("article_id", "week_start").agg(
+        F.sum("units").alias("units"), F.count("units").alias("weeks")
+    )
+    before = Window.partitionBy("article_id").orderBy("week_start").rowsBetween(Window.unboundedPreceding, -1)
+    return per_week.select(
+        "article_id",
+        "week_start",
+        (F.sum("units").over(before) / F.sum("weeks").over(before)).alias("article_popularity_everywhere"),
+    )
+
+
 def curated_weekly(
     articles: DataFrame, sales: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date
 ) -> DataFrame:
     """History and future weeks per (country, article) with the features the model uses.
 
     Every feature is computed by the same expression for past and future weeks, so training and scoring
-    cannot drift apart. Popularity uses only weeks before the row's week.
+    cannot drift apart. Popularity, the article's in its country and everywhere, uses only weeks before the row's.
     """
-    pairs = sales.select(*KEYS).union(prices.select(*KEYS)).union(stock.select(*KEYS)).distinct()
     history = (
-        history_grid(pairs, articles, run_date)
+        history_grid(first_seen(sales, stock), articles, run_date)
         .join(weekly_units(sales), on=[*KEYS, "week_start"], how="left")
         .join(weekly_last_price(prices), on=[*KEYS, "week_start"], how="left")
         .join(weekly_first_stock(stock), on=[*KEYS, "week_start"], how="left")
@@ -303,9 +327,10 @@ def curated_weekly(
         .withColumn("is_future", F.lit(True))
     )
     by_article = Window.partitionBy(*KEYS).orderBy("week_start")
+    weeks = history.unionByName(future)
     return (
-        history.unionByName(future)
-        .join(articles, on="article_id", how="inner")
+        weeks.join(articles, on="article_id", how="inner")
+        .join(popularity_everywhere(weeks), on=["article_id", "week_start"], how="left")
         .withColumn("price", F.coalesce(_forward_filled("price", by_article), F.col("original_price")))
         .withColumn("stock_on_hand", _forward_filled("stock_on_hand", by_article))
         .withColumn(

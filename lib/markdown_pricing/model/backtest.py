@@ -17,6 +17,8 @@ import pandas as pd
 from markdown_pricing.core.contract import BASELINES, FORECASTERS
 
 WEEK = np.timedelta64(7, "D")
+# The features that summarise an article's past: a forecast knows them as of its origin.
+POPULARITY = ("article_popularity", "article_popularity_everywhere")
 
 
 def in_stock(history: pd.DataFrame) -> pd.DataFrame:
@@ -51,12 +53,12 @@ def weeks_ahead(rows: pd.DataFrame, origin: Any) -> pd.Series:
 
 def seen_ahead(history: pd.DataFrame, rows: pd.DataFrame, ahead: pd.Series) -> pd.DataFrame:
     """`rows` as a forecast made `ahead` weeks before each row's week sees them: with that `weeks_ahead` and the
-    popularity the history's row of that earlier week carries (the mean of the weeks before it; NaN when the
+    popularities the history's row of that earlier week carries (means of the weeks before it; NaN when the
     article had no row then). Only weeks up to each row's own are read."""
     known_at = rows["week_start"].to_numpy() - ahead.to_numpy() * WEEK
-    popularity = history.set_index(["country", "article_id", "week_start"])["article_popularity"]
+    popularity = history.set_index(["country", "article_id", "week_start"])[list(POPULARITY)]
     known = popularity.reindex(pd.MultiIndex.from_arrays([rows["country"], rows["article_id"], known_at]))
-    return rows.assign(weeks_ahead=ahead.to_numpy(), article_popularity=known.to_numpy())
+    return rows.assign(weeks_ahead=ahead.to_numpy(), **{name: known[name].to_numpy() for name in POPULARITY})
 
 
 def split(

@@ -21,6 +21,7 @@ FEATURES = (
     "weeks_since_launch",
     "weeks_to_season_end",
     "article_popularity",
+    "article_popularity_everywhere",
     "original_price",
     "category",
     "weeks_ahead",
