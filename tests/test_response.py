@@ -91,6 +91,7 @@ def synthetic_statistics(elasticities: dict[str, float], events: int, noise: flo
                     "sxx": [(x * x).sum()],
                     "sxy": [(x * y).sum()],
                     "syy": [(y * y).sum()],
+                    "deepest": [0.3],
                 }
             )
         )
@@ -138,6 +139,38 @@ def test_the_response_lifts_todays_level_monotonically_beyond_any_discount_seen(
     assert (np.diff(predicted[:8]) > 0).all()
     assert predicted[7] == pytest.approx(4.0 * (0.2 / 0.9) ** -2.5)
     assert predicted[8] == pytest.approx(4.0 * (0.7 / 0.9) ** -2.0)  # a category without events: the overall
+
+
+def test_the_lift_stops_growing_one_step_past_the_deepest_discount_its_category_was_seen_at() -> None:
+    response = PriceResponse(2.0, {}, {}, deepest={"tops": 0.3}, beyond_deepest=0.1)
+    rows = pd.DataFrame(
+        {
+            "category": ["tops"] * 4 + ["jeans", "tops"],
+            "current_discount": [0.1] * 5 + [0.6],
+            "discount": [0.3, 0.4, 0.5, 0.7, 0.7, 0.7],
+        }
+    )
+    lift = response.lift(rows)
+    assert lift[:2] == pytest.approx([(0.7 / 0.9) ** -2, (0.6 / 0.9) ** -2])
+    assert lift[2] == lift[3] == lift[1]  # deeper candidates sell no more than one step past the deepest seen
+    assert lift[4] == pytest.approx((0.3 / 0.9) ** -2)  # a category never seen: no bound
+    assert lift[5] == 1.0  # already past the bound: no deeper candidate sells more than today's price
+    assert PriceResponse.of(response.as_dict()) == response
+    assert PriceResponse.of({"overall": 2.0, "by_category": {}, "events": {}}).lift(rows)[3] == pytest.approx(
+        (0.3 / 0.9) ** -2
+    )  # a card from before the bound: none
+
+
+def test_the_deepest_discount_seen_is_each_categorys_deepest_in_any_country() -> None:
+    world = elastic_world(seed=1, weeks=20)
+    history = prepare(world[~world["is_future"]])
+    statistics = event_statistics(history, 3)
+    sold = history[history["units"] > 0]
+    assert statistics.set_index("category")["deepest"].to_dict() == sold.groupby("category")["discount"].max().to_dict()
+    shallow = statistics.assign(country="AUT", deepest=0.0)
+    estimated = PriceResponse.estimate(pd.concat([statistics, shallow]), 6.0, beyond_deepest=0.1)
+    assert estimated.deepest == statistics.set_index("category")["deepest"].to_dict()
+    assert estimated.beyond_deepest == 0.1
 
 
 def test_a_country_learns_the_elasticity_its_markdowns_show() -> None:

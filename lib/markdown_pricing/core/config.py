@@ -73,12 +73,19 @@ class PriceResponseSettings:
     max_elasticity: float
     # A deeper markdown must beat holding today's price by this x the level's backtest WAPE x the holding revenue.
     margin_per_wape: float
+    # The lift stops growing this far past the deepest discount a category was seen at.
+    beyond_deepest: float
 
     def __post_init__(self) -> None:
-        if self.event_window_weeks < 1 or self.max_elasticity <= 0 or self.margin_per_wape < 0:
+        if (
+            self.event_window_weeks < 1
+            or self.max_elasticity <= 0
+            or min(self.margin_per_wape, self.beyond_deepest) < 0
+        ):
             raise ConfigError(
-                "model.price_response needs event_window_weeks >= 1, max_elasticity > 0 and margin_per_wape >= 0, "
-                f"got {self.event_window_weeks}, {self.max_elasticity} and {self.margin_per_wape}"
+                "model.price_response needs event_window_weeks >= 1, max_elasticity > 0, margin_per_wape >= 0 and "
+                f"beyond_deepest >= 0, got {self.event_window_weeks}, {self.max_elasticity}, {self.margin_per_wape} "
+                f"and {self.beyond_deepest}"
             )
 
 

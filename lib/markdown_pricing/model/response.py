@@ -7,14 +7,16 @@ the log of units after over units before is compared with the log of the price r
 category's articles whose price held (in the same country) correct for the season's own movement (a difference
 in differences). A constant elasticity per category, the slope through the origin, comes from every country's
 events together, shrunk towards the all-category slope by how noisy each category's own is (empirical Bayes).
-The response is monotone (deeper discount, more units) and, being parametric, defined beyond the deepest discount
-any article saw. Plain pandas: the statistics are sums, so each country computes its own and the driver adds them.
+The response is monotone (deeper discount, more units). Beyond the deepest discount a category's articles were seen
+at (in any country), a parametric curve is a guess: the lift stops growing `beyond_deepest` past it, so a deeper
+candidate sells no more than that one and is never chosen for a lift nobody saw. Plain pandas: the statistics are
+sums and maxima, so each country computes its own and the driver combines them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,10 @@ import pandas as pd
 
 from markdown_pricing.core.config import PriceResponseSettings
 
-# Sufficient statistics of the regression through the origin of y (log lift) on x (log price ratio), per group.
+# Sufficient statistics of the regression through the origin of y (log lift) on x (log price ratio), per group, and
+# the deepest discount the group's articles were seen at.
 STATISTICS = ("events", "sxx", "sxy", "syy")
-STATISTIC_COLUMNS = ("country", "category", *STATISTICS)
+STATISTIC_COLUMNS = ("country", "category", *STATISTICS, "deepest")
 
 
 # Prices closer than this are the same price.
@@ -79,31 +82,41 @@ def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
 
 
 def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
-    """Per country and category, the number of markdown events and their sums (STATISTIC_COLUMNS)."""
+    """Per country and category, the number of markdown events, their sums and the deepest discount seen in an
+    in-stock week (STATISTIC_COLUMNS)."""
     events = markdown_events(history, window_weeks)
     sums = events.assign(
         events=1, sxx=events["x"] * events["x"], sxy=events["x"] * events["y"], syy=events["y"] * events["y"]
     )
-    grouped = sums.groupby(["country", "category"], observed=True)[list(STATISTICS)].sum().reset_index()
+    keys = ["country", "category"]
+    seen = history[history["units"] > 0].groupby(keys, observed=True)["discount"].max().rename("deepest")
+    grouped = sums.groupby(keys, observed=True)[list(STATISTICS)].sum().join(seen, how="outer")
+    grouped = grouped.fillna({name: 0 for name in STATISTICS}).reset_index()
     return grouped.astype({"country": str, "category": str, "events": "int64"})[list(STATISTIC_COLUMNS)]
 
 
 @dataclass(frozen=True)
 class PriceResponse:
     """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity, with
-    the category's elasticity (the overall one for a category without events)."""
+    the category's elasticity (the overall one for a category without events); the candidate's discount counts at
+    most `beyond_deepest` past the deepest its category was seen at (`deepest`; no bound for a category not in it)."""
 
     overall: float
     by_category: Mapping[str, float]
     events: Mapping[str, int]
+    deepest: Mapping[str, float] = field(default_factory=dict)
+    beyond_deepest: float = 0.0
 
     @classmethod
-    def estimate(cls, statistics: pd.DataFrame, max_elasticity: float) -> PriceResponse:
-        """Elasticities from every country's event statistics, each category's shrunk towards the overall one."""
+    def estimate(cls, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float = 0.0) -> PriceResponse:
+        """Elasticities from every country's event statistics, each category's shrunk towards the overall one, and
+        the deepest discount each category was seen at in any country."""
         per_category = statistics.groupby("category")[list(STATISTICS)].sum()
+        deepest = statistics.groupby("category")["deepest"].max().dropna()
+        seen = {str(c): float(d) for c, d in deepest.items()}
         total = per_category.sum()
         if total["events"] < 2 or total["sxx"] <= 0:
-            return cls(0.0, {}, {str(c): int(n) for c, n in per_category["events"].items()})
+            return cls(0.0, {}, {str(c): int(n) for c, n in per_category["events"].items()}, seen, beyond_deepest)
         overall = -total["sxy"] / total["sxx"]
         sxx = per_category["sxx"].where(per_category["sxx"] > 0)
         slope = -per_category["sxy"] / sxx
@@ -122,15 +135,21 @@ class PriceResponse:
             float(np.clip(overall, 0.0, max_elasticity)),
             {str(c): float(v) for c, v in bounded.items()},
             {str(c): int(n) for c, n in per_category["events"].items()},
+            seen,
+            beyond_deepest,
         )
 
     def elasticity(self, categories: pd.Series) -> np.ndarray:
         return categories.astype(str).map(dict(self.by_category)).fillna(self.overall).to_numpy(dtype="float64")
 
     def lift(self, rows: pd.DataFrame) -> np.ndarray:
-        """Units at each row's `discount` over units at its `current_discount`."""
-        ratio = (1 - rows["discount"].to_numpy(dtype="float64")) / (1 - rows["current_discount"].to_numpy("float64"))
-        lift: np.ndarray = ratio ** -self.elasticity(rows["category"])
+        """Units at each row's `discount` over units at its `current_discount`, the discount counted at most
+        `beyond_deepest` past the deepest its category was seen at (never below the current one)."""
+        current = rows["current_discount"].to_numpy("float64")
+        deepest = rows["category"].astype(str).map(dict(self.deepest)).fillna(np.inf)
+        bound = deepest.to_numpy("float64") + self.beyond_deepest
+        discount = np.fmin(rows["discount"].to_numpy(dtype="float64"), np.fmax(bound, current))
+        lift: np.ndarray = ((1 - discount) / (1 - current)) ** -self.elasticity(rows["category"])
         return lift
 
     def applied_to(self, level: Callable[[pd.DataFrame], np.ndarray]) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -156,11 +175,24 @@ class PriceResponse:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        return {"overall": self.overall, "by_category": dict(self.by_category), "events": dict(self.events)}
+        return {
+            "overall": self.overall,
+            "by_category": dict(self.by_category),
+            "events": dict(self.events),
+            "deepest": dict(self.deepest),
+            "beyond_deepest": self.beyond_deepest,
+        }
 
     @classmethod
     def of(cls, card: Mapping[str, Any]) -> PriceResponse:
-        return cls(float(card["overall"]), dict(card["by_category"]), dict(card["events"]))
+        """The response a card records; a card from before the deepest discounts were recorded bounds none."""
+        return cls(
+            float(card["overall"]),
+            dict(card["by_category"]),
+            dict(card["events"]),
+            dict(card.get("deepest", {})),
+            float(card.get("beyond_deepest", 0.0)),
+        )
 
 
 def learned_from(history: pd.DataFrame, settings: PriceResponseSettings) -> PriceResponse:
@@ -169,7 +201,7 @@ def learned_from(history: pd.DataFrame, settings: PriceResponseSettings) -> Pric
         [event_statistics(rows, settings.event_window_weeks) for _, rows in history.groupby("country", observed=True)]
         or [pd.DataFrame(columns=STATISTIC_COLUMNS)]
     )
-    return PriceResponse.estimate(statistics, settings.max_elasticity)
+    return PriceResponse.estimate(statistics, settings.max_elasticity, settings.beyond_deepest)
 
 
 def markdown_margin(settings: PriceResponseSettings, level_wape: float | None) -> float:

@@ -114,7 +114,7 @@ def _scored(
     settings = cfg.model.price_response
     with job("train+score: price response from past markdowns"):
         statistics = response_statistics(weekly, settings.event_window_weeks).toPandas()
-    response = PriceResponse.estimate(statistics, settings.max_elasticity)
+    response = PriceResponse.estimate(statistics, settings.max_elasticity, settings.beyond_deepest)
     log.info(
         "price response from %d markdown events in %d countries: elasticity %.2f overall, by category %s",
         statistics["events"].sum(),
