@@ -3,13 +3,15 @@ in a task of its own."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from markdown_pricing.model.fallback import score_fallback, train_pooled
+from markdown_pricing.model.fallback import fit_pooled, score_fallback, train_pooled
 from markdown_pricing.model.response import PriceResponse
 from markdown_pricing.stages.per_country import (
     POOL,
@@ -101,3 +103,20 @@ def test_a_failed_pooled_model_leaves_a_fallback_country_its_baselines_level_and
     assert result.model_text is None
     # Overstocked: the shared response still says a markdown sells them.
     assert (result.predictions["recommended_discount"] > result.predictions["current_discount"]).any()
+
+
+def test_a_shop_too_new_for_the_backtest_to_judge_is_scored_by_the_pooled_model() -> None:
+    small = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
+    both = pd.concat([elastic_world(seed=1), small], ignore_index=True)
+    pooled = fit_pooled(both[~both["is_future"]], PARAMS, num_threads=1, countries=["LUX"])
+    # Whatever its backtest measured in LUX, it measured weeks before the model knew anything of LUX.
+    measured = {"model_wape": 0.9, "baseline_wape": 0.5, "baseline": "recent_average", "by_origin": []}
+    losing = dataclasses.replace(pooled, backtests={"LUX": measured})
+    result = score_fallback(small, "too little history", losing, PARAMS, RULES, RESPONSE)
+    assert result.metrics["model_kind"] == "pooled" and result.model_text == pooled.model_text
+    assert result.metrics["fallback_reason"] == (
+        "too little history; its 2 weeks are no more than the backtest's span (12), which cannot judge its level, "
+        "so the pooled model scores it"
+    )
+    assert result.metrics.get("model_wape") is None
+    assert result.card["markdown_margin"] == PARAMS.price_response.margin_per_wape

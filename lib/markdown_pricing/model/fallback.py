@@ -123,8 +123,10 @@ def score_fallback(
 ) -> CountryResult:
     """Scores one country that cannot use its own model (`reason` says why) within its `buyer_rules`: by the
     pooled model's level, or by its baseline's where the pooled model loses to it in the backtest (or failed:
-    `pooled_failure`). Either level takes the shared `response` for the change at each candidate price, so a
-    fallback country gets markdowns where they pay too."""
+    `pooled_failure`). A country whose history is no longer than the backtest's span has no week before the first
+    origin, so the backtest cannot judge its level out of sample: the pooled model scores it, with the margin of
+    a level without a backtest. Either level takes the shared `response` for the change at each candidate price,
+    so a fallback country gets markdowns where they pay too."""
     started = time.perf_counter()
     weekly = prepare(weekly)
     country = str(weekly["country"].iloc[0])
@@ -139,9 +141,18 @@ def score_fallback(
         "pooled_training_rows": pooled.training_rows if pooled else 0,
         **response_card(response, history, params),
     }
+    weeks, span = card["training_window"]["weeks"], params.backtest_origins * params.backtest_horizon_weeks
+    judged = weeks > span
     if pooled is None:
         kind, model_text = "baseline", None
         reason += f"; the pooled model failed ({pooled_failure}), so the baseline's level scores it"
+    elif not judged:
+        # Its figures measure weeks the pooled model knew nothing of this country in: not the level it scores with.
+        kind, model_text, summary = "pooled", pooled.model_text, {}
+        reason += (
+            f"; its {weeks} weeks are no more than the backtest's span ({span}), which cannot judge its level, so the "
+            "pooled model scores it"
+        )
     elif summary and summary["model_wape"] >= summary["baseline_wape"]:
         kind, model_text = "baseline", None
         reason += (
