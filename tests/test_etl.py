@@ -245,6 +245,21 @@ def test_curated_weekly_fills_zero_weeks_and_carries_price_and_stock(spark: Spar
     assert_approx_df_equality(history, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_a_markdown_before_a_pairs_first_week_is_the_price_its_history_starts_at(
+    spark: SparkSession, articles: DataFrame
+) -> None:
+    # Marked down to 40 on 10-30, first sold on 11-11: its first week (11-09) is at 40, not at the original 50.
+    sales = frame(spark, "sales", [("DEU", "A1", D(2026, 11, 11), 3, 120.0)])
+    prices = frame(spark, "prices", [("DEU", "A1", D(2026, 10, 28), 50.0), ("DEU", "A1", D(2026, 10, 30), 40.0)])
+    stock = frame(spark, "stock", [("DEU", "A1", D(2026, 11, 16), 14)])
+    curated = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE)
+    history = curated.where(~F.col("is_future")).select("week_start", "price", "discount")
+    expected = spark.createDataFrame(
+        [(D(2026, 11, 9), 40.0, 0.2), (D(2026, 11, 16), 40.0, 0.2)], "week_start date, price double, discount double"
+    )
+    assert_df_equality(history, expected, ignore_row_order=True, ignore_nullable=True)
+
+
 def test_popularity_everywhere_is_the_articles_mean_week_in_every_country_before_the_rows_week(
     spark: SparkSession, articles: DataFrame
 ) -> None:

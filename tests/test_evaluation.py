@@ -205,6 +205,8 @@ def test_issue_15s_bar_holds_every_country_to_the_keep_price_policy() -> None:
     # DEU at the oracle overall, but A2 one step deeper than holding: 10/170 behind keeping its price.
     behind = regret_bar(regret_table(policy_revenues(truth, predictions(("DEU", "A1", 0.0), ("DEU", "A2", 0.7)))))
     assert behind["most_behind_keep_country"] == "DEU" and behind["most_behind_keep"] == pytest.approx(10 / 170)
+    # FRA got no recommendation (it failed): the world cannot meet the bar, whatever the others did.
+    assert behind["not_covered"] == ["FRA"] and not behind["passed"]
 
 
 def test_evaluation_summary_puts_the_family_first_development_worlds_before_validation(

@@ -153,7 +153,7 @@ def test_the_lift_stops_growing_one_step_past_the_deepest_discount_its_category_
     lift = response.lift(rows)
     assert lift[:2] == pytest.approx([(0.7 / 0.9) ** -2, (0.6 / 0.9) ** -2])
     assert lift[2] == lift[3] == lift[1]  # deeper candidates sell no more than one step past the deepest seen
-    assert lift[4] == pytest.approx((0.3 / 0.9) ** -2)  # a category never seen: no bound
+    assert lift[4] == lift[1]  # a category never seen sold: the deepest any category sold at bounds it
     assert lift[5] == 1.0  # already past the bound: no deeper candidate sells more than today's price
     assert PriceResponse.of(response.as_dict()) == response
     assert PriceResponse.of({"overall": 2.0, "by_category": {}, "events": {}}).lift(rows)[3] == pytest.approx(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pyspark.sql import types as T
 
 from markdown_pricing.core.schemas import RAW_DATASETS
 from markdown_pricing.etl import transforms
+from markdown_pricing.orchestrate import cli
 from markdown_pricing.synthetic.sample import (
     COUNTRY_CODES,
     EPOCH,
@@ -62,6 +64,20 @@ def test_generate_sample_same_seed_is_byte_identical(sample: tuple[Path, SampleS
     assert files(tmp_path) == files(root)
     for name in DATASETS:
         pd.testing.assert_frame_equal(read(tmp_path, name), read(root, name))
+
+
+# The demo's world, byte for byte as every evaluation and bench figure so far was measured on: a change to the
+# generator must leave the default world alone (WorldShape's defaults) or say so here.
+DEFAULT_WORLD_SHA256 = "164a2197d6ae363bee6199456d5375b7bc5261277106fb71bea6e6cd4dcd37f7"
+
+
+def test_the_default_world_is_the_one_every_figure_was_measured_on(sample: tuple[Path, SampleSummary]) -> None:
+    root, _ = sample
+    digest = hashlib.sha256()
+    for name, content in files(root).items():
+        digest.update(name.encode())
+        digest.update(content)
+    assert digest.hexdigest() == DEFAULT_WORLD_SHA256
 
 
 def test_generate_sample_different_seed_differs(sample: tuple[Path, SampleSummary], tmp_path: Path) -> None:
@@ -470,3 +486,17 @@ def test_a_tiny_country_may_carry_older_articles_but_sells_nothing_before_it_ope
     sold = read(tmp_path, "sales").astype({"country": str})
     older = articles.loc[sold.loc[sold["country"] == summary.tiny_country, "article_id"].unique(), "launch_date"]
     assert (older < opened).any()
+
+
+def test_generate_sample_takes_the_shape_from_its_flags_and_says_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    size = ["--countries", "2", "--articles", "40", "--weeks", "20", "--run-date", TRUTH_RUN_DATE.isoformat()]
+    shaped = ["--stock-cover", "1.5", "2.0", "--tiny-carries-older", "--deepest-markdown", "0.3"]
+    assert cli.main(["generate-sample", "--out", str(tmp_path / "ok"), *size, *shaped]) == 0
+    prices = read(tmp_path / "ok", "prices").merge(read(tmp_path / "ok", "articles"), on="article_id")
+    shelf = prices[prices["price"] > 0]  # not the injected bad rows
+    assert (1 - shelf["price"] / shelf["original_price"]).max() == pytest.approx(0.3, abs=0.01)
+    code = cli.main(["generate-sample", "--out", str(tmp_path / "bad"), *size, "--response", "cubic"])
+    assert code == 2 and "response 'cubic' is none of power, exponential, linear" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -172,11 +172,16 @@ def weekly_units(sales: DataFrame) -> DataFrame:
     return sales.groupBy(*KEYS, week_start(F.col("sale_date")).alias("week_start")).agg(F.sum("units").alias("units"))
 
 
-def weekly_last_price(prices: DataFrame) -> DataFrame:
-    """The price in effect at the end of each week that has a price change."""
-    return prices.groupBy(*KEYS, week_start(F.col("valid_from")).alias("week_start")).agg(
-        F.max_by("price", "valid_from").alias("price")
+def weekly_last_price(prices: DataFrame, seen: DataFrame) -> DataFrame:
+    """The price in effect at the end of each week that has a price change. A change before a pair's first_seen
+    week counts in that week, so its history starts at the price then on the shelf."""
+    dated = prices.join(seen, on=list(KEYS), how="left").select(
+        *KEYS,
+        "valid_from",
+        "price",
+        F.greatest(week_start(F.col("valid_from")), F.col("first_seen")).alias("week_start"),
     )
+    return dated.groupBy(*KEYS, "week_start").agg(F.max_by("price", "valid_from").alias("price"))
 
 
 def weekly_first_stock(stock: DataFrame) -> DataFrame:
@@ -291,20 +296,6 @@ def _forward_filled(column: str, window: Window) -> Column:
     return F.last(column, ignorenulls=True).over(window.rowsBetween(Window.unboundedPreceding, 0))
 
 
-def popularity_everywhere(weeks: DataFrame) -> DataFrame:
-    """Per article and week, its mean weekly units over every country's weeks before that one: how the same
-    article sells elsewhere, which a young article's own few weeks (or a new shop's) say little about."""
-    per_week = weeks.groupBy("article_id", "week_start").agg(
-        F.sum("units").alias("units"), F.count("units").alias("weeks")
-    )
-    before = Window.partitionBy("article_id").orderBy("week_start").rowsBetween(Window.unboundedPreceding, -1)
-    return per_week.select(
-        "article_id",
-        "week_start",
-        (F.sum("units").over(before) / F.sum("weeks").over(before)).alias("article_popularity_everywhere"),
-    )
-
-
 def curated_weekly(
     articles: DataFrame, sales: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date
 ) -> DataFrame:
@@ -313,10 +304,11 @@ def curated_weekly(
     Every feature is computed by the same expression for past and future weeks, so training and scoring
     cannot drift apart. Popularity, the article's in its country and everywhere, uses only weeks before the row's.
     """
+    seen = first_seen(sales, stock)
     history = (
-        history_grid(first_seen(sales, stock), articles, run_date)
+        history_grid(seen, articles, run_date)
         .join(weekly_units(sales), on=[*KEYS, "week_start"], how="left")
-        .join(weekly_last_price(prices), on=[*KEYS, "week_start"], how="left")
+        .join(weekly_last_price(prices, seen), on=[*KEYS, "week_start"], how="left")
         .join(weekly_first_stock(stock), on=[*KEYS, "week_start"], how="left")
         .withColumn("units", F.coalesce("units", F.lit(0)).cast(T.LongType()))
         .withColumn("is_future", F.lit(False))
@@ -327,16 +319,21 @@ def curated_weekly(
         .withColumn("is_future", F.lit(True))
     )
     by_article = Window.partitionBy(*KEYS).orderBy("week_start")
-    weeks = history.unionByName(future)
+    # Every country's rows of the article dated in earlier weeks (a week is 7 days: -1 day leaves its own out).
+    everywhere_before = (
+        Window.partitionBy("article_id").orderBy(F.unix_date("week_start")).rangeBetween(Window.unboundedPreceding, -1)
+    )
     return (
-        weeks.join(articles, on="article_id", how="inner")
-        .join(popularity_everywhere(weeks), on=["article_id", "week_start"], how="left")
+        history.unionByName(future)
+        .join(articles, on="article_id", how="inner")
         .withColumn("price", F.coalesce(_forward_filled("price", by_article), F.col("original_price")))
         .withColumn("stock_on_hand", _forward_filled("stock_on_hand", by_article))
         .withColumn(
             "article_popularity",
             F.avg("units").over(by_article.rowsBetween(Window.unboundedPreceding, -1)),
         )
+        # How the same article sells elsewhere, which a young article's own few weeks (or a new shop's) say little of.
+        .withColumn("article_popularity_everywhere", F.avg("units").over(everywhere_before))
         .withColumn("discount", F.round(F.greatest(F.lit(0.0), 1 - F.col("price") / F.col("original_price")), 3))
         .withColumn(
             "weeks_since_launch",

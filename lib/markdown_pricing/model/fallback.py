@@ -166,7 +166,7 @@ def score_fallback(
     scored = score(
         weekly, response.applied_to(level), rules, buyer_rules=buyer_rules, markdown_margin=card["markdown_margin"]
     )
-    if measured:
+    if measured and judged:
         card["backtest"] = measured
     metrics = result_metrics(
         "trained",

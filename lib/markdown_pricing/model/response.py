@@ -82,8 +82,8 @@ def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
 
 
 def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
-    """Per country and category, the number of markdown events, their sums and the deepest discount seen in an
-    in-stock week (STATISTIC_COLUMNS)."""
+    """Per country and category, the number of markdown events, their sums and the deepest discount at which an
+    article sold (STATISTIC_COLUMNS)."""
     events = markdown_events(history, window_weeks)
     sums = events.assign(
         events=1, sxx=events["x"] * events["x"], sxy=events["x"] * events["y"], syy=events["y"] * events["y"]
@@ -99,7 +99,8 @@ def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
 class PriceResponse:
     """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity, with
     the category's elasticity (the overall one for a category without events); the candidate's discount counts at
-    most `beyond_deepest` past the deepest its category was seen at (`deepest`; no bound for a category not in it)."""
+    most `beyond_deepest` past the deepest its category sold at (`deepest`; for a category not in it, the deepest of
+    any category)."""
 
     overall: float
     by_category: Mapping[str, float]
@@ -146,7 +147,9 @@ class PriceResponse:
         """Units at each row's `discount` over units at its `current_discount`, the discount counted at most
         `beyond_deepest` past the deepest its category was seen at (never below the current one)."""
         current = rows["current_discount"].to_numpy("float64")
-        deepest = rows["category"].astype(str).map(dict(self.deepest)).fillna(np.inf)
+        # A category never seen sold takes the deepest discount any category sold at; a card without them, none.
+        unseen = max(self.deepest.values(), default=np.inf)
+        deepest = rows["category"].astype(str).map(dict(self.deepest)).fillna(unseen)
         bound = deepest.to_numpy("float64") + self.beyond_deepest
         discount = np.fmin(rows["discount"].to_numpy(dtype="float64"), np.fmax(bound, current))
         lift: np.ndarray = ((1 - discount) / (1 - current)) ** -self.elasticity(rows["category"])

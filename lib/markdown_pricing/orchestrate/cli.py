@@ -119,8 +119,8 @@ def evaluation_summary_command(args: argparse.Namespace) -> int:
         worlds = [
             (json.loads(part.with_suffix(".json").read_text()), part.with_suffix(".md").read_text()) for part in parts
         ]
-    except (OSError, ValueError) as err:
-        print(f"markdown-pricing evaluation-summary: {err}", file=sys.stderr)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"markdown-pricing evaluation-summary: {err!r}", file=sys.stderr)
         return 1
     # Development worlds first: "development" sorts before "validation".
     documents, sections = zip(*sorted(worlds, key=lambda world: world[0]["role"] or ""), strict=True)
@@ -555,6 +555,7 @@ def value_of(flag: Any) -> Any:
 
 
 def add_shape_arguments(group: argparse._ArgumentGroup) -> None:
+    """generate-sample's SHAPE_FLAGS; each left out takes WorldShape's default."""
     for name, (kind, metavar, text) in SHAPE_FLAGS.items():
         flag = f"--{name.replace('_', '-')}"
         if kind is bool:

@@ -87,8 +87,9 @@ MARKDOWN_CHANCE = 0.12
 RETURN_CHANCE = 0.02
 EPOCH = date(1970, 1, 1)
 # The tiny country: its shop opened this many weeks before the run date (fewer than a four-origin backtest needs),
-# it carries this share of the articles (at least TINY_MIN_ARTICLES, if that many launched since it opened), and
-# its demand is this share of the smallest regular country's.
+# it carries this share of the articles (at least TINY_MIN_ARTICLES, if that many are eligible: launched since it
+# opened, or also older ones still on sale with WorldShape.tiny_carries_older), and its demand is this share of the
+# smallest regular country's.
 TINY_COUNTRY_WEEKS = 6
 TINY_ARTICLE_SHARE = 0.05
 TINY_MIN_ARTICLES = 3
@@ -204,12 +205,14 @@ class WorldShape:
             raise ValueError("; ".join(problems))
 
     def deepest_step(self) -> int | None:
+        """The index into LADDER of deepest_markdown; None when it is not a step of the ladder."""
         steps = np.flatnonzero(np.isclose(LADDER, self.deepest_markdown))
         return int(steps[0]) if len(steps) else None
 
     def elasticities(self, drawn: np.ndarray) -> np.ndarray:
         """The world's elasticities from the default ones drawn per article, within bounds that move with them."""
         if (self.elasticity_shift, self.elasticity_spread) == (0.0, 1.0):
+            # The demo's arithmetic exactly: stretching by 1 around the center could move the last bit of a float.
             return np.clip(drawn, *ELASTICITY_BOUNDS)
         low, high = (ELASTICITY_CENTER + self.elasticity_spread * (b - ELASTICITY_CENTER) for b in ELASTICITY_BOUNDS)
         moved = ELASTICITY_CENTER + self.elasticity_spread * (drawn - ELASTICITY_CENTER)
@@ -351,7 +354,7 @@ def build_world(
     if tiny_country_weeks:
         # A child generator: the regular countries' draws stay what they were without a tiny country.
         on_sale = season_end > opened + 28 if shape.tiny_carries_older else launch >= opened
-        tiny_row = _tiny_assortment(rng.spawn(1)[0], on_sale & (launch < _days(run_date)))
+        tiny_row = _tiny_assortment(rng.spawn(1)[0], on_sale)
     tiny = int(tiny_row.any())
     if tiny:
         carried = np.vstack([carried, tiny_row])
@@ -415,6 +418,7 @@ def _simulate(
     sold_total = np.zeros(n, dtype=np.int64)
     last_snapshot = np.full(n, -1, dtype=np.int64)
     first, stop = _days(world.first_day), _days(world.run_date)
+    deepest = shape.deepest_step()
     sales, snaps, prices = [], [], [(np.arange(n), launch, orig)]
     for day in range(max(int(launch.min()), opened), stop):
         since, to_end = day - launch, end - day
@@ -425,7 +429,6 @@ def _simulate(
                 snaps.append((snap, np.full(len(snap), day), stock[snap]))
                 last_snapshot[snap] = stock[snap]
             jump = 1 + (rng.random(n) < 0.3)
-            deepest = shape.deepest_step()
             moves = in_season & (since >= 21) & (step < deepest) & (rng.random(n) < shape.markdown_chance)
             step = np.where(moves, np.minimum(step + jump, deepest), step)
             moved = np.nonzero(moves)[0]
