@@ -380,3 +380,15 @@ def test_train_country_is_reproducible_and_a_saved_model_rescores_the_same() -> 
     pd.testing.assert_frame_equal(rescored.predictions, first.predictions)
     pd.testing.assert_frame_equal(rescored.candidates, first.candidates)
     assert rescored.metrics["model_wape"] == first.metrics["model_wape"]
+
+
+def test_a_country_that_sold_nothing_for_its_first_weeks_is_backtested_not_failed() -> None:
+    # A shop closed (in stock, no sale) for its first 22 weeks: the first tuning fold (origin week 20) has only weeks
+    # without a sale to train on, which a Poisson model cannot fit.
+    world = elastic_world(seed=3, weeks=40)
+    closed = ~world["is_future"] & (world["weeks_since_launch"] < 22)
+    tuned = dataclasses.replace(PARAMS, tuning=dataclasses.replace(PARAMS.tuning, enabled=True))
+    result = train_country(world.assign(units=world["units"].where(~closed, 0)), tuned, RULES, num_threads=1)
+    assert result.metrics["status"] in ("trained", "needs_fallback")
+    # The fold that sold nothing was left out; the other was tuned on.
+    assert len(result.card["model"]["tuning"]["candidates"]) == len(tuned.tuning.candidates)

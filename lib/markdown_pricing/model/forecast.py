@@ -102,9 +102,21 @@ def fit(rows: pd.DataFrame, encoding: Encoding, settings: Mapping[str, Any], rou
     return lgb.train(dict(settings), _dataset(rows, encoding), num_boost_round=rounds)
 
 
+def sold_nothing(rows: pd.DataFrame) -> bool:
+    """Whether these weeks hold no demand at all: a Poisson model has nothing to fit (LightGBM refuses them)."""
+    return bool(rows["units"].clip(lower=0).sum() <= 0)
+
+
 def forecaster(encoding: Encoding, settings: Mapping[str, Any], rounds: int) -> backtest.Forecast:
-    """Fits on the training weeks and predicts the test weeks: the model as the backtest runs it."""
-    return lambda train, test: np.asarray(fit(train, encoding, settings, rounds).predict(feature_frame(test, encoding)))
+    """Fits on the training weeks and predicts the test weeks: the model as the backtest runs it. Training weeks
+    without a single sale (a shop closed for weeks) forecast nothing, as any model of them would."""
+
+    def forecast(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+        if sold_nothing(train):
+            return np.zeros(len(test))
+        return np.asarray(fit(train, encoding, settings, rounds).predict(feature_frame(test, encoding)))
+
+    return forecast
 
 
 def training_rows(history: pd.DataFrame, params: ModelParams) -> pd.DataFrame:
@@ -133,6 +145,8 @@ def tune(
         candidate_settings = {**settings, **candidate}
         scores, rounds = [], []
         for _, train, test in backtest.folds(history, usable, fold_origins, params.backtest_horizon_weeks):
+            if sold_nothing(train):
+                continue
             training = _dataset(train, encoding)
             booster = lgb.train(
                 candidate_settings,
@@ -147,7 +161,11 @@ def tune(
         if scores:
             tried.append({"params": dict(candidate), "wape": float(np.mean(scores)), "rounds": int(np.mean(rounds))})
     if not tried:
-        return dict(settings), params.num_boost_round, {"skipped": "no fold had both training and test weeks"}
+        return (
+            dict(settings),
+            params.num_boost_round,
+            {"skipped": "no fold had both training weeks with a sale and test weeks"},
+        )
     best = min(tried, key=lambda entry: entry["wape"])
     chosen = {"folds": [str(pd.Timestamp(o).date()) for o in fold_origins], "candidates": tried, "best": best}
     return {**settings, **best["params"]}, max(best["rounds"], 1), chosen
