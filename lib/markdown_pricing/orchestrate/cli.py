@@ -44,7 +44,9 @@ def generate_sample_command(args: argparse.Namespace) -> int:
 
     try:
         flags = {name: getattr(args, name) for name in SHAPE_FLAGS}
-        shape = WorldShape(**{name: value_of(flag) for name, flag in flags.items() if flag is not None})
+        # argparse gives a pair (--stock-cover) as a list; WorldShape takes a tuple.
+        given = {name: tuple(flag) if isinstance(flag, list) else flag for name, flag in flags.items()}
+        shape = WorldShape(**{name: value for name, value in given.items() if value is not None})
     except ValueError as err:
         print(f"markdown-pricing generate-sample: {err}", file=sys.stderr)
         return 2
@@ -547,11 +549,6 @@ SHAPE_FLAGS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "stock_cover": (float, "LOW HIGH", "an article's stock as a share of its season demand, drawn in this range"),
     "tiny_carries_older": (bool, "", "the tiny country carries articles launched before its shop opened too"),
 }
-
-
-def value_of(flag: Any) -> Any:
-    """A flag's value as WorldShape takes it: a pair as a tuple."""
-    return tuple(flag) if isinstance(flag, list) else flag
 
 
 def add_shape_arguments(group: argparse._ArgumentGroup) -> None:

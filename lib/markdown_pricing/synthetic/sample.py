@@ -192,16 +192,16 @@ class WorldShape:
     tiny_carries_older: bool = False
 
     def __post_init__(self) -> None:
-        problems = [
-            *([f"response {self.response!r} is none of {', '.join(RESPONSES)}"] * (self.response not in RESPONSES)),
-            *(["elasticity_spread must be positive"] if self.elasticity_spread <= 0 else []),
-            *(["noise and affinity must not be negative"] if min(self.noise, self.affinity) < 0 else []),
-            *(["volume must be positive"] if self.volume <= 0 else []),
-            *(["markdown_chance must be between 0 and 1"] if not 0 <= self.markdown_chance <= 1 else []),
-            *([f"deepest_markdown must be a step of {LADDER.tolist()}"] if self.deepest_step() is None else []),
-            *(["stock_cover must be 0 < low <= high"] if not 0 < self.stock_cover[0] <= self.stock_cover[1] else []),
-        ]
-        if problems:
+        checks = (
+            (self.response in RESPONSES, f"response {self.response!r} is none of {', '.join(RESPONSES)}"),
+            (self.elasticity_spread > 0, "elasticity_spread must be positive"),
+            (min(self.noise, self.affinity) >= 0, "noise and affinity must not be negative"),
+            (self.volume > 0, "volume must be positive"),
+            (0 <= self.markdown_chance <= 1, "markdown_chance must be between 0 and 1"),
+            (self.deepest_step() is not None, f"deepest_markdown must be a step of {LADDER.tolist()}"),
+            (0 < self.stock_cover[0] <= self.stock_cover[1], "stock_cover must be 0 < low <= high"),
+        )
+        if problems := [message for holds, message in checks if not holds]:
             raise ValueError("; ".join(problems))
 
     def deepest_step(self) -> int | None:
