@@ -66,10 +66,10 @@ class WorldSize:
     largest_to_median: float | None = None
 
 
-# Daily sales rows: tiny ~10 k (the harness test), small ~0.9 M, medium ~10 M, skewed ~12 M, large ~110 M.
+# Daily sales rows: tiny ~10 k (the harness test), small ~0.9 M, medium ~10 M, skewed ~12 M, large ~113 M.
 # Prediction rows (active articles by country at the run date): small ~5 k, medium ~54 k, skewed ~55 k (45
-# countries at medium's volume), large ~1 M, xlarge ~3 M. The generator holds a world in memory (about 1.3 GB per
-# 6 M sales rows), so large and xlarge need a bigger machine than 24 GiB until it writes a world in parts.
+# countries at medium's volume), large ~1 M, xlarge ~3 M. The generator holds a world's rows as codes (about 26
+# bytes a sales row) and writes one country at a time: large peaks at 7.4 GB, xlarge needs about three times that.
 SIZES = {
     "tiny": WorldSize(countries=3, articles=60, weeks=30),
     "small": WorldSize(countries=12, articles=1500, weeks=52),

@@ -64,7 +64,7 @@ def test_spark_submit_command_carries_conf_name_and_job(monkeypatch: pytest.Monk
     command = spark_submit_command(cfg, "train_score", ["--run-date", "2026-11-23"], "2026-11-23")
     assert command[1:5] == ["--master", "local[2]", "--deploy-mode", "client"]
     assert command[5:7] == ["--name", "markdown-train-score 2026-11-23"]
-    assert "spark.sql.shuffle.partitions=8" in command
+    assert "spark.sql.shuffle.partitions=64" in command
     assert command[-3:] == [str(ROOT / "jobs" / "train_score.py"), "--run-date", "2026-11-23"]
     assert not any("s3cret" in part for part in command)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -277,6 +278,42 @@ def test_a_database_error_in_one_country_fails_it_alone_and_the_others_publish(
     assert ledger_rows(erp_settings, "week-2")["FRA"][3].startswith("publish rejected: FRA is frozen this week")
     table = erp_rows(erp_settings)
     assert table[table["country"] == "FRA"]["run_id"].tolist() == ["week-1"]
+
+
+def test_rows_refused_before_their_transaction_fail_their_country_alone_and_the_others_publish(
+    spark: SparkSession, tmp_path: Path, erp_settings: ErpSettings
+) -> None:
+    # FRA's rows are checked while DEU's are written, and ITA's while FRA's refusal is recorded.
+    ctx = context(tmp_path, "week-1")
+    rows = [prediction("DEU", "A1", 0.1), prediction("FRA", "A1", 0.1), prediction("FRA", "A1", 0.2)]
+    stage_outputs(spark, ctx, [*rows, prediction("ITA", "A1", 0.3)], {"DEU": TRAINED, "FRA": TRAINED, "ITA": TRAINED})
+
+    assert publish_stage.run(spark, ctx, config(ctx, erp_settings)) == 1
+
+    ledger_of_run = ledger_rows(erp_settings, "week-1")
+    assert {country: row[0] for country, row in ledger_of_run.items()} == {
+        "DEU": "published",
+        "FRA": "failed",
+        "ITA": "published",
+    }
+    assert ledger_of_run["FRA"][3] == "publish rejected: predictions for FRA repeat article_ids: A1"
+    assert erp_rows(erp_settings)["country"].tolist() == ["DEU", "ITA"]
+
+
+def test_one_ahead_keeps_the_order_and_works_on_the_next_item_while_the_caller_uses_this_one() -> None:
+    started = {item: threading.Event() for item in "abc"}
+
+    def work(item: str) -> str:
+        started[item].set()
+        return item.upper()
+
+    seen = []
+    for item, result in zip("abc", publish_stage.one_ahead(work, list("abc")), strict=True):
+        following = chr(ord(item) + 1)
+        if following in started:
+            assert started[following].wait(10), f"{following} did not start while {item} was in use"
+        seen.append(result)
+    assert seen == ["A", "B", "C"]
 
 
 def test_a_lock_held_by_a_reader_times_out_its_country_instead_of_waiting_forever(

@@ -25,6 +25,7 @@ from markdown_pricing.synthetic.sample import (
     RESPONSES,
     SampleSummary,
     WorldShape,
+    _sorted_by_name,
     assortment_shares,
     build_world,
     generate_sample,
@@ -500,3 +501,22 @@ def test_generate_sample_takes_the_shape_from_its_flags_and_says_what_is_wrong(
     code = cli.main(["generate-sample", "--out", str(tmp_path / "bad"), *size, "--response", "cubic"])
     assert code == 2 and "response 'cubic' is none of power, exponential, linear" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_prices_and_stock_are_ordered_by_the_text_of_their_ids_not_by_the_codes_they_are_simulated_with() -> None:
+    # Beyond 99,999 articles an id's text order is not its number's: "A100000" sorts before "A10001".
+    names = {"country": pa.array(["FRA", "DEU"]), "article_id": pa.array(["A10001", "A100000", "A99999"])}
+    rows = {
+        "country": np.array([0, 1, 1, 0]),
+        "article_id": np.array([0, 1, 2, 1]),
+        "valid_from": np.array([5, 3, 2, 1]),
+    }
+    ordered = _sorted_by_name(rows, names, "valid_from")
+    assert names["country"].take(pa.array(ordered["country"])).to_pylist() == ["DEU", "DEU", "FRA", "FRA"]
+    assert names["article_id"].take(pa.array(ordered["article_id"])).to_pylist() == [
+        "A100000",
+        "A99999",
+        "A100000",
+        "A10001",
+    ]
+    assert ordered["valid_from"].tolist() == [3, 2, 1, 5]

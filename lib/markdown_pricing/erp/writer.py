@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -71,6 +72,8 @@ CANDIDATE_FRAME_COLUMNS = (*_FRAME_TEXT_COLUMNS, *_CANDIDATE_FLOAT_COLUMNS, "cho
 _CANDIDATE_LABEL_COLUMNS = ("ruled_out_by",)
 CANDIDATE_COPY_COLUMNS = (*CANDIDATE_FRAME_COLUMNS, *_CANDIDATE_LABEL_COLUMNS, "run_id")
 _CANDIDATE_FORCE_NULL_COLUMNS = (*_CANDIDATE_FLOAT_COLUMNS, *_CANDIDATE_LABEL_COLUMNS)
+# What COPY sends per read of the encoded rows: fewer round trips through Python than psycopg2's default 8 kB.
+_COPY_READ_BYTES = 1 << 20
 # The scale of candidate_discount in the table: two discounts equal at it are one candidate.
 _DISCOUNT_DECIMALS = 3
 METRIC_KEYS = (
@@ -153,7 +156,7 @@ def _labels(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     return present.where(present.notna(), "").astype(str)
 
 
-def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: str) -> io.BytesIO:
+def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: str) -> bytes:
     """The predictions in COPY column order as CSV (see _write_csv); explanation columns the frame lacks are NULL."""
     constants = {"valid_from": run_date.isoformat(), "run_id": run_id, "model_version": model_version}
     rows = pd.concat(
@@ -170,7 +173,7 @@ def _as_csv(frame: pd.DataFrame, *, run_date: date, run_id: str, model_version: 
     return _write_csv(rows.assign(**constants).loc[:, list(COPY_COLUMNS)])
 
 
-def _candidates_csv(frame: pd.DataFrame, *, run_id: str) -> io.BytesIO:
+def _candidates_csv(frame: pd.DataFrame, *, run_id: str) -> bytes:
     """The candidates in COPY column order as CSV (see _write_csv)."""
     rows = pd.concat(
         [
@@ -184,7 +187,7 @@ def _candidates_csv(frame: pd.DataFrame, *, run_id: str) -> io.BytesIO:
     return _write_csv(rows.assign(run_id=run_id).loc[:, list(CANDIDATE_COPY_COLUMNS)])
 
 
-def _write_csv(rows: pd.DataFrame) -> io.BytesIO:
+def _write_csv(rows: pd.DataFrame) -> bytes:
     """The rows as CSV: every value quoted, so text such as '' or \\N stays text; a missing number is an unquoted
     empty field, which COPY reads as NULL.
 
@@ -194,8 +197,7 @@ def _write_csv(rows: pd.DataFrame) -> io.BytesIO:
     buffer = io.BytesIO()
     options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
     pacsv.write_csv(pa.Table.from_pandas(rows, preserve_index=False), buffer, options)
-    buffer.seek(0)
-    return buffer
+    return buffer.getvalue()
 
 
 def _ledger_values(metrics: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -237,6 +239,47 @@ def record_metrics(
         )
 
 
+@dataclass(frozen=True)
+class EncodedCountry:
+    """One country's predictions and the candidates behind them, checked and encoded as the CSV its COPYs read:
+    all a publish does before its transaction, so that another country's can run while this one's COPY does."""
+
+    run_id: str
+    run_date: date
+    country: str
+    model_version: str
+    rows: int
+    predictions: bytes
+    candidates: bytes | None
+
+
+def encode_country(
+    *,
+    run_id: str,
+    run_date: date,
+    country: str,
+    predictions: pd.DataFrame,
+    model_version: str,
+    candidates: pd.DataFrame | None = None,
+) -> EncodedCountry:
+    """Checks and encodes one country's rows; ValueError says what would corrupt the tables.
+
+    `candidates` (core.contract.CANDIDATE_COLUMNS) explain the predictions: those of articles without a prediction
+    row (a buyer rule excluded them) are not written; None writes none, so the table never keeps another run's.
+    """
+    frame = _checked_frame(predictions, country)
+    explained = _checked_candidates(candidates, country, frame["article_id"])
+    return EncodedCountry(
+        run_id=run_id,
+        run_date=run_date,
+        country=country,
+        model_version=model_version,
+        rows=len(frame),
+        predictions=_as_csv(frame, run_date=run_date, run_id=run_id, model_version=model_version),
+        candidates=None if explained is None or explained.empty else _candidates_csv(explained, run_id=run_id),
+    )
+
+
 def publish_country(
     conn: Connection,
     settings: ErpSettings,
@@ -253,23 +296,49 @@ def publish_country(
     rollback: bool = False,
     repair: bool = False,
 ) -> str:
+    """encode_country, then write_country."""
+    encoded = encode_country(
+        run_id=run_id,
+        run_date=run_date,
+        country=country,
+        predictions=predictions,
+        model_version=model_version,
+        candidates=candidates,
+    )
+    return write_country(
+        conn,
+        settings,
+        encoded,
+        metrics=metrics,
+        gate_override=gate_override,
+        message=message,
+        rollback=rollback,
+        repair=repair,
+    )
+
+
+def write_country(
+    conn: Connection,
+    settings: ErpSettings,
+    encoded: EncodedCountry,
+    *,
+    metrics: Mapping[str, float | None],
+    gate_override: bool = False,
+    message: str | None = None,
+    rollback: bool = False,
+    repair: bool = False,
+) -> str:
     """Replaces one country's predictions and candidates and records the run in one transaction; idempotent per
     (run, country).
 
-    `candidates` (core.contract.CANDIDATE_COLUMNS) explain the predictions: those of articles without a prediction
-    row (a buyer rule excluded them) are not written; None writes none, so the table never keeps another run's.
-
-    The newest week wins: where the table holds a later week than `run_date`, nothing changes and the country is
+    The newest week wins: where the table holds a later week than the run date, nothing changes and the country is
     recorded `superseded`, unless `rollback` (an operator's deliberate return to an older week, recorded).
     `gate_override` records that an operator published despite the quality gate; `message` says what was overridden.
     `repair` publishes again over this run's own `published` ledger row, whose rows left the table behind its back.
     """
     predictions_table, ledger_table = tables.predictions(settings), tables.ledger(settings)
     candidates_table = tables.candidates(settings)
-    frame = _checked_frame(predictions, country)
-    rows = _as_csv(frame, run_date=run_date, run_id=run_id, model_version=model_version)
-    explained = _checked_candidates(candidates, country, frame["article_id"])
-    curves = None if explained is None or explained.empty else _candidates_csv(explained, run_id=run_id)
+    run_id, run_date, country = encoded.run_id, encoded.run_date, encoded.country
     with transaction(conn) as cur:
         lock(cur, "publish", settings.schema, country)
         cur.execute(
@@ -299,9 +368,9 @@ def publish_country(
             message = f"{message}; {rolled_back}" if message else rolled_back
         cur.execute(sql.SQL("DELETE FROM {} WHERE country = %s").format(predictions_table), (country,))
         cur.execute(sql.SQL("DELETE FROM {} WHERE country = %s").format(candidates_table), (country,))
-        _copy(cur, predictions_table, COPY_COLUMNS, _FORCE_NULL_COLUMNS, rows)
-        if curves is not None:
-            _copy(cur, candidates_table, CANDIDATE_COPY_COLUMNS, _CANDIDATE_FORCE_NULL_COLUMNS, curves)
+        _copy(cur, predictions_table, COPY_COLUMNS, _FORCE_NULL_COLUMNS, encoded.predictions)
+        if encoded.candidates is not None:
+            _copy(cur, candidates_table, CANDIDATE_COPY_COLUMNS, _CANDIDATE_FORCE_NULL_COLUMNS, encoded.candidates)
         cur.execute(
             sql.SQL(
                 """
@@ -326,8 +395,8 @@ def publish_country(
                 country,
                 run_date,
                 PUBLISHED,
-                len(frame),
-                model_version,
+                encoded.rows,
+                encoded.model_version,
                 *_ledger_values(metrics),
                 message,
                 gate_override,
@@ -336,9 +405,7 @@ def publish_country(
     return PUBLISHED
 
 
-def _copy(
-    cur: Cursor, table: sql.Composed, columns: tuple[str, ...], force_null: tuple[str, ...], rows: io.BytesIO
-) -> None:
+def _copy(cur: Cursor, table: sql.Composed, columns: tuple[str, ...], force_null: tuple[str, ...], rows: bytes) -> None:
     """COPYs CSV rows (from _write_csv) into the columns of a table."""
     cur.copy_expert(
         sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FORCE_NULL ({}))")
@@ -348,7 +415,8 @@ def _copy(
             sql.SQL(", ").join(map(sql.Identifier, force_null)),
         )
         .as_string(cur),
-        rows,
+        io.BytesIO(rows),
+        size=_COPY_READ_BYTES,
     )
 
 

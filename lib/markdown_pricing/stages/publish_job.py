@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pandas as pd
 import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2.extensions import connection as Connection
+from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -26,6 +31,9 @@ from markdown_pricing.erp.gate import gate_reasons, not_publishable_because
 from markdown_pricing.observe.progress import StageProgress
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Exit code when another publisher holds the run date: nothing was done, run again once it has finished.
 LOCKED_EXIT_CODE = 3
@@ -46,24 +54,45 @@ def ended_articles(spark: SparkSession, ctx: RunContext) -> dict[str, set[str]]:
     return {str(country): set(group["article_id"]) for country, group in states.groupby("country")}
 
 
-def candidates_by_country(spark: SparkSession, ctx: RunContext) -> dict[str, pd.DataFrame]:
-    """Each country's candidate curves, read in one Spark job as the predictions are (none for a run from before
+def candidates_of_run(spark: SparkSession, ctx: RunContext) -> pa.Table:
+    """Every country's candidate curves, in one Spark job as the predictions are (none for a run from before
     train+score wrote them)."""
     uri = ctx.layout.candidates
     if not filesystem(uri).exists(uri):
-        return {}
-    candidates = spark.read.schema(CANDIDATES).parquet(uri).toPandas()
-    return {str(country): rows for country, rows in candidates.groupby("country", sort=False)}
+        return pa.Table.from_pandas(pd.DataFrame(columns=list(CANDIDATE_COLUMNS)), preserve_index=False)
+    return spark.read.schema(CANDIDATES).parquet(uri).toArrow()
+
+
+def predictions_of_run(spark: SparkSession, ctx: RunContext) -> pa.Table:
+    return spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toArrow()
+
+
+def of_country(rows: pa.Table, country: str) -> pd.DataFrame:
+    """One country's rows of a run's output, read as Arrow: pandas only when that country is judged, so that the
+    rest of the stage need not wait for every country's conversion."""
+    frame: pd.DataFrame = rows.filter(pc.equal(rows["country"], country)).to_pandas()
+    return frame
 
 
 def excluded_articles(candidates: pd.DataFrame) -> set[str]:
     """The articles a buyer rule excluded: they have candidates but no recommendation."""
-    excluded = candidates["ruled_out_by"].fillna("").str.startswith(EXCLUDED)
+    ruled = pa.array(candidates["ruled_out_by"], type=pa.string(), from_pandas=True)
+    excluded = pc.starts_with(ruled, EXCLUDED).fill_null(False).to_numpy(zero_copy_only=False)
     return set(candidates.loc[excluded, "article_id"])
 
 
-def publish_or_record(
-    conn: Connection,
+@dataclass(frozen=True)
+class Verdict:
+    """What publishing one country comes to before the ERP is touched: its rows encoded to write, with the message
+    of an operator's override when it let the country through; or nothing to write, the ledger status and why."""
+
+    encoded: writer.EncodedCountry | None
+    message: str | None = None
+    status: str = ledger.FAILED
+    gate_override: bool = False
+
+
+def judge(
     ctx: RunContext,
     cfg: Config,
     country: str,
@@ -72,24 +101,16 @@ def publish_or_record(
     candidates: pd.DataFrame,
     previous_articles: Collection[str],
     ended_articles: Collection[str],
-    repair: bool = False,
     drift: Sequence[Finding] = (),
-) -> tuple[str, str | None]:
-    """Publishes one country unless it has nothing to publish or its gate blocks it; returns (outcome, why not)."""
-    settings = cfg.erp
-    common = {
-        "run_id": ctx.run_id,
-        "run_date": ctx.run_date,
-        "country": country,
-        "metrics": {key: result.get(key) for key in writer.LEDGER_METRICS},
-    }
+) -> Verdict:
+    """Whether a country can be published (it has rows, its gate passes or is overridden) and, if so, its rows
+    checked and encoded: no ERP access, so the next country's verdict is reached while this one is written."""
     override = country in ctx.gate_overrides
     problem = not_publishable_because(result, rows)
     if problem is not None:
         if override:
             log.warning("country %s: --override-gate ignored, there is nothing to publish", country)
-        writer.record_not_published(conn, settings, message=problem, **common)
-        return ledger.FAILED, problem
+        return Verdict(None, problem)
     rules = cfg.run
     reasons = gate_reasons(
         result,
@@ -104,9 +125,7 @@ def publish_or_record(
         max_lift_error=rules.max_markdown_lift_error,
     )
     if reasons and not override:
-        problem = "blocked by the quality gate: " + "; ".join(reasons)
-        writer.record_not_published(conn, settings, message=problem, status=ledger.BLOCKED, **common)
-        return ledger.BLOCKED, problem
+        return Verdict(None, "blocked by the quality gate: " + "; ".join(reasons), ledger.BLOCKED)
     message = None
     if reasons:
         message = "gate overridden by operator: " + "; ".join(reasons)
@@ -114,28 +133,74 @@ def publish_or_record(
     elif override:
         log.warning("country %s: --override-gate given but its quality gate passed: nothing overridden", country)
     try:
-        outcome = writer.publish_country(
-            conn,
-            settings,
+        encoded = writer.encode_country(
+            run_id=ctx.run_id,
+            run_date=ctx.run_date,
+            country=country,
             predictions=rows,
+            model_version=model_version(ctx, country, result),
             # The writer leaves out the candidates of articles without a row: those a rule excluded.
             candidates=candidates,
-            model_version=model_version(ctx, country, result),
-            gate_override=bool(reasons),
-            message=message,
+        )
+    except ValueError as err:
+        return Verdict(None, _rejected(err))
+    return Verdict(encoded, message, gate_override=bool(reasons))
+
+
+def _rejected(err: Exception) -> str:
+    return f"publish rejected: {' '.join(str(err).split())}"
+
+
+def publish_or_record(
+    conn: Connection,
+    ctx: RunContext,
+    cfg: Config,
+    country: str,
+    result: dict[str, Any],
+    verdict: Verdict,
+    repair: bool = False,
+) -> tuple[str, str | None]:
+    """Publishes one country as judged, or records why not; returns (outcome, why not)."""
+    settings = cfg.erp
+    metrics = {key: result.get(key) for key in writer.LEDGER_METRICS}
+    common: dict[str, Any] = {"run_id": ctx.run_id, "run_date": ctx.run_date, "country": country, "metrics": metrics}
+    if verdict.encoded is None:
+        problem = verdict.message or "not publishable"
+        writer.record_not_published(conn, settings, message=problem, status=verdict.status, **common)
+        return verdict.status, problem
+    try:
+        outcome = writer.write_country(
+            conn,
+            settings,
+            verdict.encoded,
+            metrics=metrics,
+            gate_override=verdict.gate_override,
+            message=verdict.message,
             rollback=ctx.rollback,
             repair=repair,
-            **common,
         )
-    except (ValueError, psycopg2.Error) as err:
+    except psycopg2.Error as err:
         # Any database error (a trigger, a constraint, a timeout, a privilege, an oversize value) rolled this
         # country back: it is recorded and the others go on. A lost connection leaves nothing to record with.
         if conn.closed:
             raise
-        problem = f"publish rejected: {' '.join(str(err).split())}"
+        problem = _rejected(err)
         writer.record_not_published(conn, settings, message=problem, **common)
         return ledger.FAILED, problem
     return outcome, None
+
+
+def one_ahead(function: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    """function(item) for each item in order, each next one computed in a thread while the caller uses this one's:
+    a country's rows are judged and encoded while the one before is written (the database works in its own
+    process, so the two overlap)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="publish-judge") as pool:
+        upcoming = [pool.submit(function, item) for item in items[:1]]
+        for item in items[1:]:
+            upcoming.append(pool.submit(function, item))
+            yield upcoming.pop(0).result()
+        if upcoming:
+            yield upcoming.pop(0).result()
 
 
 def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
@@ -145,10 +210,17 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         log.error("no country reached the publish stage for run %s", ctx.run_id)
         return 1
     spark.sparkContext.setJobGroup(f"publish-{ctx.run_id}", f"publish: read predictions of {len(results)} countries")
-    predictions = spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toPandas()
-    candidates = candidates_by_country(spark, ctx)
-    no_candidates = pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
-    ended = ended_articles(spark, ctx)
+    # Three independent Spark jobs at once, beside the ERP's preparation; each thread inherits the job's label.
+    with ThreadPoolExecutor(3, thread_name_prefix="publish-read") as readers:
+        reads = [
+            readers.submit(inheritable_thread_target(spark)(read), spark, ctx)
+            for read in (predictions_of_run, candidates_of_run, ended_articles)
+        ]
+        return publish_all(ctx, cfg, results, reads)
+
+
+def publish_all(ctx: RunContext, cfg: Config, results: dict[str, dict[str, Any]], reads: list[Future[Any]]) -> int:
+    """The ERP's side of run: `reads` give the predictions, the candidates and the ended articles by country."""
     # What moved beyond the [drift] limits in force now, against the run the ETL compared with.
     drift = checked_now(ctx.layout, cfg.drift)
     if drift is None:
@@ -170,6 +242,8 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
         except locks.PublishLockedError as err:
             log.error("nothing published: %s", err)
             return LOCKED_EXIT_CODE
+        # Nothing is written before the run's outputs are read.
+        predictions, candidates, ended = (read.result() for read in reads)
         writer.record_metrics(conn, settings, run_id=ctx.run_id, run_date=ctx.run_date, results=results)
         # The gate compares each country's articles with those the ERP holds now.
         held_articles = ledger.held_articles(conn, settings)
@@ -192,23 +266,29 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
                 table_rows,
             )
         tracker = StageProgress(ctx.layout, "publish", total=len(results))
-        for country, result in sorted(results.items()):
+
+        def verdict_of(country: str) -> Verdict | None:
+            if this_run.get(country) == ledger.PUBLISHED and country not in missing:
+                return None
+            return judge(
+                ctx,
+                cfg,
+                country,
+                results[country],
+                of_country(predictions, country),
+                of_country(candidates, country),
+                held_articles.get(country, set()),
+                ended.get(country, set()),
+                drift=drift.of_country(country) if drift else (),
+            )
+
+        countries = sorted(results)
+        for country, verdict in zip(countries, one_ahead(verdict_of, countries), strict=True):
             tracker.begin(country)
             outcome, problem = ledger.ALREADY_PUBLISHED, None
-            if this_run.get(country) != ledger.PUBLISHED or country in missing:
-                rows = predictions[predictions["country"] == country]
+            if verdict is not None:
                 outcome, problem = publish_or_record(
-                    conn,
-                    ctx,
-                    cfg,
-                    country,
-                    result,
-                    rows,
-                    candidates.get(country, no_candidates),
-                    held_articles.get(country, set()),
-                    ended.get(country, set()),
-                    repair=country in missing,
-                    drift=drift.of_country(country) if drift else (),
+                    conn, ctx, cfg, country, results[country], verdict, repair=country in missing
                 )
             if problem is not None:
                 problems[country] = problem.splitlines()[0]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from markdown_pricing.model.pricing import candidate_discounts, recommend, simulate_season
@@ -407,7 +408,10 @@ def _simulate(
     rng: np.random.Generator, world: World, carried: np.ndarray, opened: int = 0
 ) -> tuple[dict[str, dict[str, np.ndarray]], RunState]:
     """Runs the carried (country, article) pairs from their earliest launch (or the day their shop `opened`, when
-    later) to the day before the run date; returns the clean rows by dataset and the pairs' state at the run date."""
+    later) to the day before the run date; returns the clean rows by dataset and the pairs' state at the run date.
+
+    The rows' country and article_id are codes into _names(world), and their numbers as narrow as they go: a world
+    of a hundred million sales rows is held in memory (about 26 bytes a row) and written one country at a time."""
     ctry, art = np.nonzero(carried)
     n = len(ctry)
     shape = world.shape
@@ -426,7 +430,7 @@ def _simulate(
         if _weekday(day) == 0:  # Monday: stock snapshot at the start of the day, then any markdown
             if day >= first:
                 snap = np.nonzero((since >= 0) & (to_end > -7))[0]
-                snaps.append((snap, np.full(len(snap), day), stock[snap]))
+                snaps.append((snap, np.full(len(snap), day, dtype=np.int32), stock[snap].astype(np.int32)))
                 last_snapshot[snap] = stock[snap]
             jump = 1 + (rng.random(n) < 0.3)
             moves = in_season & (since >= 21) & (step < deepest) & (rng.random(n) < shape.markdown_chance)
@@ -445,13 +449,14 @@ def _simulate(
         sold_total += sold
         units = sold - returned
         if day >= first:
-            rows = np.nonzero(units)[0]
+            rows = np.nonzero(units)[0].astype(np.int32)
             shelf = np.round(orig[rows] * (1 - LADDER[step[rows]]), 2)
-            sales.append((rows, np.full(len(rows), day), units[rows], np.round(units[rows] * shelf, 2)))
+            day_rows = np.full(len(rows), day, dtype=np.int32)
+            sales.append((rows, day_rows, units[rows].astype(np.int32), np.round(units[rows] * shelf, 2)))
 
     def columns(chunks: list[tuple[np.ndarray, ...]], names: tuple[str, ...]) -> dict[str, np.ndarray]:
         pair, *values = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
-        keys = {"country": np.array(world.countries)[ctry[pair]], "article_id": world.article_id[art[pair]]}
+        keys = {"country": ctry[pair].astype(np.int16), "article_id": art[pair].astype(np.int32)}
         return keys | dict(zip(names, values, strict=True))
 
     data = {
@@ -462,6 +467,21 @@ def _simulate(
     return data, RunState(country=ctry, article=art, stock=stock, last_snapshot=last_snapshot, step=step)
 
 
+def _names(world: World) -> dict[str, pa.Array]:
+    """The text behind the rows' codes: each country, then a malformed one; each article id, then an unknown one and
+    none (_bad_codes)."""
+    return {
+        "country": pa.array([*world.countries, world.countries[0][:2].lower()], pa.string()),
+        "article_id": pa.concat_arrays([pa.array(world.article_id, pa.string()), pa.array(["ZZ-UNKNOWN", None])]),
+    }
+
+
+def _bad_codes(world: World) -> tuple[int, int, int]:
+    """The codes of the malformed country, the unknown article and the missing article id in _names(world)."""
+    countries, articles = len(world.countries), len(world.article_id)
+    return countries, articles, articles + 1
+
+
 def _inject(
     rng: np.random.Generator, data: dict[str, dict[str, np.ndarray]], world: World
 ) -> tuple[dict[str, int], np.ndarray]:
@@ -470,19 +490,20 @@ def _inject(
     n_sales, n_prices = len(sales["units"]), len(prices["price"])
     each = int(np.clip(n_sales // 5000, 2, 5))
     counts = {}
+    malformed_country, unknown_article, null_article = _bad_codes(world)
     for kind in ("null_article_id", "unknown_article", "after_run_date", "malformed_country"):
         pick = {k: v[rng.choice(n_sales, each, replace=False)] for k, v in sales.items()}
         if kind == "null_article_id":
-            pick["article_id"] = np.full(each, None, dtype=object)
+            pick["article_id"] = np.full(each, null_article)
         elif kind == "unknown_article":
-            pick["article_id"] = np.full(each, "ZZ-UNKNOWN")
+            pick["article_id"] = np.full(each, unknown_article)
         elif kind == "after_run_date":
             pick["sale_date"] = _days(world.run_date) + rng.integers(0, 7, each)
         else:
-            pick["country"] = np.full(each, world.countries[0][:2].lower())
+            pick["country"] = np.full(each, malformed_country)
         counts[f"sales_{kind}"] = each
         for k in sales:
-            sales[k] = np.concatenate([sales[k], pick[k]])
+            sales[k] = np.concatenate([sales[k], pick[k].astype(sales[k].dtype)])
     n_bad = 1 if n_prices < 1000 else 2
     # Same key as a real row, so quarantining the bad row leaves the real price history intact.
     pick = {k: v[rng.choice(n_prices, n_bad, replace=False)] for k, v in prices.items()}
@@ -591,14 +612,23 @@ FLAT_TYPES = {
 }
 
 
-def _table(cols: dict[str, np.ndarray], types: dict[str, pa.DataType]) -> pa.Table:
-    """Arrow table of the given columns and types; dates are days since 1970-01-01."""
-    return pa.table(
-        {
-            name: pa.array(np.asarray(cols[name], dtype=np.int32) if kind == pa.date32() else cols[name], type=kind)
-            for name, kind in types.items()
-        }
-    )
+def _table(cols: dict[str, np.ndarray], types: dict[str, pa.DataType], names: dict[str, pa.Array]) -> pa.Table:
+    """Arrow table of the given columns and types; dates are days since 1970-01-01, and a column `names` holds is
+    codes into its text."""
+
+    def column(name: str, kind: pa.DataType) -> pa.Array:
+        if name in names:
+            return names[name].take(pa.array(cols[name]))
+        return pa.array(np.asarray(cols[name], dtype=np.int32) if kind == pa.date32() else cols[name], type=kind)
+
+    return pa.table({name: column(name, kind) for name, kind in types.items()})
+
+
+def _sorted_by_name(cols: dict[str, np.ndarray], names: dict[str, pa.Array], date_column: str) -> dict[str, np.ndarray]:
+    """The rows in order of country, article id (their text, not their codes) and date."""
+    rank = {name: np.argsort(pc.sort_indices(text).to_numpy()) for name, text in names.items()}
+    order = np.lexsort((cols[date_column], rank["article_id"][cols["article_id"]], rank["country"][cols["country"]]))
+    return {name: values[order] for name, values in cols.items()}
 
 
 def _write_parts(table: pa.Table, folder: Path, parts: int) -> None:
@@ -665,36 +695,38 @@ def generate_sample(
             shutil.rmtree(out_dir / name)
 
     data["articles"] = {
-        "article_id": world.article_id,
+        "article_id": np.arange(articles),
         "category": world.category,
         "season": world.season,
         "launch_date": world.launch,
         "season_end": world.season_end,
         "original_price": world.original_price,
     }
-    for name, date_column in (("articles", "launch_date"), ("prices", "valid_from"), ("stock", "snapshot_date")):
-        table = _table(data[name], FLAT_TYPES[name])
-        if name != "articles":
-            table = table.sort_by([("country", "ascending"), ("article_id", "ascending"), (date_column, "ascending")])
-        _write_parts(table, out_dir / name, int(rng.integers(1, 4)))
+    names = _names(world)
+    for name, date_column in (("articles", None), ("prices", "valid_from"), ("stock", "snapshot_date")):
+        rows = data.pop(name)
+        if date_column:
+            rows = _sorted_by_name(rows, names, date_column)
+        _write_parts(_table(rows, FLAT_TYPES[name], names), out_dir / name, int(rng.integers(1, 4)))
         (out_dir / name / "_SUCCESS").touch()
 
     sales = data["sales"]
     again = np.zeros(len(sales["units"]), dtype=bool)
     again[redelivered] = True
-    country = sales["country"].astype(str)
-    for code in dict.fromkeys(country):
-        folder = out_dir / "sales" / f"country={code}"
+    # One country's rows at a time: the only copy of the sales rows is their codes.
+    for code in dict.fromkeys(sales["country"].tolist()):
+        of_country = sales["country"] == code
+        folder = out_dir / "sales" / f"country={names['country'][code].as_py()}"
         folder.mkdir(parents=True)
-        for part, rows in enumerate((country == code, (country == code) & again)):
+        for part, rows in enumerate((of_country, of_country & again)):
             if rows.any():
-                table = _table({k: v[rows] for k, v in sales.items()}, SALES_FILE_TYPES)
+                table = _table({k: v[rows] for k, v in sales.items()}, SALES_FILE_TYPES, names)
                 pq.write_table(table, folder / f"part-{part:05d}.parquet")
     (out_dir / "sales" / "_SUCCESS").touch()
     return SampleSummary(
         countries=world.countries,
         articles=articles,
-        sales_rows=len(country) + int(again.sum()),
+        sales_rows=len(sales["units"]) + int(again.sum()),
         first_day=world.first_day,
         run_date=run_date,
         injected=injected,
