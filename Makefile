@@ -138,6 +138,12 @@ check-jdbc:
 bench: check-java check-jdbc $(BIN)/markdown-pricing
 	$(BIN)/python -m bench.harness --sizes $(BENCH_SIZES) --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
 
+# Publish at a retailer's size (about 1 M predictions, 7 M candidates) on copies of the medium world's outputs, whose
+# train+score `make bench BENCH_SIZES=medium` ran first: the large world's takes hours here (README "Performance").
+.PHONY: bench-publish-scale
+bench-publish-scale: check-java check-jdbc $(BIN)/markdown-pricing
+	$(BIN)/python -m bench.publish_scale --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
+
 # What a stage costs on YARN around its Spark jobs (application start, containers, archive localization), cold and
 # warm, against local mode: on a dev Hadoop of its own under $(BENCH_WORK)/yarn (README "Performance").
 .PHONY: bench-yarn

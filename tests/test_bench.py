@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import zstandard
 from bench import report, yarn
 from bench.harness import finite_ratios, ideal_makespan, ratios, summarise
 from bench.measure import measured, stage_tasks
+from bench.publish_scale import stand_in_outputs
+
+from markdown_pricing.core.context import RunContext
+from markdown_pricing.core.storage import read_json, write_json
 
 DESCRIPTION = "train+score 2 countries"
+RUN_DATE_OF_BENCH = date(2026, 11, 23)
 
 
 def test_ideal_makespan_is_the_longest_job_or_an_even_share_whichever_is_longer() -> None:
@@ -127,3 +136,29 @@ def test_the_yarn_bench_reads_jobs_from_a_zstd_event_log_and_counts_overlapping_
     # The job that never ended (the log was cut) is left out.
     assert spans == [(1.0, 3.0), (2.0, 4.0), (6.0, 6.5)]
     assert yarn.busy_seconds(spans) == 3.5
+
+
+def test_the_publish_scale_bench_copies_each_countrys_rows_into_new_countries_with_unique_articles(
+    tmp_path: Path,
+) -> None:
+    source = RunContext(RUN_DATE_OF_BENCH, "medium", raw=str(tmp_path / "raw"), work=str(tmp_path / "source"))
+    for name in ("predictions", "candidates"):
+        rows = pa.table({"country": ["DEU", "DEU", "FRA"], "article_id": ["A1", "A2", "A1"], "value": [1.0, 2.0, 3.0]})
+        pq.write_to_dataset(rows, getattr(source.layout, name), partition_cols=["country"])
+    write_json(source.layout.country_results, {"DEU": {"country": "DEU"}, "FRA": {"country": "FRA"}})
+    target = RunContext(RUN_DATE_OF_BENCH, "scale", raw=str(tmp_path / "raw"), work=str(tmp_path / "target"))
+
+    assert stand_in_outputs(source, target, copies=3) == {"predictions": 9, "candidates": 9}
+
+    copied = ds.dataset(target.layout.predictions, format="parquet", partitioning="hive").to_table().to_pandas()
+    assert copied.groupby("country")["article_id"].apply(sorted).to_dict() == {
+        "DEU": ["A1-0", "A2-0"],
+        "FRA": ["A1-0"],
+        "GBR": ["A1-1", "A2-1"],
+        "ITA": ["A1-1"],
+        "ESP": ["A1-2", "A2-2"],
+        "NLD": ["A1-2"],
+    }
+    assert {code: result["country"] for code, result in read_json(target.layout.country_results).items()} == {
+        code: code for code in ("DEU", "FRA", "GBR", "ITA", "ESP", "NLD")
+    }
