@@ -36,7 +36,8 @@ COUNTRIES = 45
 
 def stand_in_outputs(source: RunContext, target: RunContext, copies: int) -> dict[str, int]:
     """Writes `copies` copies of the source run's predictions, candidates and country results into the target run,
-    copy k of a country's rows under article ids suffixed "-k", the copies dealt over COUNTRIES countries."""
+    copy k of a country's rows under article ids suffixed "-k", the copies dealt over COUNTRIES countries. A country
+    that several copies land in takes the result of the last one: the medium run's countries all trained."""
     results = read_json(source.layout.country_results)
     dealt = {
         (k, country): COUNTRY_CODES[i % COUNTRIES]
@@ -50,9 +51,8 @@ def stand_in_outputs(source: RunContext, target: RunContext, copies: int) -> dic
             part = table.filter(pc.equal(table["country"], country))
             article_ids = pc.binary_join_element_wise(part["article_id"], f"-{k}", "")
             part = part.set_column(part.schema.get_field_index("article_id"), "article_id", article_ids)
-            parts.append(
-                part.set_column(part.schema.get_field_index("country"), "country", pa.array([code] * len(part)))
-            )
+            countries = pa.array([code] * len(part), pa.string())
+            parts.append(part.set_column(part.schema.get_field_index("country"), "country", countries))
         folder = Path(getattr(target.layout, name))
         shutil.rmtree(folder, ignore_errors=True)
         pq.write_to_dataset(pa.concat_tables(parts), folder, partition_cols=["country"])

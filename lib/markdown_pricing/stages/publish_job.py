@@ -63,6 +63,13 @@ def candidates_of_run(spark: SparkSession, ctx: RunContext) -> pa.Table:
     return spark.read.schema(CANDIDATES).parquet(uri).toArrow()
 
 
+def labelled_like_this_thread(spark: SparkSession, function: Callable[..., R]) -> Callable[..., R]:
+    """The function, to run in another thread under this thread's Spark job label. With pinned threads off
+    (PYSPARK_PIN_THREAD=false) there is nothing to inherit, and PySpark hands the session back instead."""
+    wrapper = inheritable_thread_target(spark)
+    return function if isinstance(wrapper, SparkSession) else wrapper(function)
+
+
 def predictions_of_run(spark: SparkSession, ctx: RunContext) -> pa.Table:
     return spark.read.schema(PREDICTIONS).parquet(ctx.layout.predictions).toArrow()
 
@@ -179,7 +186,7 @@ def publish_or_record(
             rollback=ctx.rollback,
             repair=repair,
         )
-    except psycopg2.Error as err:
+    except (ValueError, psycopg2.Error) as err:
         # Any database error (a trigger, a constraint, a timeout, a privilege, an oversize value) rolled this
         # country back: it is recorded and the others go on. A lost connection leaves nothing to record with.
         if conn.closed:
@@ -213,7 +220,7 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     # Three independent Spark jobs at once, beside the ERP's preparation; each thread inherits the job's label.
     with ThreadPoolExecutor(3, thread_name_prefix="publish-read") as readers:
         reads = [
-            readers.submit(inheritable_thread_target(spark)(read), spark, ctx)
+            readers.submit(labelled_like_this_thread(spark, read), spark, ctx)
             for read in (predictions_of_run, candidates_of_run, ended_articles)
         ]
         return publish_all(ctx, cfg, results, reads)

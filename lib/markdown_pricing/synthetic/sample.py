@@ -714,9 +714,9 @@ def generate_sample(
     again = np.zeros(len(sales["units"]), dtype=bool)
     again[redelivered] = True
     # One country's rows at a time: the only copy of the sales rows is their codes.
-    for code in dict.fromkeys(sales["country"].tolist()):
+    for code in pd.unique(sales["country"]):
         of_country = sales["country"] == code
-        folder = out_dir / "sales" / f"country={names['country'][code].as_py()}"
+        folder = out_dir / "sales" / f"country={names['country'][int(code)].as_py()}"
         folder.mkdir(parents=True)
         for part, rows in enumerate((of_country, of_country & again)):
             if rows.any():
