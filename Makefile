@@ -144,6 +144,12 @@ bench: check-java check-jdbc $(BIN)/markdown-pricing
 bench-publish-scale: check-java check-jdbc $(BIN)/markdown-pricing
 	$(BIN)/python -m bench.publish_scale --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
 
+# The ETL's cost per raw row at the medium and large sizes, in one process (README "Performance"): minutes, where
+# `make bench BENCH_SIZES=large` trains for hours here. Worlds are generated as `make bench` does and reused.
+.PHONY: bench-etl-scale
+bench-etl-scale: check-java $(BIN)/markdown-pricing
+	$(BIN)/python -m bench.etl_scale --work $(BENCH_WORK) --results bench/results
+
 # What a stage costs on YARN around its Spark jobs (application start, containers, archive localization), cold and
 # warm, against local mode: on a dev Hadoop of its own under $(BENCH_WORK)/yarn (README "Performance").
 .PHONY: bench-yarn

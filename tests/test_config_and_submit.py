@@ -64,7 +64,7 @@ def test_spark_submit_command_carries_conf_name_and_job(monkeypatch: pytest.Monk
     command = spark_submit_command(cfg, "train_score", ["--run-date", "2026-11-23"], "2026-11-23")
     assert command[1:5] == ["--master", "local[2]", "--deploy-mode", "client"]
     assert command[5:7] == ["--name", "markdown-train-score 2026-11-23"]
-    assert "spark.sql.shuffle.partitions=64" in command
+    assert "spark.sql.shuffle.partitions=8" in command
     assert command[-3:] == [str(ROOT / "jobs" / "train_score.py"), "--run-date", "2026-11-23"]
     assert not any("s3cret" in part for part in command)
 
@@ -116,3 +116,9 @@ def test_submit_script_dry_run_prints_yarn_command() -> None:
 def test_run_level_pricing_rules_are_checked_when_the_config_loads(run: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(load_config("local").run, **run)
+
+
+def test_the_etls_bytes_per_shuffle_partition_must_be_positive() -> None:
+    assert load_config("local").etl.raw_bytes_per_shuffle_partition > 0
+    with pytest.raises(ConfigError, match="etl.raw_bytes_per_shuffle_partition must be positive, not 0"):
+        dataclasses.replace(load_config("local").etl, raw_bytes_per_shuffle_partition=0)

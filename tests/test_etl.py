@@ -1,8 +1,11 @@
-"""ETL transformations on small inline DataFrames, compared with chispa."""
+"""ETL transformations on small inline DataFrames, compared with chispa, and the stage's shuffle partitions."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
@@ -10,8 +13,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from markdown_pricing.core.config import EtlSettings, load_config
+from markdown_pricing.core.context import RunContext
 from markdown_pricing.core.schemas import RAW_DATASETS
+from markdown_pricing.core.session import SHUFFLE_PARTITIONS
 from markdown_pricing.etl import transforms
+from markdown_pricing.stages import etl_job
+from markdown_pricing.synthetic.sample import generate_sample
 
 RUN_DATE = dt.date(2026, 11, 23)
 D = dt.date
@@ -309,3 +317,32 @@ def test_check_rejected_share_counts_only_the_rows_in_the_runs_window() -> None:
     transforms.check_rejected_share(within, 0.05)
     with pytest.raises(transforms.RejectedShareError, match=r"6 of 100 rows rejected \(6.00%\)"):
         transforms.check_rejected_share({"sales": {**within["sales"], "rejected": 6}}, 0.05)
+
+
+def test_shuffle_partitions_follow_the_raw_input_and_never_go_below_the_sessions() -> None:
+    mib = 1024 * 1024
+    assert etl_job.shuffle_partitions_for(700 * mib, 8 * mib, at_least=8) == 88
+    assert etl_job.shuffle_partitions_for(8 * mib + 1, 8 * mib, at_least=1) == 2
+    assert etl_job.shuffle_partitions_for(900 * 1024, 8 * mib, at_least=8) == 8
+
+
+@pytest.mark.slow
+def test_etl_curates_the_same_rows_in_partitions_sized_to_its_input_then_gives_the_session_its_setting_back(
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = tmp_path / "raw"
+    generate_sample(raw, countries=2, articles=20, weeks=12, seed=3, run_date=RUN_DATE)
+    cfg = load_config("local")
+    session_setting = spark.conf.get(SHUFFLE_PARTITIONS)
+    raw_bytes = sum(path.stat().st_size for name in RAW_DATASETS for path in (raw / name).rglob("*") if path.is_file())
+    curated = {}
+    twenty_parts = -(-raw_bytes // 20)
+    for name, bytes_per_partition in (("default", cfg.etl.raw_bytes_per_shuffle_partition), ("fine", twenty_parts)):
+        ctx = RunContext(RUN_DATE, name, raw=str(raw), work=str(tmp_path / name))
+        with caplog.at_level(logging.INFO, logger=etl_job.log.name):
+            assert etl_job.run(spark, ctx, replace(cfg, etl=EtlSettings(bytes_per_partition))) == 0
+        assert spark.conf.get(SHUFFLE_PARTITIONS) == session_setting
+        curated[name] = spark.read.parquet(ctx.layout.weekly)
+    assert any(f"shuffled in {session_setting} partitions" in message for message in caplog.messages)
+    assert any("shuffled in 20 partitions" in message for message in caplog.messages)
+    assert_df_equality(curated["default"], curated["fine"], ignore_row_order=True)

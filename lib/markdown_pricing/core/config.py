@@ -234,6 +234,20 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class EtlSettings:
+    """The ETL shuffles its input into one partition per raw_bytes_per_shuffle_partition bytes of raw Parquet, and
+    into no fewer than the session's spark.sql.shuffle.partitions."""
+
+    raw_bytes_per_shuffle_partition: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.raw_bytes_per_shuffle_partition <= 0:
+            raise ConfigError(
+                f"etl.raw_bytes_per_shuffle_partition must be positive, not {self.raw_bytes_per_shuffle_partition}"
+            )
+
+
+@dataclass(frozen=True)
 class DriftLimits:
     """How far each measure of a country's input may move against the previous run before the ETL says so: a
     relative change for weekly units, active articles and the price level, share points for the share on markdown
@@ -321,6 +335,7 @@ class Config:
     retention: RetentionSettings = RetentionSettings()
     alerts: AlertSettings = AlertSettings()
     drift: DriftSettings = DriftSettings()
+    etl: EtlSettings = EtlSettings()
     yarn: YarnSettings = YarnSettings()
 
 
@@ -443,6 +458,7 @@ def load_config(env: str = "local", *, root: Path | None = None) -> Config:
             retention=RetentionSettings(**raw.get("retention", {})),
             alerts=AlertSettings(**raw.get("alerts", {})),
             drift=DriftSettings(**{level: DriftLimits(**limits) for level, limits in raw.get("drift", {}).items()}),
+            etl=EtlSettings(**raw.get("etl", {})),
             yarn=_yarn_settings(raw.get("yarn", {})),
         )
     except (KeyError, TypeError) as err:

@@ -14,6 +14,8 @@ from markdown_pricing.core.application import app_name, event_log_conf
 from markdown_pricing.core.config import Config
 from markdown_pricing.core.storage import local_path
 
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+
 # The local properties SparkContext.setJobGroup sets; restored after each labelled block.
 JOB_LABEL_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
 
@@ -60,6 +62,22 @@ def spark_job(spark: SparkSession, group: str, description: str) -> Iterator[Non
         for key, value in previous.items():
             # None removes the property, so no later action runs under this block's description.
             context.setLocalProperty(key, value)  # type: ignore[arg-type]
+
+
+def shuffle_partitions_setting(spark: SparkSession) -> int:
+    # A SQL setting always has a value (Spark's own default when nothing set it).
+    return int(str(spark.conf.get(SHUFFLE_PARTITIONS)))
+
+
+@contextmanager
+def shuffle_partitions(spark: SparkSession, partitions: int) -> Iterator[None]:
+    """Runs the block's shuffles in this many partitions, then gives the session back its own setting."""
+    previous = shuffle_partitions_setting(spark)
+    spark.conf.set(SHUFFLE_PARTITIONS, partitions)
+    try:
+        yield
+    finally:
+        spark.conf.set(SHUFFLE_PARTITIONS, previous)
 
 
 def task_cpus(default: int = 1) -> int:

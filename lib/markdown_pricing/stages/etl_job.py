@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,8 +31,8 @@ from markdown_pricing.core.drift import (
 )
 from markdown_pricing.core.errors import InputError
 from markdown_pricing.core.schemas import RAW_DATASETS
-from markdown_pricing.core.session import spark_job
-from markdown_pricing.core.storage import has_success_marker, join, write_json
+from markdown_pricing.core.session import shuffle_partitions, shuffle_partitions_setting, spark_job
+from markdown_pricing.core.storage import filesystem, has_success_marker, join, write_json
 from markdown_pricing.etl import transforms
 from markdown_pricing.observe.progress import StageProgress
 
@@ -109,7 +110,29 @@ def check_drift(ctx: RunContext, limits: DriftSettings, profile: InputProfile) -
     return check
 
 
+def shuffle_partitions_for(raw_bytes: int, bytes_per_partition: int, at_least: int) -> int:
+    """One shuffle partition per bytes_per_partition bytes of raw input, and at least `at_least`."""
+    return max(at_least, math.ceil(raw_bytes / bytes_per_partition))
+
+
+def input_shuffle_partitions(spark: SparkSession, ctx: RunContext, cfg: Config) -> tuple[int, int]:
+    """The bytes of the run's raw datasets and the shuffle partitions the ETL gives them."""
+    raw_bytes = sum(filesystem(path).size(path) for path in map(ctx.layout.raw_dataset, RAW_DATASETS))
+    return raw_bytes, shuffle_partitions_for(
+        raw_bytes, cfg.etl.raw_bytes_per_shuffle_partition, shuffle_partitions_setting(spark)
+    )
+
+
 def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
+    """Curates one run's raw datasets in shuffle partitions sized to them: a small delivery pays for no more tasks
+    than the session's setting, a large one comes in pieces that an executor (or a local driver) holds."""
+    raw_bytes, partitions = input_shuffle_partitions(spark, ctx, cfg)
+    log.info("raw input: %.1f MB of Parquet, shuffled in %d partitions", raw_bytes / 1e6, partitions)
+    with shuffle_partitions(spark, partitions):
+        return curate(spark, ctx, cfg)
+
+
+def curate(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     """Validates, quarantines, deduplicates and curates the raw datasets of one run."""
     job = partial(spark_job, spark, f"etl-{ctx.run_id}")
     with job("ETL: check raw schemas"):
