@@ -47,7 +47,8 @@ demo: check-java $(BIN)/markdown-pricing
 # WORLD_<name> = its role, its run date, then generate-sample's flags. Methods are chosen on the development worlds;
 # the validation worlds are only reported. Each goes through ETL and train+score only, as Luigi's TrainScore task
 # (the stages of `make demo` without the publish), so outputs that exist are kept; a world whose flags changed is
-# generated and run again.
+# generated and run again. Train+score reads the buyers' rules from the embedded ERP it starts under the world's work
+# folder; the ERP is stopped once the world is trained, whether or not it succeeded.
 EVALUATION_WORLDS ?= a b c d e f g
 WORLD_a = development $(RUN_DATE) --countries 10 --articles 300 --weeks 60 --seed 7
 WORLD_b = development 2026-05-11 --countries 16 --articles 500 --weeks 80 --seed 23
@@ -76,7 +77,8 @@ evaluate-world-%: check-java $(BIN)/markdown-pricing
 	@test "$$(cat $(WORLDS)/$*/flags 2>/dev/null)" = "$(WORLD_$*)" -a -f $(WORLDS)/$*/truth/_SUCCESS || { \
 	  rm -rf $(WORLDS)/$* && $(BIN)/markdown-pricing generate-sample --out $(WORLDS)/$*/raw --truth $(WORLDS)/$*/truth \
 	    --run-date $(wordlist 2,99,$(WORLD_$*)) && echo "$(WORLD_$*)" > $(WORLDS)/$*/flags; }
-	$(call train_score,$(WORLDS)/$*/raw,$(WORLDS)/$*/work,$(word 2,$(WORLD_$*)))
+	$(call train_score,$(WORLDS)/$*/raw,$(WORLDS)/$*/work,$(word 2,$(WORLD_$*))); trained=$$?; \
+	  $(BIN)/markdown-pricing erp stop --work $(WORLDS)/$*/work >/dev/null; test $$trained = 0
 	$(BIN)/markdown-pricing evaluate --work $(WORLDS)/$*/work --run-id $(word 2,$(WORLD_$*)) \
 	  --truth $(WORLDS)/$*/truth --role $(word 1,$(WORLD_$*)) --out $(EVALUATION_PARTS)/world-$*.md \
 	  --title "World $*: generate-sample --run-date $(wordlist 2,99,$(WORLD_$*)) (and a tiny country)" >/dev/null

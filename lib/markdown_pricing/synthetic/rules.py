@@ -17,8 +17,9 @@ SEED_NOTE = "demo seed:"
 
 
 def _active_articles(raw: Path, run_date: date) -> pd.DataFrame:
-    """(country, article_id, category, original_price) of the articles stocked before the run date whose season runs
-    past it: those the run will recommend for."""
+    """(country, article_id, category, original_price, cover) of the articles stocked before the run date whose season
+    runs past it: those the run will recommend for. `cover` is the stock over what the last four weeks' pace sells by
+    the season's end (infinite for an article that sold nothing): the higher, the more it needs a markdown."""
     articles = pq.read_table(raw / "articles").to_pandas()
     stock = pq.read_table(raw / "stock", partitioning="hive").to_pandas()
     stock["country"] = stock["country"].astype(str)
@@ -26,14 +27,25 @@ def _active_articles(raw: Path, run_date: date) -> pd.DataFrame:
     latest = before.groupby(["country", "article_id"], as_index=False).last()
     stocked = latest[latest["units_on_hand"] > 0]
     current = articles[articles["season_end"] > run_date].drop_duplicates("article_id")
-    joined = stocked.merge(current, on="article_id")[["country", "article_id", "category", "original_price"]]
-    return joined.sort_values(["country", "article_id"], ignore_index=True)
+    sales = pq.read_table(
+        raw / "sales", partitioning="hive", filters=[("sale_date", ">=", run_date - timedelta(weeks=4))]
+    ).to_pandas()
+    sales["country"] = sales["country"].astype(str)
+    recent = sales[sales["sale_date"] < run_date].groupby(["country", "article_id"])["units"].sum() / 4
+    joined = stocked.merge(current, on="article_id")
+    weekly = recent.reindex(pd.MultiIndex.from_frame(joined[["country", "article_id"]])).fillna(0).to_numpy()
+    weeks_left = (pd.to_datetime(joined["season_end"]) - pd.Timestamp(run_date)).dt.days / 7
+    joined["cover"] = joined["units_on_hand"] / (weekly * weeks_left.to_numpy())
+    return joined[["country", "article_id", "category", "original_price", "cover"]].sort_values(
+        ["country", "article_id"], ignore_index=True
+    )
 
 
 def sample_rules(raw: Path, run_date: date, seed: int = 7) -> pd.DataFrame:
-    """Rules for the two largest countries of a raw root: in the first, an exclusion, a hold, a category's maximum
-    discount and an article's minimum price; in the second, an article's maximum discount that a category rule
-    contradicts, and a rule that expired before the run date."""
+    """Rules for the two largest countries of a raw root: in the first, an exclusion, a hold on its most overstocked
+    article, a maximum discount for the category of the next one and an article's minimum price; in the second, a
+    maximum discount on its most overstocked article that a category rule contradicts, and a rule that expired
+    before the run date. The overstocked ones need a markdown, so that their rules change a recommendation."""
     rng = np.random.default_rng(seed)
     active = _active_articles(raw, run_date)
     largest = active["country"].value_counts().index[:2].tolist()
@@ -66,13 +78,20 @@ def sample_rules(raw: Path, run_date: date, seed: int = 7) -> pd.DataFrame:
             }
         )
 
+    def most_overstocked(country: str, taken: set[str]) -> pd.Series:
+        # Among the articles that sell: a hold or a cap binds where a markdown pays, whatever the model.
+        pool = active[(active["country"] == country) & ~active["article_id"].isin(taken) & np.isfinite(active["cover"])]
+        return pool.loc[pool["cover"].idxmax()]
+
     first = largest[0]
     taken: set[str] = set()
-    for kind, note in (("exclude", "sold out in the warehouse"), ("hold", "campaign at full price")):
-        article = pick(first, taken)
-        taken.add(article["article_id"])
-        rule(first, kind, note, article=article["article_id"])
-    category = str(active.loc[active["country"] == first, "category"].mode().iloc[0])
+    excluded = pick(first, taken)
+    taken.add(excluded["article_id"])
+    rule(first, "exclude", "sold out in the warehouse", article=excluded["article_id"])
+    held = most_overstocked(first, taken)
+    taken.add(held["article_id"])
+    rule(first, "hold", "campaign at full price", article=held["article_id"])
+    category = str(most_overstocked(first, taken)["category"])
     rule(first, "max_discount", "brand agreement for the category", category=category, value=0.2)
     floor = pick(first, taken)
     rule(
@@ -84,7 +103,7 @@ def sample_rules(raw: Path, run_date: date, seed: int = 7) -> pd.DataFrame:
     )
     if len(largest) > 1:
         second = largest[1]
-        article = pick(second, set())
+        article = most_overstocked(second, set())
         rule(second, "max_discount", "slow to restock", article=article["article_id"], value=0.3)
         rule(
             second,
