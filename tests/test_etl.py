@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
@@ -328,13 +329,21 @@ def test_shuffle_partitions_follow_the_raw_input_and_never_go_below_the_sessions
 
 @pytest.mark.slow
 def test_etl_curates_the_same_rows_in_partitions_sized_to_its_input_then_gives_the_session_its_setting_back(
-    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = tmp_path / "raw"
     generate_sample(raw, countries=2, articles=20, weeks=12, seed=3, run_date=RUN_DATE)
     cfg = load_config("local")
     session_setting = spark.conf.get(SHUFFLE_PARTITIONS)
     raw_bytes = sum(path.stat().st_size for name in RAW_DATASETS for path in (raw / name).rglob("*") if path.is_file())
+    seen_by_curate = []
+
+    def curate(*args: Any) -> int:
+        seen_by_curate.append(spark.conf.get(SHUFFLE_PARTITIONS))
+        return original_curate(*args)
+
+    original_curate = etl_job.curate
+    monkeypatch.setattr(etl_job, "curate", curate)
     curated = {}
     twenty_parts = -(-raw_bytes // 20)
     for name, bytes_per_partition in (("default", cfg.etl.raw_bytes_per_shuffle_partition), ("fine", twenty_parts)):
@@ -343,6 +352,6 @@ def test_etl_curates_the_same_rows_in_partitions_sized_to_its_input_then_gives_t
             assert etl_job.run(spark, ctx, replace(cfg, etl=EtlSettings(bytes_per_partition))) == 0
         assert spark.conf.get(SHUFFLE_PARTITIONS) == session_setting
         curated[name] = spark.read.parquet(ctx.layout.weekly)
-    assert any(f"shuffled in {session_setting} partitions" in message for message in caplog.messages)
+    assert seen_by_curate == [session_setting, "20"]
     assert any("shuffled in 20 partitions" in message for message in caplog.messages)
     assert_df_equality(curated["default"], curated["fine"], ignore_row_order=True)

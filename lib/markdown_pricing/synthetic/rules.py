@@ -31,6 +31,7 @@ def _active_articles(raw: Path, run_date: date) -> pd.DataFrame:
         raw / "sales", partitioning="hive", filters=[("sale_date", ">=", run_date - timedelta(weeks=4))]
     ).to_pandas()
     sales["country"] = sales["country"].astype(str)
+    # The raw rows, bad ones included: a pace close enough to rank articles by how much they need a markdown.
     recent = sales[sales["sale_date"] < run_date].groupby(["country", "article_id"])["units"].sum() / 4
     joined = stocked.merge(current, on="article_id")
     weekly = recent.reindex(pd.MultiIndex.from_frame(joined[["country", "article_id"]])).fillna(0).to_numpy()
@@ -79,9 +80,10 @@ def sample_rules(raw: Path, run_date: date, seed: int = 7) -> pd.DataFrame:
         )
 
     def most_overstocked(country: str, taken: set[str]) -> pd.Series:
-        # Among the articles that sell: a hold or a cap binds where a markdown pays, whatever the model.
+        # Among the articles that sell: a hold or a cap binds where a markdown pays, whatever the model. When none
+        # sold in the last four weeks (a stale feed), any article will do.
         pool = active[(active["country"] == country) & ~active["article_id"].isin(taken) & np.isfinite(active["cover"])]
-        return pool.loc[pool["cover"].idxmax()]
+        return pool.loc[pool["cover"].idxmax()] if len(pool) else pick(country, taken)
 
     first = largest[0]
     taken: set[str] = set()
