@@ -18,7 +18,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from bench.harness import RUN_DATE, SIZES, ensure_world, stage_figures
-from bench.measure import measured
+from bench.measure import measured, save_results
 from markdown_pricing.core.context import RunContext, load_run_config
 from markdown_pricing.core.session import build_session
 from markdown_pricing.core.storage import read_json
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     print(json.dumps(document["cost_per_row_vs_reference"]), flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
-    for stem in (datetime.now(timezone.utc).date().isoformat(), "latest"):
-        (args.results / f"etl-scale-{stem}.json").write_text(json.dumps(document, indent=2))
+    save_results(args.results, "etl-scale-", document)
     return 0
 
 

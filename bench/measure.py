@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,10 @@ def bench_erp(pgdata: Path) -> Iterator[BenchErp]:
         yield BenchErp(pgdata, socket_dir, port)
     finally:
         embedded.stop(pgdata)
+
+
+def save_results(results: Path, prefix: str, document: dict[str, Any]) -> None:
+    """Writes a bench document as <prefix><today>.json and <prefix>latest.json under the results folder."""
+    results.mkdir(parents=True, exist_ok=True)
+    for stem in (datetime.now(timezone.utc).date().isoformat(), "latest"):
+        (results / f"{prefix}{stem}.json").write_text(json.dumps(document, indent=2))

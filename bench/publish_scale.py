@@ -11,7 +11,6 @@ writes bench/results/publish-scale-<date>.json and publish-scale-latest.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 
 from bench.harness import ERP_SCHEMA, RUN_DATE
 from bench.harness import publish as measure_publish
-from bench.measure import bench_erp
+from bench.measure import bench_erp, save_results
 from markdown_pricing.core.context import RunContext, load_run_config
 from markdown_pricing.core.session import build_session
 from markdown_pricing.core.storage import read_json, write_json
@@ -103,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": written,
         "runs": runs,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    for stem in (datetime.now(timezone.utc).date().isoformat(), "latest"):
-        (args.results / f"publish-scale-{stem}.json").write_text(json.dumps(document, indent=2))
+    save_results(args.results, "publish-scale-", document)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import zstandard
 from bench import report, yarn
 from bench.harness import finite_ratios, ideal_makespan, ratios, summarise
-from bench.measure import measured, stage_tasks
+from bench.measure import measured, save_results, stage_tasks
 from bench.publish_scale import stand_in_outputs
 
 from markdown_pricing.core.context import RunContext
@@ -162,3 +162,11 @@ def test_the_publish_scale_bench_copies_each_countrys_rows_into_new_countries_wi
     assert {code: result["country"] for code, result in read_json(target.layout.country_results).items()} == {
         code: code for code in ("DEU", "FRA", "GBR", "ITA", "ESP", "NLD")
     }
+
+
+def test_save_results_writes_the_days_document_and_the_latest(tmp_path: Path) -> None:
+    save_results(tmp_path / "results", "etl-scale-", {"sizes": {}})
+    written = sorted(path.name for path in (tmp_path / "results").iterdir())
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert written == sorted([f"etl-scale-{today}.json", "etl-scale-latest.json"])
+    assert all(json.loads(path.read_text()) == {"sizes": {}} for path in (tmp_path / "results").iterdir())
