@@ -28,6 +28,8 @@ from markdown_pricing.core.config import PriceResponseSettings
 # the deepest discount the group's articles were seen at.
 STATISTICS = ("events", "sxx", "sxy", "syy")
 STATISTIC_COLUMNS = ("country", "category", *STATISTICS, "deepest")
+# The weekly columns that event_statistics reads.
+EVENT_COLUMNS = ("country", "category", "article_id", "week_start", "units", "stock_on_hand", "price", "discount")
 
 
 # Prices closer than this are the same price.

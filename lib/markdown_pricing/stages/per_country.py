@@ -21,7 +21,7 @@ from markdown_pricing.model.country import CountryResult, rescore, train_country
 from markdown_pricing.model.fallback import PooledModel, fit_pooled, score_fallback
 from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.gpu import check_mode, device_settings
-from markdown_pricing.model.response import STATISTIC_COLUMNS, PriceResponse, event_statistics
+from markdown_pricing.model.response import EVENT_COLUMNS, STATISTIC_COLUMNS, PriceResponse, event_statistics
 
 OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 # The pooled model's task among the countries', and the record it returns.
@@ -31,11 +31,23 @@ GROUP = "_group"
 # A missing string column would default to all-NaN float64, which Arrow cannot turn into strings cleanly.
 STRING_COLUMNS = {f.name: object for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.StringType)}
 BOOLEAN_COLUMNS = {f.name: "boolean" for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.BooleanType)}
+# Every number as a float, in every record: an integer column is null in the other records' rows anyway.
+FLOAT_COLUMNS = {
+    f.name: "float64"
+    for f in TRAIN_SCORE_OUTPUT.fields
+    if isinstance(f.dataType, (T.IntegerType, T.LongType, T.DoubleType))
+}
 
 
 def _conform(frame: pd.DataFrame) -> pd.DataFrame:
     # Nullable booleans: a row that is no candidate has no `chosen`, and a float NaN would turn the column to floats.
-    return frame.reindex(columns=OUTPUT_COLUMNS).astype({**STRING_COLUMNS, **BOOLEAN_COLUMNS})
+    return frame.reindex(columns=OUTPUT_COLUMNS).astype({**STRING_COLUMNS, **BOOLEAN_COLUMNS, **FLOAT_COLUMNS})
+
+
+def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Conformed frames' rows one after another. Column by column: a whole-frame pd.concat checks every null of a
+    text column one value at a time (half a second for a large country's candidates, outside its recorded time)."""
+    return pd.DataFrame({name: pd.concat([part[name] for part in parts], ignore_index=True) for name in OUTPUT_COLUMNS})
 
 
 def _country_record(country: str, **values: object) -> pd.DataFrame:
@@ -69,7 +81,7 @@ def _result_frame(result: CountryResult, **task: object) -> pd.DataFrame:
         for kind, frame in (("prediction", result.predictions), ("candidate", result.candidates))
         if not frame.empty
     ]
-    return pd.concat([*rows, record], ignore_index=True)
+    return _stacked([*rows, record])
 
 
 def _failed(country: str, err: Exception, **task: object) -> pd.DataFrame:
@@ -331,7 +343,8 @@ RESPONSE_STATISTICS = T.StructType(
 def response_statistics(weekly: DataFrame, window_weeks: int) -> DataFrame:
     """Each country's markdown events summed by category (model.response.event_statistics), one task per country:
     the driver adds these few rows into the shared price response."""
-    history = weekly.where(~F.col("is_future"))
+    # Only the columns it reads cross the shuffle and Arrow: about half of the weekly rows' bytes.
+    history = weekly.where(~F.col("is_future")).select(*EVENT_COLUMNS)
     return history.groupBy("country").applyInPandas(
         lambda rows: event_statistics(prepare(rows), window_weeks), RESPONSE_STATISTICS
     )

@@ -129,11 +129,12 @@ def _scored(
         pool = pooled_sample(weekly, shares)
     # Spark starts tasks in this order: the largest first, so none of them is left to run alone at the end.
     order = largest_first(tasks) if cfg.schedule.start_order == "largest_first" else sorted(tasks)
-    # Written once and read back: every later output comes from this one training pass.
+    # Written once and read back: every later output comes from this one training pass. A folder per record, so
+    # each later read opens only its own files (the countries' few records, or the predictions, or the candidates).
     with job(f"train+score {len(countries)} countries"):
         watcher = watch_spark_tasks(tracker, spark.sparkContext, f"training {len(countries)} countries")
         scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response, pool)
-        scored.write.mode("overwrite").parquet(layout.train_score_output)
+        scored.write.mode("overwrite").partitionBy("record").parquet(layout.train_score_output)
         watcher.stop()
     output = spark.read.parquet(layout.train_score_output)
     pending = output.where(

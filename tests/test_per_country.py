@@ -1,0 +1,34 @@
+"""The per-country function's output frame: every record in one schema that Spark's Arrow conversion takes."""
+
+from __future__ import annotations
+
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from markdown_pricing.core.schemas import TRAIN_SCORE_OUTPUT
+from markdown_pricing.model.country import CountryResult
+from markdown_pricing.stages.per_country import OUTPUT_COLUMNS, _result_frame
+
+
+def test_a_country_result_becomes_its_prediction_candidate_and_country_rows_in_the_output_schema(
+    spark: SparkSession,
+) -> None:
+    predictions = pd.DataFrame(
+        {"country": ["DEU", "DEU"], "article_id": ["A1", "A2"], "stock_on_hand": [5, 7], "rule_applied": [None, "hold"]}
+    )
+    candidates = pd.DataFrame({"country": ["DEU"], "article_id": ["A1"], "candidate_discount": [0.1], "chosen": [True]})
+    result = CountryResult("DEU", predictions, {"status": "trained", "train_rows": 12}, "tree", {}, candidates)
+
+    frame = _result_frame(result, device="cpu")
+
+    assert list(frame.columns) == list(OUTPUT_COLUMNS)
+    assert frame["record"].tolist() == ["prediction", "prediction", "candidate", "country"]
+    assert frame["article_id"].tolist()[:3] == ["A1", "A2", "A1"] and pd.isna(frame["article_id"].iloc[3])
+    assert frame["stock_on_hand"].tolist()[:2] == [5.0, 7.0] and frame["stock_on_hand"].iloc[2:].isna().all()
+    assert frame["chosen"].isna().tolist() == [True, True, False, True]
+    assert frame["train_rows"].iloc[3] == 12 and frame["model_text"].iloc[3] == "tree"
+    # Arrow takes it into the Spark schema, integers and nulls included.
+    rows = spark.createDataFrame(frame, TRAIN_SCORE_OUTPUT).collect()
+    assert [row["stock_on_hand"] for row in rows] == [5, 7, None, None]
+    assert [row["chosen"] for row in rows] == [None, None, True, None]
+    assert rows[3]["train_rows"] == 12 and rows[3]["device"] == "cpu"
