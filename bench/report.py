@@ -75,9 +75,17 @@ def table(document: dict[str, Any]) -> str:
     for key, (target, at_most) in RATIOS.items():
         cells = " | ".join(_mark(sizes[n][key], target, at_most) for n in names)
         lines.append(f"| `{key}` | {'≤' if at_most else '≥'} {target} | {cells} |")
-    extra = ("train_score_vs_ideal_makespan_tasks", "largest_first_vs_name_order", "publish_write_vs_raw_copy")
+    extra = (
+        "train_score_vs_ideal_makespan_functions",
+        "train_score_vs_ideal_makespan_tasks",
+        "largest_first_vs_name_order",
+        "publish_write_vs_raw_copy",
+    )
     for key in extra:
-        lines.append(f"| `{key}` | | " + " | ".join(f"{sizes[n][key]:.2f}" for n in names) + " |")
+        # A document from before a ratio was measured has none.
+        lines.append(
+            f"| `{key}` | | " + " | ".join(f"{sizes[n][key]:.2f}" if key in sizes[n] else "" for n in names) + " |"
+        )
     scaling = _mark(document["etl_per_row_scaling"], 0.9, False)
     lines.append(f"| `etl_per_row_scaling` ({' vs '.join(document['etl_scaling_sizes'])}) | ≥ 0.9 | {scaling} |")
     lines += [

@@ -17,8 +17,8 @@ from markdown_pricing.stages.per_country import (
     POOL,
     POOLED_RECORD,
     fallback_scores,
+    in_pool,
     largest_first,
-    pooled_sample,
     sample_shares,
     train_score,
     with_pool,
@@ -42,14 +42,15 @@ def test_sample_shares_bound_the_pool_and_keep_small_countries_whole() -> None:
     assert sample_shares({"NEW": 0, "DEU": 1000}, 100) == {"NEW": 1.0, "DEU": pytest.approx(0.1)}
 
 
-def test_pooled_sample_takes_whole_past_articles_at_each_countrys_share(spark: SparkSession) -> None:
+def test_the_pool_samples_whole_past_articles_at_each_countrys_share(spark: SparkSession) -> None:
     weekly = pd.concat(
         [
             elastic_world(seed=1, articles=600, weeks=3),
             elastic_world(seed=2, articles=20, weeks=3).assign(country="LUX"),
         ]
     )
-    sample = pooled_sample(as_spark(spark, weekly), {"DEU": 0.25, "LUX": 1.0}).toPandas()
+    shares = {"DEU": 0.25, "LUX": 1.0}
+    sample = as_spark(spark, weekly).where(in_pool(shares)).toPandas()
     assert not sample["is_future"].any()
     weeks_per_article = sample.groupby(["country", "article_id"]).size()
     assert (weeks_per_article == 3).all()
@@ -57,7 +58,7 @@ def test_pooled_sample_takes_whole_past_articles_at_each_countrys_share(spark: S
     assert kept["LUX"] == 20
     assert 0.2 * 600 < kept["DEU"] < 0.3 * 600
     # The same articles every time: the hash of their key, not a random draw.
-    again = pooled_sample(as_spark(spark, weekly), {"DEU": 0.25, "LUX": 1.0}).select("country", "article_id").distinct()
+    again = as_spark(spark, weekly).where(in_pool(shares)).select("country", "article_id").distinct()
     kept_articles = spark.createDataFrame(weeks_per_article.index.to_frame(index=False))
     assert_df_equality(again, kept_articles, ignore_row_order=True, ignore_nullable=True)
 
@@ -70,11 +71,15 @@ def test_the_pooled_model_trains_beside_the_countries_and_scores_the_fallback_on
     rows = {"DEU": int((pandas_weekly["country"] == "DEU").sum()), "LUX": len(small)}
     shares, tasks = with_pool(rows, PARAMS.pooled_max_rows)
     order = largest_first(tasks)
-    output = train_score(weekly, PARAMS, RULES, order=order, response=RESPONSE, pool=pooled_sample(weekly, shares))
+    output = train_score(weekly, PARAMS, RULES, order=order, response=RESPONSE, pool_shares=shares)
     records = output.where(F.col("record").isin("country", POOLED_RECORD)).toPandas().set_index("country")
     assert records.loc["DEU", "status"] == "trained" and records.loc["LUX", "status"] == "needs_fallback"
     pooled = output.where(F.col("record") == POOLED_RECORD).collect()
     assert len(pooled) == 1 and pooled[0]["status"] == "trained" and pooled[0]["model_text"]
+    # Each task's whole function, rows in and records out, takes at least the fit and score it records.
+    deu = records.loc["DEU"]
+    assert deu["function_seconds"] >= deu["fit_seconds"] + deu["score_seconds"]
+    assert pooled[0]["function_seconds"] >= pooled[0]["fit_seconds"]
     assert output.where((F.col("record") == "prediction") & (F.col("country") == POOL)).count() == 0
 
     fallback = {"LUX": records.loc["LUX", "fallback_reason"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pandas as pd
 from pyspark import TaskContext
 from pyspark.resource import ResourceInformation
-from pyspark.sql import DataFrame, GroupedData, Row
+from pyspark.sql import Column, DataFrame, GroupedData, Row
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -109,6 +110,7 @@ def country_function(
     check_mode(gpu_mode)
 
     def train_score_country(weekly: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
         country = str(weekly["country"].iloc[0])
         addresses = gpu_addresses(resources())
         task = {"task_gpus": ",".join(addresses) or None}
@@ -131,7 +133,7 @@ def country_function(
                 raise LookupError(f"no saved model for {country} in the model run")
         except Exception as err:  # one country's failure must not stop the others
             return _failed(country, err, **task)
-        return _result_frame(result, device=device.label, **task)
+        return _result_frame(result, device=device.label, function_seconds=time.perf_counter() - started, **task)
 
     return train_score_country
 
@@ -159,6 +161,7 @@ def pooled_function(
     check_mode(gpu_mode)
 
     def train_pooled_model(history: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
         addresses = gpu_addresses(task_resources())
         task = {"task_gpus": ",".join(addresses) or None}
         try:
@@ -166,7 +169,7 @@ def pooled_function(
             pooled = fit_pooled(history, params, task_cpus(), device.params, countries)
         except Exception as err:  # the fallback countries then take their baselines' level
             return _pooled_record(None, f"{type(err).__name__}: {err}", **task)
-        return _pooled_record(pooled, device=device.label, **task)
+        return _pooled_record(pooled, device=device.label, function_seconds=time.perf_counter() - started, **task)
 
     return train_pooled_model
 
@@ -194,11 +197,12 @@ def with_pool(rows: Mapping[str, int], max_rows: int) -> tuple[dict[str, float],
 SAMPLE_BUCKETS = 1_000_000
 
 
-def pooled_sample(weekly: DataFrame, shares: Mapping[str, float]) -> DataFrame:
-    """The history rows of each country's articles sampled at its share (sample_shares): the pool task's input."""
+def in_pool(shares: Mapping[str, float]) -> Column:
+    """Whether a weekly row is in the pool task's input: a history row of an article sampled at its country's share
+    (sample_shares)."""
     share_of = F.create_map(*(F.lit(value) for pair in shares.items() for value in pair))
     bucket = F.pmod(F.xxhash64("country", "article_id"), F.lit(SAMPLE_BUCKETS))
-    return weekly.where(~F.col("is_future") & (bucket < share_of[F.col("country")] * SAMPLE_BUCKETS))
+    return ~F.col("is_future") & (bucket < share_of[F.col("country")] * SAMPLE_BUCKETS)
 
 
 def fallback_function(
@@ -218,13 +222,14 @@ def fallback_function(
     task = {"task_gpus": pooled["task_gpus"] if pooled else None, "device": pooled["device"] if pooled else None}
 
     def score_fallback_country(weekly: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
         country = str(weekly["country"].iloc[0])
         try:
             own_rules = (buyer_rules or {}).get(country)
             result = score_fallback(weekly, fallback[country], model, params, rules, response, own_rules, failure)
         except Exception as err:  # one country's failure must not stop the others
             return _failed(country, err, **task)
-        return _result_frame(result, **task)
+        return _result_frame(result, function_seconds=time.perf_counter() - started, **task)
 
     return score_fallback_country
 
@@ -309,14 +314,14 @@ def train_score(
     saved: SavedModels | None = None,
     buyer_rules: BuyerRules | None = None,
     response: PriceResponse | None = None,
-    pool: DataFrame | None = None,
+    pool_shares: Mapping[str, float] | None = None,
 ) -> DataFrame:
     """Trains and scores every country in parallel, one pandas group per country.
 
     With `order` (every country of `weekly`), each country runs in a task of its own, started in that order:
-    countries train in parallel, each holds its own GPU, and the largest can start first. With `pool` (history
-    rows, pooled_sample's), the pooled model trains beside them in a task of its own, started where POOL stands
-    in `order`, and comes back as one POOLED_RECORD row.
+    countries train in parallel, each holds its own GPU, and the largest can start first. With `pool_shares`
+    (sample_shares'), the pooled model trains beside them on the rows in_pool, in a task of its own started where
+    POOL stands in `order`, and comes back as one POOLED_RECORD row.
     """
     train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules, response=response)
     if not order:
@@ -327,10 +332,12 @@ def train_score(
         rows = frame.drop(columns=[TASK_KEY, GROUP])
         return train_pooled_model(rows) if frame[GROUP].iloc[0] == POOL else train_country(rows)
 
-    groups = weekly.withColumn(GROUP, F.col("country"))
-    if pool is not None:
-        groups = groups.unionByName(pool.withColumn(GROUP, F.lit(POOL)))
-    return by_task(groups, order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
+    groups = F.array(F.col("country"))
+    if pool_shares is not None:
+        # A sampled row goes to its country's task and to the pool's: the weekly rows are read once for both.
+        groups = F.when(in_pool(pool_shares), F.array(F.col("country"), F.lit(POOL))).otherwise(groups)
+    rows = weekly.withColumn(GROUP, F.explode(groups))
+    return by_task(rows, order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
 
 
 RESPONSE_STATISTICS = T.StructType(

@@ -36,7 +36,6 @@ from markdown_pricing.stages.per_country import (
     SavedModels,
     fallback_scores,
     largest_first,
-    pooled_sample,
     response_statistics,
     train_score,
     with_pool,
@@ -123,17 +122,16 @@ def _scored(
         ", ".join(f"{category} {value:.2f}" for category, value in sorted(response.by_category.items())),
     )
     # A rescore trains nothing: its fallback countries have the pooled model their model run saved.
-    pool, tasks = None, dict(rows)
+    shares, tasks = None, dict(rows)
     if saved is None:
         shares, tasks = with_pool(rows, cfg.model.pooled_max_rows)
-        pool = pooled_sample(weekly, shares)
     # Spark starts tasks in this order: the largest first, so none of them is left to run alone at the end.
     order = largest_first(tasks) if cfg.schedule.start_order == "largest_first" else sorted(tasks)
     # Written once and read back: every later output comes from this one training pass. A folder per record, so
     # each later read opens only its own files (the countries' few records, or the predictions, or the candidates).
     with job(f"train+score {len(countries)} countries"):
         watcher = watch_spark_tasks(tracker, spark.sparkContext, f"training {len(countries)} countries")
-        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response, pool)
+        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response, shares)
         scored.write.mode("overwrite").partitionBy("record").parquet(layout.train_score_output)
         watcher.stop()
     output = spark.read.parquet(layout.train_score_output)
