@@ -140,10 +140,17 @@ def run_train(
         c: (0.0 if r["model_kind"] in ("pooled", "baseline") else r["fit_seconds"]) + (r.get("score_seconds") or 0.0)
         for c, r in results.items()
     }
-    [pool] = spark.read.parquet(ctx.layout.train_score_output).where(F.col("record") == POOLED_RECORD).collect()
-    function_s[POOL] = pool["fit_seconds"] or 0.0
-    # Each task's function whole, its rows in and records out, as it records it: the work any runner pays for.
-    whole_s = {c: r.get("function_seconds") or 0.0 for c, r in results.items()} | {POOL: pool["function_seconds"]}
+    # The training pass's own records: every country's first task (a fallback country's too) and the pool's.
+    first_pass = spark.read.parquet(ctx.layout.train_score_output).where(F.col("record").isin("country", POOLED_RECORD))
+    first = {row["country"]: row for row in first_pass.select("country", "fit_seconds", "function_seconds").collect()}
+    function_s[POOL] = first[POOL]["fit_seconds"] or 0.0
+    # Each task's function whole, from its rows as pandas to its records, as it records it: the work any runner pays
+    # for. A fallback country's is its training task's and its scoring task's.
+    whole_s = {
+        c: (first[c]["function_seconds"] or 0.0)
+        + ((r.get("function_seconds") or 0.0) if r["model_kind"] in ("pooled", "baseline") else 0.0)
+        for c, r in results.items()
+    } | {POOL: first[POOL]["function_seconds"] or 0.0}
     _, sizes = with_pool(rows, cfg.model.pooled_max_rows)
     tasks = stage_tasks(_event_log(spark, Path(ctx.work)), f"train+score {len(rows)} countries", len(sizes))
     planned = largest_first(sizes) if order == "largest_first" else sorted(sizes)

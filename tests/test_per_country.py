@@ -27,8 +27,8 @@ def test_a_country_result_becomes_its_prediction_candidate_and_country_rows_in_t
     assert frame["stock_on_hand"].tolist()[:2] == [5.0, 7.0] and frame["stock_on_hand"].iloc[2:].isna().all()
     assert frame["chosen"].isna().tolist() == [True, True, False, True]
     assert frame["train_rows"].iloc[3] == 12 and frame["model_text"].iloc[3] == "tree"
-    # Arrow takes it into the Spark schema, integers and nulls included.
-    rows = spark.createDataFrame(frame, TRAIN_SCORE_OUTPUT).collect()
+    # Returned from an applyInPandas task, as the stage's are, it comes back in the schema, integers and nulls kept.
+    rows = spark.range(1).groupBy("id").applyInPandas(lambda _: frame, TRAIN_SCORE_OUTPUT).collect()
     assert [row["stock_on_hand"] for row in rows] == [5, 7, None, None]
     assert [row["chosen"] for row in rows] == [None, None, True, None]
     assert rows[3]["train_rows"] == 12 and rows[3]["device"] == "cpu"

@@ -4,6 +4,7 @@ in a task of its own."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from markdown_pricing.model.fallback import fit_pooled, score_fallback, train_pooled
+from markdown_pricing.model.forecast import prepare, training_rows
 from markdown_pricing.model.response import PriceResponse
 from markdown_pricing.stages.per_country import (
     POOL,
@@ -76,7 +78,12 @@ def test_the_pooled_model_trains_beside_the_countries_and_scores_the_fallback_on
     assert records.loc["DEU", "status"] == "trained" and records.loc["LUX", "status"] == "needs_fallback"
     pooled = output.where(F.col("record") == POOLED_RECORD).collect()
     assert len(pooled) == 1 and pooled[0]["status"] == "trained" and pooled[0]["model_text"]
-    # Each task's whole function, rows in and records out, takes at least the fit and score it records.
+    # A sampled row goes to its country's task and to the pool's: DEU saw every one of its rows, the pool its sample.
+    assert json.loads(records.loc["DEU", "card_json"])["rows"]["input"] == rows["DEU"]
+    sample = prepare(weekly.where(in_pool(shares)).toPandas())
+    assert set(sample["country"]) == {"DEU", "LUX"}
+    assert json.loads(pooled[0]["card_json"])["training_rows"] == len(training_rows(sample, PARAMS))
+    # Each task's whole function, from its rows as pandas to its records, takes at least the fit and score it records.
     deu = records.loc["DEU"]
     assert deu["function_seconds"] >= deu["fit_seconds"] + deu["score_seconds"]
     assert pooled[0]["function_seconds"] >= pooled[0]["fit_seconds"]

@@ -38,7 +38,7 @@ RESULT_FIELDS: dict[str, type] = {
     "markdown_lift_bias": float,
     "fit_seconds": float,
     "score_seconds": float,
-    # The country's whole function, its rows in and its records out: what the country costs wherever it runs.
+    # The task's whole function, from its rows as pandas to its records: what the country costs wherever it runs.
     "function_seconds": float,
     # Where the model trained ("cpu", "gpu:1", "cpu (gpu fallback: <why>)") and the GPUs Spark gave the task.
     "device": str,

@@ -27,7 +27,7 @@ from markdown_pricing.model.response import EVENT_COLUMNS, STATISTIC_COLUMNS, Pr
 OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 # The pooled model's task among the countries', and the record it returns.
 POOL, POOLED_RECORD = "_pool", "pooled_model"
-# Which task a row goes to: its country's, or the pool's.
+# Which task a row goes to: its country's, and the pool's too when the pool samples it (a second row).
 GROUP = "_group"
 # A missing string column would default to all-NaN float64, which Arrow cannot turn into strings cleanly.
 STRING_COLUMNS = {f.name: object for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.StringType)}
@@ -85,6 +85,16 @@ def _result_frame(result: CountryResult, **task: object) -> pd.DataFrame:
     return _stacked([*rows, record])
 
 
+def _timed(records: pd.DataFrame, started: float) -> pd.DataFrame:
+    """The task's records with the seconds since `started` on its country or pool record (whatever became of it:
+    a failed task held its slot as long)."""
+    return records.assign(
+        function_seconds=records["function_seconds"].mask(
+            records["record"].isin(("country", POOLED_RECORD)), time.perf_counter() - started
+        )
+    )
+
+
 def _failed(country: str, err: Exception, **task: object) -> pd.DataFrame:
     error = f"{type(err).__name__}: {err}\n" + traceback.format_exc(limit=3)
     return _country_record(country, status="failed", error=error, **task)
@@ -131,9 +141,10 @@ def country_function(
                 result = rescore(weekly, *saved[country], params, rules, buyer_rules=own_rules, response=response)
             else:
                 raise LookupError(f"no saved model for {country} in the model run")
+            records = _result_frame(result, device=device.label, **task)
         except Exception as err:  # one country's failure must not stop the others
-            return _failed(country, err, **task)
-        return _result_frame(result, device=device.label, function_seconds=time.perf_counter() - started, **task)
+            records = _failed(country, err, **task)
+        return _timed(records, started)
 
     return train_score_country
 
@@ -167,9 +178,10 @@ def pooled_function(
         try:
             device = device_settings(gpu_mode, addresses)
             pooled = fit_pooled(history, params, task_cpus(), device.params, countries)
+            record = _pooled_record(pooled, device=device.label, **task)
         except Exception as err:  # the fallback countries then take their baselines' level
-            return _pooled_record(None, f"{type(err).__name__}: {err}", **task)
-        return _pooled_record(pooled, device=device.label, function_seconds=time.perf_counter() - started, **task)
+            record = _pooled_record(None, f"{type(err).__name__}: {err}", **task)
+        return _timed(record, started)
 
     return train_pooled_model
 
@@ -227,9 +239,10 @@ def fallback_function(
         try:
             own_rules = (buyer_rules or {}).get(country)
             result = score_fallback(weekly, fallback[country], model, params, rules, response, own_rules, failure)
+            records = _result_frame(result, **task)
         except Exception as err:  # one country's failure must not stop the others
-            return _failed(country, err, **task)
-        return _result_frame(result, function_seconds=time.perf_counter() - started, **task)
+            records = _failed(country, err, **task)
+        return _timed(records, started)
 
     return score_fallback_country
 
@@ -332,12 +345,11 @@ def train_score(
         rows = frame.drop(columns=[TASK_KEY, GROUP])
         return train_pooled_model(rows) if frame[GROUP].iloc[0] == POOL else train_country(rows)
 
-    groups = F.array(F.col("country"))
+    group = F.col("country")
     if pool_shares is not None:
         # A sampled row goes to its country's task and to the pool's: the weekly rows are read once for both.
-        groups = F.when(in_pool(pool_shares), F.array(F.col("country"), F.lit(POOL))).otherwise(groups)
-    rows = weekly.withColumn(GROUP, F.explode(groups))
-    return by_task(rows, order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
+        group = F.explode(F.when(in_pool(pool_shares), F.array(group, F.lit(POOL))).otherwise(F.array(group)))
+    return by_task(weekly.withColumn(GROUP, group), order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
 
 
 RESPONSE_STATISTICS = T.StructType(
