@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from bench import report
-from bench.measure import MB, BenchErp, Sample, bench_erp, measured, stage_tasks
+from bench.measure import MB, BenchErp, Sample, bench_erp, measured, save_results, stage_tasks
 from markdown_pricing.core.config import Config, ModelParams, RunRules, ScheduleSettings
 from markdown_pricing.core.context import RunContext, load_run_config
 from markdown_pricing.core.contract import PREDICTION_COLUMNS
@@ -451,7 +451,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sizes {', '.join(unknown)}: expected {', '.join(SIZES)}")
     sizes: dict[str, dict[str, Any]] = {}
-    args.results.mkdir(parents=True, exist_ok=True)
     stem = datetime.now(timezone.utc).date().isoformat()
     with bench_erp(args.work / "erp" / "pgdata") as server:
         warm_up(args.work.resolve(), server, args.jdbc_jar)
@@ -460,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.size_line(name, sizes[name]), flush=True)
             # Written after every size, so a long run that is stopped keeps the sizes it finished.
             document = summarise(sizes)
-            for file in (stem, "latest"):
-                (args.results / f"{file}.json").write_text(json.dumps(document, indent=2))
+            save_results(args.results, "", document, stem)
     report.write(document, args.results, stem)
     print((args.results / "latest.md").read_text())
     return 0 if finite_ratios(document) else 1

@@ -138,8 +138,9 @@ def bench_erp(pgdata: Path) -> Iterator[BenchErp]:
         embedded.stop(pgdata)
 
 
-def save_results(results: Path, prefix: str, document: dict[str, Any]) -> None:
-    """Writes a bench document as <prefix><today>.json and <prefix>latest.json under the results folder."""
+def save_results(results: Path, prefix: str, document: dict[str, Any], day: str | None = None) -> None:
+    """Writes a bench document as <prefix><day>.json (today by default) and <prefix>latest.json under the results
+    folder."""
     results.mkdir(parents=True, exist_ok=True)
-    for stem in (datetime.now(timezone.utc).date().isoformat(), "latest"):
+    for stem in (day or datetime.now(timezone.utc).date().isoformat(), "latest"):
         (results / f"{prefix}{stem}.json").write_text(json.dumps(document, indent=2))

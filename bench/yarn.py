@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import zstandard
 
-from bench.measure import bench_erp
+from bench.measure import bench_erp, save_results
 from markdown_pricing.core.storage import RunLayout, filesystem, join, read_json
 from markdown_pricing.hadoop import minicluster
 from markdown_pricing.observe.progress import progress_uri
@@ -218,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, required=True, help="where the JSON and the table go")
     args = parser.parse_args(argv)
     document = measure(args.work.resolve())
-    args.results.mkdir(parents=True, exist_ok=True)
-    for stem in (f"yarn-{document['date'][:10]}", "yarn-latest"):
-        (args.results / f"{stem}.json").write_text(json.dumps(document, indent=2))
+    save_results(args.results, "yarn-", document, document["date"][:10])
     (args.results / "yarn-latest.md").write_text(table(document))
     print(table(document))
     return 0

@@ -172,3 +172,6 @@ def test_save_results_writes_the_days_document_and_the_latest(tmp_path: Path) ->
     today = datetime.now(timezone.utc).date().isoformat()
     assert written == sorted([f"etl-scale-{today}.json", "etl-scale-latest.json"])
     assert all(json.loads(path.read_text()) == {"sizes": {}} for path in (tmp_path / "results").iterdir())
+    # A run that began on another day names its document by that day.
+    save_results(tmp_path / "results", "yarn-", {"sizes": {}}, "2026-12-01")
+    assert (tmp_path / "results" / "yarn-2026-12-01.json").is_file()
