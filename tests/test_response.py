@@ -17,6 +17,7 @@ from markdown_pricing.model.country import rescore, train_country
 from markdown_pricing.model.fallback import train_pooled
 from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.response import (
+    MIN_CHECKED_EVENTS,
     STATISTIC_COLUMNS,
     PriceResponse,
     event_statistics,
@@ -216,6 +217,85 @@ def test_spark_sums_each_countrys_events_as_pandas_does(spark: SparkSession) -> 
         ignore_row_order=True,
         allow_nan_equality=True,
     )
+
+
+def country_events(country: str, elasticity: float, count: int, noise: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """`count` markdown events of one category in one country, a week apart, whose lifts follow `elasticity`."""
+    rng = np.random.default_rng(seed)
+    x = np.log(1 - rng.choice([0.1, 0.2, 0.3], count))
+    return pd.DataFrame(
+        {
+            "country": country,
+            "category": "tops",
+            "article_id": [f"A{i:03d}" for i in range(count)],
+            "week_start": [pd.Timestamp(MONDAY + dt.timedelta(weeks=i)) for i in range(count)],
+            "x": x,
+            "y": -elasticity * x + rng.normal(0, noise, count),
+        }
+    )
+
+
+def summed(events: pd.DataFrame) -> pd.DataFrame:
+    """The statistics event_statistics gives for these events."""
+    sums = events.assign(events=1, sxx=events["x"] ** 2, sxy=events["x"] * events["y"], syy=events["y"] ** 2)
+    grouped = sums.groupby(["country", "category"])[["events", "sxx", "sxy", "syy"]].sum().reset_index()
+    return grouped.assign(deepest=0.3)[list(STATISTIC_COLUMNS)]
+
+
+ELASTICITIES = {"AUT": 1.2, "BEL": 2.0, "DEU": 2.8, "ESP": 1.6, "FRA": 2.4}
+
+
+def test_countries_that_respond_differently_get_their_own_offset_where_their_events_show_it() -> None:
+    events = {country: country_events(country, e, 200, seed=i) for i, (country, e) in enumerate(ELASTICITIES.items())}
+    response = PriceResponse.estimate(pd.concat([summed(rows) for rows in events.values()]), max_elasticity=6.0)
+    assert response.country_spread == pytest.approx(np.var(list(ELASTICITIES.values()), ddof=1), rel=0.1)
+    for country, elasticity in ELASTICITIES.items():
+        own = response.with_country_offset(events[country])
+        assert own.elasticity(pd.Series(["tops"]))[0] == pytest.approx(elasticity, abs=0.1)
+    # Two events of a new country say little: its offset stays near none.
+    thin = country_events("LUX", 0.5, 2, noise=0.5, seed=9)
+    assert abs(response.with_country_offset(thin).country_offset) < 0.5 * abs(0.5 - response.overall)
+    # Countries that respond alike: what spread their noise leaves gives each an offset of almost nothing.
+    alike = {country: country_events(country, 2.0, 200, seed=i) for i, country in enumerate(ELASTICITIES)}
+    same = PriceResponse.estimate(pd.concat([summed(rows) for rows in alike.values()]), max_elasticity=6.0)
+    assert same.country_spread < 0.01
+    assert all(abs(same.with_country_offset(rows).country_offset) < 0.1 for rows in alike.values())
+
+
+def test_the_event_backtest_chooses_a_countrys_offset_only_where_it_predicts_its_later_markdowns_better() -> None:
+    events = {country: country_events(country, e, 200, seed=i) for i, (country, e) in enumerate(ELASTICITIES.items())}
+    response = PriceResponse.estimate(pd.concat([summed(rows) for rows in events.values()]), max_elasticity=6.0)
+    chosen, record = response.chosen_for(events["AUT"])
+    assert record["response"] == "own offset" and record["checked_events"] == 100
+    assert record["own_offset_error"] < record["shared_error"]
+    assert chosen == response.with_country_offset(events["AUT"])
+    assert PriceResponse.of(chosen.as_dict()) == chosen  # a rescore recommends with the offset its card records
+    # A country whose later markdowns respond as the shared response says: the offset of its earlier ones is noise.
+    shared = response.elasticity(pd.Series(["tops"]))[0]
+    drifting = pd.concat([country_events("BEL", 0.5, 100, seed=11), country_events("BEL", shared, 100)])
+    drifting = drifting.assign(week_start=sorted(events["BEL"]["week_start"]))
+    chosen, record = response.chosen_for(drifting)
+    assert record["response"] == "shared" and record["own_offset_error"] >= record["shared_error"]
+    assert chosen.country_offset == 0.0
+    # Too few events to split: the shared response, nothing compared.
+    chosen, record = response.chosen_for(events["AUT"].head(2 * MIN_CHECKED_EVENTS - 1))
+    assert (chosen.country_offset, record["response"], record["shared_error"]) == (0.0, "shared", None)
+
+
+def test_a_country_whose_markdowns_sell_more_than_the_shared_response_says_recommends_with_its_offset() -> None:
+    # elastic_world's demand goes with (1 - discount) ^ -2; the shared response says 1, and countries differ.
+    world = elastic_world(seed=2)
+    shared = PriceResponse(1.0, {}, {})
+    own = train_country(world, PARAMS, RULES, num_threads=1, response=dataclasses.replace(shared, country_spread=1.0))
+    choice = own.card["markdown_event_backtest"]["choice"]
+    assert choice["response"] == "own offset" and choice["own_offset_error"] < choice["shared_error"]
+    assert 0.5 < own.card["price_response"]["country_offset"] < 1.5
+    alike = train_country(world, PARAMS, RULES, num_threads=1, response=shared)
+    assert alike.card["markdown_event_backtest"]["choice"]["response"] == "shared"
+    assert alike.card["price_response"]["country_offset"] == 0.0
+    deeper = own.predictions["recommended_discount"] - alike.predictions["recommended_discount"]
+    assert (deeper >= 0).all() and (deeper > 0).any()
+    assert own.metrics["markdown_lift_error"] < alike.metrics["markdown_lift_error"]
 
 
 def test_the_markdown_event_backtest_measures_the_predicted_lift_against_the_seen_one() -> None:

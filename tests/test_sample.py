@@ -416,6 +416,7 @@ SHAPED = WorldShape(
     elasticity_spread=2.0,
     noise=0.5,
     affinity=0.4,
+    country_elasticity=0.4,
     volume=0.5,
     markdown_chance=0.3,
     deepest_markdown=0.3,
@@ -455,13 +456,17 @@ def test_a_shaped_worlds_truth_follows_its_demand_curve_and_elasticities(
     assert world.elasticity.std() > 1.5 * demo.elasticity.std() and world.elasticity.min() >= 0.2
     assert world.elasticity.mean() < demo.elasticity.mean() - 0.3
     assert world.affinity is not None and world.affinity.shape == world.carried.shape
+    assert world.country_elasticity is not None and len(world.country_elasticity) == len(world.countries)
     # Every day of a candidate's season is the current discount's, times the curve's lift between the two.
     held = truth[truth["candidate"] == truth["current_discount"]].set_index(["country", "article_id"])
     deeper = truth[truth["candidate"] > truth["current_discount"]].join(
         held["expected_units"].rename("held_units"), on=["country", "article_id"]
     )
     article = deeper["article_id"].map(dict(zip(world.article_id, range(len(world.article_id)), strict=True)))
-    elasticity = world.elasticity[article.to_numpy()]
+    country = deeper["country"].map({name: i for i, name in enumerate(world.countries)})
+    # Each country shifts its articles' elasticities its own way.
+    elasticity = world.pair_elasticity(country.to_numpy(), article.to_numpy())
+    assert not np.allclose(elasticity, world.elasticity[article.to_numpy()])
     lift = price_response(deeper["candidate"], elasticity, "linear") / price_response(
         deeper["current_discount"], elasticity, "linear"
     )

@@ -73,11 +73,16 @@ def data_card(weekly: pd.DataFrame, usable: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def response_card(response: PriceResponse, history: pd.DataFrame, params: ModelParams) -> dict[str, Any]:
-    """What a model card says about the price response: the one used, and how it fits this country's own past
-    markdowns (model.response's event backtest)."""
+def country_response(
+    shared: PriceResponse, history: pd.DataFrame, params: ModelParams
+) -> tuple[PriceResponse, dict[str, Any]]:
+    """The price response this country recommends with, chosen by the markdown-event backtest on its own past
+    markdowns (the shared one, or with the country's own offset: PriceResponse.chosen_for), and what its model card
+    says about it: the response, how it fits those markdowns and the choice."""
     events = markdown_events(history, params.price_response.event_window_weeks)
-    return {"price_response": response.as_dict(), "markdown_event_backtest": response.checked_against(events)}
+    response, choice = shared.chosen_for(events)
+    check = response.checked_against(events)
+    return response, {"price_response": response.as_dict(), "markdown_event_backtest": check | {"choice": choice}}
 
 
 def level_wape(kind: str, summary: Mapping[str, Any]) -> float | None:
@@ -128,8 +133,9 @@ def train_country(
 ) -> CountryResult:
     """Backtests the country's model against the baselines (after tuning it, when on); when the model wins,
     refits on all weeks and recommends a markdown per active article within its buyer rules and the run's, the
-    model giving units at today's price and `response` (the one shared by every country; else this country's own)
-    the change at each candidate price. A country with too little history, or whose model loses, comes back with
+    model giving units at today's price and `response` (the one shared by every country, else this country's own,
+    with the country's offset where its event backtest chooses it: country_response) the change at each candidate
+    price. A country with too little history, or whose model loses, comes back with
     status `needs_fallback` and why, for the pooled model to score."""
     weekly = prepare(weekly)
     country = weekly["country"].iloc[0]
@@ -170,9 +176,11 @@ def train_country(
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     # Only a country that trains needs a response: a fallback country gets the pooled pass's.
-    response = response or learned_from(history, params.price_response)
+    response, response_record = country_response(
+        response or learned_from(history, params.price_response), history, params
+    )
     margin = markdown_margin(params.price_response, summary["model_wape"])
-    card |= {**response_card(response, history, params), "markdown_margin": margin}
+    card |= {**response_record, "markdown_margin": margin}
     scored = score(
         weekly,
         response.applied_to(booster_predictor(booster, encoding)),

@@ -16,10 +16,10 @@ from markdown_pricing.core.config import ModelParams, RunRules
 from markdown_pricing.model import backtest
 from markdown_pricing.model.country import (
     CountryResult,
+    country_response,
     data_card,
     level_wape,
     model_card,
-    response_card,
     result_metrics,
     scored_result,
 )
@@ -125,8 +125,9 @@ def score_fallback(
     pooled model's level, or by its baseline's where the pooled model loses to it in the backtest (or failed:
     `pooled_failure`). A country whose history is no longer than the backtest's span has no week before the first
     origin, so the backtest cannot judge its level out of sample: the pooled model scores it, with the margin of
-    a level without a backtest. Either level takes the shared `response` for the change at each candidate price,
-    so a fallback country gets markdowns where they pay too."""
+    a level without a backtest. Either level takes the shared `response` (with the country's offset where its
+    event backtest chooses it) for the change at each candidate price, so a fallback country gets markdowns where
+    they pay too."""
     started = time.perf_counter()
     weekly = prepare(weekly)
     country = str(weekly["country"].iloc[0])
@@ -134,12 +135,13 @@ def score_fallback(
     own = training_rows(history, params)
     measured = pooled.backtests.get(country, {}) if pooled else {}
     summary = {key: value for key, value in measured.items() if key != "by_origin"}
+    response, response_record = country_response(response, history, params)
     card = {
         "country": country,
         **data_card(weekly, own),
         "model": pooled.card if pooled else None,
         "pooled_training_rows": pooled.training_rows if pooled else 0,
-        **response_card(response, history, params),
+        **response_record,
     }
     weeks, span = card["training_window"]["weeks"], params.backtest_origins * params.backtest_horizon_weeks
     judged = weeks > span

@@ -11,12 +11,18 @@ The response is monotone (deeper discount, more units). Beyond the deepest disco
 at (in any country), a parametric curve is a guess: the lift stops growing `beyond_deepest` past it, so a deeper
 candidate sells no more than that one and is never chosen for a lift nobody saw. Plain pandas: the statistics are
 sums and maxima, so each country computes its own and the driver combines them.
+
+Countries may respond differently to the same discount. A country's own events give it an offset on every
+category's elasticity, shrunk towards none by how much countries truly differ beyond their noise (the same
+empirical Bayes, one level down), so a thin country keeps the shared response. The markdown-event backtest
+decides whether a country uses its offset: fitted on its earlier events, the offset must predict the lifts of its
+later ones better than the shared response alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +40,9 @@ EVENT_COLUMNS = ("country", "category", "article_id", "week_start", "units", "st
 
 # Prices closer than this are the same price.
 PRICE_STEP = 0.005
+# The fewest events on each side of the markdown-event backtest's split for it to judge a country's own offset:
+# fewer say nothing a single article's noise could not.
+MIN_CHECKED_EVENTS = 10
 
 
 def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
@@ -100,7 +109,8 @@ def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
 @dataclass(frozen=True)
 class PriceResponse:
     """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity, with
-    the category's elasticity (the overall one for a category without events); the candidate's discount counts at
+    the category's elasticity (the overall one for a category without events) plus the country's offset (none in the
+    shared response, never below an elasticity of 0); the candidate's discount counts at
     most `beyond_deepest` past the deepest its category sold at (`deepest`; for a category not in it, the deepest of
     any category)."""
 
@@ -109,6 +119,10 @@ class PriceResponse:
     events: Mapping[str, int]
     deepest: Mapping[str, float] = field(default_factory=dict)
     beyond_deepest: float = 0.0
+    # The variance of the countries' true offsets (estimate) and the offset this country's events add to every
+    # category's elasticity (with_country_offset).
+    country_spread: float = 0.0
+    country_offset: float = 0.0
 
     @classmethod
     def estimate(cls, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float = 0.0) -> PriceResponse:
@@ -121,29 +135,63 @@ class PriceResponse:
         if total["events"] < 2 or total["sxx"] <= 0:
             return cls(0.0, {}, {str(c): int(n) for c, n in per_category["events"].items()}, seen, beyond_deepest)
         overall = -total["sxy"] / total["sxx"]
-        sxx = per_category["sxx"].where(per_category["sxx"] > 0)
-        slope = -per_category["sxy"] / sxx
-        # Residual variance of each category's fit, and so the variance of its slope.
-        residual = per_category["syy"] + 2 * slope * per_category["sxy"] + slope**2 * sxx
-        noise = residual / (per_category["events"] - 1).clip(lower=1) / sxx
-        noise = noise.where(per_category["events"] >= 2)
-        # How much the categories truly differ: the spread of their slopes beyond their own noise.
-        known = slope.notna() & noise.notna()
-        slopes, noises = slope[known].to_numpy(dtype="float64"), noise[known].to_numpy(dtype="float64")
-        spread = max(float(np.var(slopes, ddof=1) - np.mean(noises)), 0.0) if len(slopes) >= 2 else 0.0
-        weight = (spread / (spread + noise)).where(known, 0.0).fillna(0.0)
+        slope, noise = _slopes(per_category["events"], per_category["sxx"], per_category["sxy"], per_category["syy"])
+        spread = _spread(slope, noise)
+        weight = (spread / (spread + noise)).fillna(0.0)
         shrunk = weight * slope.fillna(overall) + (1 - weight) * overall
         bounded = shrunk.clip(lower=0.0, upper=max_elasticity)
-        return cls(
+        shared = cls(
             float(np.clip(overall, 0.0, max_elasticity)),
             {str(c): float(v) for c, v in bounded.items()},
             {str(c): int(n) for c, n in per_category["events"].items()},
             seen,
             beyond_deepest,
         )
+        return replace(shared, country_spread=shared._country_spread(statistics))
+
+    def _country_spread(self, statistics: pd.DataFrame) -> float:
+        """How much the countries' offsets on these elasticities truly differ, beyond the noise of each country's
+        own events: the variance their shrinkage leans on (0 when they agree)."""
+        elasticity = self.elasticity(statistics["category"])
+        # Residual r = y + e x of each event under the shared elasticities, summed per country from its statistics.
+        sxr = statistics["sxy"] + elasticity * statistics["sxx"]
+        srr = statistics["syy"] + 2 * elasticity * statistics["sxy"] + elasticity**2 * statistics["sxx"]
+        per_country = statistics.assign(sxy=sxr, syy=srr).groupby("country")[list(STATISTICS)].sum()
+        return _spread(*_slopes(per_country["events"], per_country["sxx"], per_country["sxy"], per_country["syy"]))
 
     def elasticity(self, categories: pd.Series) -> np.ndarray:
-        return categories.astype(str).map(dict(self.by_category)).fillna(self.overall).to_numpy(dtype="float64")
+        shared = categories.astype(str).map(dict(self.by_category)).fillna(self.overall).to_numpy(dtype="float64")
+        elasticity: np.ndarray = np.fmax(shared + self.country_offset, 0.0)
+        return elasticity
+
+    def with_country_offset(self, events: pd.DataFrame) -> PriceResponse:
+        """The shared response with the offset these events (one country's) give every category's elasticity,
+        shrunk towards none by `country_spread` against the noise of the events' own estimate."""
+        shared = replace(self, country_offset=0.0)
+        x = events["x"].to_numpy("float64")
+        residual = events["y"].to_numpy("float64") + shared.elasticity(events["category"]) * x
+        sums = (pd.Series([len(x)]), pd.Series([x @ x]), pd.Series([x @ residual]), pd.Series([residual @ residual]))
+        slope, noise = (float(value.iloc[0]) for value in _slopes(*sums))
+        if np.isnan(noise) or self.country_spread <= 0:
+            return shared
+        return replace(shared, country_offset=self.country_spread / (self.country_spread + noise) * slope)
+
+    def chosen_for(self, events: pd.DataFrame) -> tuple[PriceResponse, dict[str, Any]]:
+        """The markdown-event backtest choosing between the shared response and the country's own offset on it
+        (these are one country's events): the offset fitted on the earlier half of the events, by week, must
+        predict the later half's lifts better (lower mean absolute log lift error) than the shared response; then
+        the offset of all events is used. The record says what was compared and what was chosen."""
+        shared = replace(self, country_offset=0.0)
+        ordered = events.sort_values(["week_start", "article_id"], kind="stable")
+        earlier, later = ordered.iloc[: len(ordered) // 2], ordered.iloc[len(ordered) // 2 :]
+        record: dict[str, Any] = {"checked_events": len(later), "shared_error": None, "own_offset_error": None}
+        if min(len(earlier), len(later)) < MIN_CHECKED_EVENTS or self.country_spread <= 0:
+            return shared, record | {"response": "shared"}
+        record["shared_error"] = shared.checked_against(later)["log_lift_error"]
+        record["own_offset_error"] = shared.with_country_offset(earlier).checked_against(later)["log_lift_error"]
+        if record["own_offset_error"] >= record["shared_error"]:
+            return shared, record | {"response": "shared"}
+        return shared.with_country_offset(events), record | {"response": "own offset"}
 
     def lift(self, rows: pd.DataFrame) -> np.ndarray:
         """Units at each row's `discount` over units at its `current_discount`, the discount counted at most
@@ -186,18 +234,40 @@ class PriceResponse:
             "events": dict(self.events),
             "deepest": dict(self.deepest),
             "beyond_deepest": self.beyond_deepest,
+            "country_spread": self.country_spread,
+            "country_offset": self.country_offset,
         }
 
     @classmethod
     def of(cls, card: Mapping[str, Any]) -> PriceResponse:
-        """The response a card records; a card from before the deepest discounts were recorded bounds none."""
+        """The response a card records; a card from before the deepest discounts were recorded bounds none, and
+        one from before country offsets has none."""
         return cls(
             float(card["overall"]),
             dict(card["by_category"]),
             dict(card["events"]),
             dict(card.get("deepest", {})),
             float(card.get("beyond_deepest", 0.0)),
+            float(card.get("country_spread", 0.0)),
+            float(card.get("country_offset", 0.0)),
         )
+
+
+def _slopes(events: pd.Series, sxx: pd.Series, sxy: pd.Series, syy: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Per group, the slope through the origin -sxy / sxx (an elasticity) and its variance from the fit's
+    residuals (NaN below two events)."""
+    sxx = sxx.where(sxx > 0)
+    slope = -sxy / sxx
+    residual = syy + 2 * slope * sxy + slope**2 * sxx
+    noise = (residual / (events - 1).clip(lower=1) / sxx).where(events >= 2)
+    return slope, noise.where(slope.notna())
+
+
+def _spread(slope: pd.Series, noise: pd.Series) -> float:
+    """How much the groups' slopes truly differ: their variance beyond their own noise (0 below two groups)."""
+    known = slope.notna() & noise.notna()
+    slopes, noises = slope[known].to_numpy(dtype="float64"), noise[known].to_numpy(dtype="float64")
+    return max(float(np.var(slopes, ddof=1) - np.mean(noises)), 0.0) if len(slopes) >= 2 else 0.0
 
 
 def learned_from(history: pd.DataFrame, settings: PriceResponseSettings) -> PriceResponse:

@@ -543,6 +543,7 @@ SHAPE_FLAGS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "elasticity_spread": (float, "X", "stretches the elasticities' spread around their center"),
     "noise": (float, "VAR", "variance of a day-to-day demand shock (0: Poisson alone)"),
     "affinity": (float, "SD", "log-sd of a demand multiplier per (country, article)"),
+    "country_elasticity": (float, "SD", "sd of a shift per country of every article's price elasticity"),
     "volume": (float, "X", "multiplies every country's demand"),
     "markdown_chance": (float, "P", "weekly chance of a markdown in the history"),
     "deepest_markdown": (float, "D", "the deepest discount the history reaches"),

@@ -98,6 +98,8 @@ TINY_SCALE = 0.5
 # Articles' price elasticities stay within these bounds; WorldShape moves and stretches them around the center.
 ELASTICITY_BOUNDS = (1.2, 3.0)
 ELASTICITY_CENTER = 2.0
+# No elasticity goes below this, however a world shifts it: demand always responds to the price a little.
+ELASTICITY_FLOOR = 0.2
 
 
 def country_scales(n: int) -> np.ndarray:
@@ -175,7 +177,9 @@ class WorldShape:
     response: the demand curve of the discount (RESPONSES); elasticity_shift and elasticity_spread move the
     categories' price elasticities and scale their spread around ELASTICITY_CENTER; noise: the variance of a
     gamma-distributed day-to-day demand shock (0: Poisson alone); affinity: the standard deviation of a lognormal
-    demand multiplier per (country, article), how differently countries take to one article; volume: multiplies
+    demand multiplier per (country, article), how differently countries take to one article; country_elasticity:
+    the standard deviation of a shift per country of every article's elasticity, how differently countries respond
+    to the same discount (bounded below like the elasticities); volume: multiplies
     every country's demand; markdown_chance: the weekly chance of a markdown in the history, never deeper than
     deepest_markdown; stock_cover: the range of an article's stock as a share of its expected season demand;
     tiny_carries_older: the tiny country carries articles launched before its shop opened too, not only newer ones.
@@ -186,6 +190,7 @@ class WorldShape:
     elasticity_spread: float = 1.0
     noise: float = 0.0
     affinity: float = 0.0
+    country_elasticity: float = 0.0
     volume: float = 1.0
     markdown_chance: float = MARKDOWN_CHANCE
     deepest_markdown: float = float(LADDER[-1])
@@ -196,7 +201,10 @@ class WorldShape:
         checks = (
             (self.response in RESPONSES, f"response {self.response!r} is none of {', '.join(RESPONSES)}"),
             (self.elasticity_spread > 0, "elasticity_spread must be positive"),
-            (min(self.noise, self.affinity) >= 0, "noise and affinity must not be negative"),
+            (
+                min(self.noise, self.affinity, self.country_elasticity) >= 0,
+                "noise, affinity and country_elasticity must not be negative",
+            ),
             (self.volume > 0, "volume must be positive"),
             (0 <= self.markdown_chance <= 1, "markdown_chance must be between 0 and 1"),
             (self.deepest_step() is not None, f"deepest_markdown must be a step of {LADDER.tolist()}"),
@@ -218,7 +226,7 @@ class WorldShape:
         low, high = (ELASTICITY_CENTER + self.elasticity_spread * (b - ELASTICITY_CENTER) for b in ELASTICITY_BOUNDS)
         moved = ELASTICITY_CENTER + self.elasticity_spread * (drawn - ELASTICITY_CENTER)
         shift = self.elasticity_shift
-        return np.clip(moved + shift, max(0.2, low + shift), high + shift)
+        return np.clip(moved + shift, max(ELASTICITY_FLOOR, low + shift), high + shift)
 
 
 DEMO_SHAPE = WorldShape()
@@ -245,11 +253,19 @@ class World:
     opened: int = 0  # days since 1970-01-01 when the tiny country's shop opened
     shape: WorldShape = DEMO_SHAPE
     affinity: np.ndarray | None = None  # float (country, article) demand multiplier; None: 1 everywhere
+    country_elasticity: np.ndarray | None = None  # float per country, added to its articles' elasticity; None: 0
 
     def pair_base(self, country: np.ndarray, article: np.ndarray) -> np.ndarray:
         """Base daily demand of (country, article) pairs: the article's, the country's scale and their affinity."""
         base = self.base_demand[article] * self.country_scale[country]
         return base if self.affinity is None else base * self.affinity[country, article]
+
+    def pair_elasticity(self, country: np.ndarray, article: np.ndarray) -> np.ndarray:
+        """Price elasticity of (country, article) pairs: the article's, shifted by the country's."""
+        elasticity = self.elasticity[article]
+        if self.country_elasticity is None:
+            return elasticity
+        return np.maximum(elasticity + self.country_elasticity[country], ELASTICITY_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -363,6 +379,9 @@ def build_world(
     affinity = None
     if shape.affinity:
         affinity = rng.spawn(1)[0].lognormal(-(shape.affinity**2) / 2, shape.affinity, carried.shape)
+    country_elasticity = None
+    if shape.country_elasticity:
+        country_elasticity = rng.spawn(1)[0].normal(0.0, shape.country_elasticity, len(carried))
     return World(
         countries=COUNTRY_CODES[: countries + tiny],
         country_scale=scale,
@@ -381,6 +400,7 @@ def build_world(
         opened=opened if tiny else 0,
         shape=shape,
         affinity=affinity,
+        country_elasticity=country_elasticity,
     )
 
 
@@ -416,7 +436,7 @@ def _simulate(
     n = len(ctry)
     shape = world.shape
     launch, end, orig = world.launch[art], world.season_end[art], world.original_price[art]
-    base, elasticity = world.pair_base(ctry, art), world.elasticity[art]
+    base, elasticity = world.pair_base(ctry, art), world.pair_elasticity(ctry, art)
     stock = np.round(base * _season_shape(world, opened)[art] * rng.uniform(*shape.stock_cover, n)).astype(np.int64)
     step = np.zeros(n, dtype=np.int64)
     sold_total = np.zeros(n, dtype=np.int64)
@@ -542,7 +562,7 @@ def true_outcomes(world: World, state: RunState, ladder: tuple[float, ...], salv
         _weekday(day),
         _day_of_year(day),
         candidate[row][:, None],
-        world.elasticity[a],
+        world.pair_elasticity(ctry[row], art[row])[:, None],
         world.shape.response,
     ).sum(axis=1)
     current = LADDER[state.step[pair]]
