@@ -20,10 +20,12 @@ from markdown_pricing.model.response import (
     MIN_CHECKED_EVENTS,
     STATISTIC_COLUMNS,
     PriceResponse,
+    country_statistics,
     event_statistics,
     learned_from,
     markdown_events,
     markdown_margin,
+    steady_pairs,
 )
 from markdown_pricing.stages.per_country import response_statistics
 from test_model import PARAMS, RULES, elastic_world
@@ -203,14 +205,19 @@ def test_a_rescore_uses_the_response_its_model_recommended_with() -> None:
     assert (flat.predictions["recommended_discount"] == flat.predictions["current_discount"]).all()
 
 
-def test_spark_sums_each_countrys_events_as_pandas_does(spark: SparkSession) -> None:
+def test_spark_sums_each_countrys_events_and_steady_pairs_as_pandas_does(spark: SparkSession) -> None:
+    # A new shop of two weeks has neither events nor steady pairs.
+    new_shop = elastic_world(seed=3, weeks=2).assign(country="LUX")
     history = pd.concat(
-        [elastic_world(seed=1, weeks=20), elastic_world(seed=2, weeks=20).assign(country="AUT")], ignore_index=True
+        [elastic_world(seed=1, weeks=20), elastic_world(seed=2, weeks=20).assign(country="AUT"), new_shop],
+        ignore_index=True,
     )
     weekly = spark.createDataFrame(history.assign(week_start=pd.to_datetime(history["week_start"])))
     expected = pd.concat(
-        [event_statistics(prepare(rows[~rows["is_future"]]), 3) for _, rows in history.groupby("country")]
+        [country_statistics(prepare(rows[~rows["is_future"]]), 3) for _, rows in history.groupby("country")]
     )
+    assert expected["category"].notna().any() and expected["week_start"].notna().any()
+    expected["week_start"] = expected["week_start"].dt.date.astype(object).where(expected["week_start"].notna(), None)
     assert_df_equality(
         response_statistics(weekly, 3),
         spark.createDataFrame(expected, schema=response_statistics(weekly, 3).schema),
@@ -296,6 +303,83 @@ def test_a_country_whose_markdowns_sell_more_than_the_shared_response_says_recom
     deeper = own.predictions["recommended_discount"] - alike.predictions["recommended_discount"]
     assert (deeper >= 0).all() and (deeper > 0).any()
     assert own.metrics["markdown_lift_error"] < alike.metrics["markdown_lift_error"]
+
+
+def weekly_pairs(amplitude: float, peak_day: float, weeks: int, noise: float, seed: int = 0) -> pd.DataFrame:
+    """Steady pairs' sums of a world whose log demand ages 3 % a week and swings `amplitude` over the year, with
+    `noise` on each week's log level (neighbouring weeks' ratios share it, as they share their articles)."""
+    rng = np.random.default_rng(seed)
+    week = pd.date_range("2025-01-06", periods=weeks + 1, freq="7D")
+    angle = 2 * np.pi * (week.dayofyear.to_numpy() + 3 - peak_day) / 365.25
+    level = -0.03 * np.arange(weeks + 1) + amplitude * np.cos(angle) + rng.normal(0, noise, weeks + 1)
+    return pd.DataFrame(
+        {"country": "DEU", "week_start": week[1:], "now": 1000 * np.exp(np.diff(level)), "before": 1000.0}
+    )
+
+
+def test_the_yearly_cycle_of_steady_pairs_is_found_where_it_is_and_not_in_noise() -> None:
+    found = PriceResponse.estimate(summed_with(weekly_pairs(0.15, 345, weeks=60, noise=0.02)), 6.0)
+    assert found.season_amplitude() == pytest.approx(0.15, abs=0.02)
+    assert min(abs(found.season_peak_day() - 345), 365.25 - abs(found.season_peak_day() - 345)) < 10
+    for seed in range(5):
+        noise = PriceResponse.estimate(summed_with(weekly_pairs(0.0, 0, weeks=60, noise=0.05, seed=seed)), 6.0)
+        assert noise.season_amplitude() == 0.0
+    assert (
+        PriceResponse.estimate(summed_with(weekly_pairs(0.15, 345, weeks=20, noise=0.0)), 6.0).season_amplitude() == 0
+    )
+    # The events' part is what it was without the pairs.
+    assert dataclasses.replace(found, season_cos=0.0, season_sin=0.0) == PriceResponse.estimate(
+        synthetic_statistics({"tops": 2.0}, events=50, noise=0.1), 6.0
+    )
+
+
+def summed_with(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The event statistics of one category beside these steady pairs, as country_statistics gives them."""
+    return pd.concat([synthetic_statistics({"tops": 2.0}, events=50, noise=0.1), pairs], ignore_index=True)
+
+
+def test_the_yearly_cycle_carries_a_forecast_from_its_origin_week_to_later_weeks() -> None:
+    # Demand peaks on day 345: from early October towards December it rises, from March towards June it falls.
+    angle = 2 * np.pi * (345 + 3) / 365.25  # a week's row stands for its middle day
+    response = PriceResponse(2.0, {}, {}, season_cos=0.15 * np.cos(angle), season_sin=0.15 * np.sin(angle))
+    assert (response.season_amplitude(), response.season_peak_day()) == pytest.approx((0.15, 345))
+    rows = pd.DataFrame(
+        {
+            "week_start": pd.to_datetime(["2026-10-05", "2026-11-30", "2026-03-02", "2026-05-25"]),
+            "weeks_ahead": [0, 8, 0, 12],
+            "category": "tops",
+            "current_discount": 0.0,
+            "discount": 0.0,
+        }
+    )
+    shift = response.season_shift(rows)
+
+    def level(day: str) -> float:
+        return float(0.15 * np.cos(2 * np.pi * (pd.Timestamp(day).dayofyear - 345) / 365.25))
+
+    assert shift[0] == shift[2] == 1.0  # the origin's own week
+    assert shift[1] == pytest.approx(np.exp(level("2026-11-30") - level("2026-10-05")))  # about 8 % more
+    assert shift[3] == pytest.approx(np.exp(level("2026-05-25") - level("2026-03-02")))  # about 10 % less
+    assert shift[1] > 1.05 and shift[3] < 0.95
+    assert response.applied_to(lambda frame: np.full(len(frame), 10.0))(rows) == pytest.approx(10 * shift)
+    assert PriceResponse.of(response.as_dict()) == response
+    assert PriceResponse(2.0, {}, {}).season_shift(rows.drop(columns="weeks_ahead")) == pytest.approx([1.0] * 4)
+
+
+def test_steady_pairs_are_the_same_articles_week_over_week_at_one_price_in_stock_and_in_season() -> None:
+    def weeks(units: list[float], prices: list[float], stock: float = 1000, launch_weeks: int = 5, to_end: int = 9):
+        rows = article("DEU", "A", "tops", prices, units, stock)
+        return rows.assign(
+            weeks_since_launch=launch_weeks + np.arange(len(rows)), weeks_to_season_end=to_end - np.arange(len(rows))
+        )
+
+    steady = weeks([10.0, 12.0, 9.0], [50.0] * 3)
+    pairs = steady_pairs(steady)
+    assert pairs[["now", "before"]].to_numpy().tolist() == [[12.0, 10.0], [9.0, 12.0]]
+    assert steady_pairs(weeks([10.0, 12.0, 9.0], [50.0, 40.0, 40.0]))["now"].tolist() == [9.0]  # a markdown
+    assert steady_pairs(weeks([10.0, 12.0, 9.0], [50.0] * 3, stock=12))["now"].tolist() == []  # sold out
+    assert steady_pairs(weeks([10.0, 12.0, 9.0], [50.0] * 3, launch_weeks=1))["now"].tolist() == [9.0]  # ramp
+    assert steady_pairs(weeks([10.0, 12.0, 9.0], [50.0] * 3, to_end=2))["now"].tolist() == [12.0]  # season over
 
 
 def test_the_markdown_event_backtest_measures_the_predicted_lift_against_the_seen_one() -> None:

@@ -17,6 +17,12 @@ category's elasticity, shrunk towards none by how much countries truly differ be
 empirical Bayes, one level down), so a thin country keeps the shared response. The markdown-event backtest
 decides whether a country uses its offset: fitted on its earlier events, the offset must predict the lifts of its
 later ones better than the shared response alone.
+
+Demand also follows the time of year, which the forecast models, trained a few weeks ahead, do not see over a
+season. Week over week, the same articles at a steady price, in stock and in season, sell in a ratio that is
+their aging plus the calendar's change; over every country's weeks, chained, those ratios give one yearly harmonic
+of the calendar, kept only where the data show it beyond noise, and a forecast made at one week is carried to a
+later one by the cycle's change between the two.
 """
 
 from __future__ import annotations
@@ -34,12 +40,40 @@ from markdown_pricing.core.config import PriceResponseSettings
 # the deepest discount the group's articles were seen at.
 STATISTICS = ("events", "sxx", "sxy", "syy")
 STATISTIC_COLUMNS = ("country", "category", *STATISTICS, "deepest")
-# The weekly columns that event_statistics reads.
-EVENT_COLUMNS = ("country", "category", "article_id", "week_start", "units", "stock_on_hand", "price", "discount")
+# Per week, the units of the steady pairs (steady_pairs) in that week and in the week before.
+PAIR_COLUMNS = ("country", "week_start", "now", "before")
+# A country's statistics as one frame: per category its events' sums (week_start null), per week its steady pairs'
+# sums (category null).
+COUNTRY_STATISTIC_COLUMNS = (*STATISTIC_COLUMNS, "week_start", "now", "before")
+# The weekly columns that country_statistics reads.
+EVENT_COLUMNS = (
+    "country",
+    "category",
+    "article_id",
+    "week_start",
+    "units",
+    "stock_on_hand",
+    "price",
+    "discount",
+    "weeks_since_launch",
+    "weeks_to_season_end",
+)
 
 
 # Prices closer than this are the same price.
 PRICE_STEP = 0.005
+# The launch ramp: an article's first weeks sell more each week whatever the calendar does.
+RAMP_WEEKS = 3
+# A week's row stands for its middle day on the calendar.
+MID_WEEK_DAYS = 3
+YEAR_DAYS = 365.25
+# The fewest weeks of steady pairs to fit the yearly cycle to, and the chi-square (2 degrees of freedom, 95 %)
+# its two coefficients must reach together to be told from noise.
+MIN_CYCLE_WEEKS = 26
+CYCLE_CHI2 = 5.99
+# A swing of log demand below this changes no recommendation; below it, weeks that never change give a cycle of
+# rounding errors.
+MIN_CYCLE_AMPLITUDE = 0.005
 # The fewest events on each side of the markdown-event backtest's split for it to judge a country's own offset:
 # fewer say nothing a single article's noise could not.
 MIN_CHECKED_EVENTS = 10
@@ -106,6 +140,78 @@ def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
     return grouped.astype({"country": str, "category": str, "events": "int64"})[list(STATISTIC_COLUMNS)]
 
 
+def steady_pairs(history: pd.DataFrame) -> pd.DataFrame:
+    """Per country and week, the units of the articles that sold in the week before at the same price, in stock and
+    not sold out in both weeks, past their launch ramp and in season (PAIR_COLUMNS): what the calendar and aging
+    alone did to demand that week."""
+    rows = history.sort_values(["country", "article_id", "week_start"], kind="stable")
+    columns = ["week_start", "units", "price", "stock_on_hand"]
+    before = rows.groupby(["country", "article_id"], observed=True, sort=False)[columns].shift(1)
+    pair = (
+        (rows["week_start"] - before["week_start"] == pd.Timedelta(weeks=1))
+        & ((rows["price"] - before["price"]).abs() < PRICE_STEP)
+        & (rows["units"] < rows["stock_on_hand"])
+        & (before["units"] < before["stock_on_hand"])
+        & (before["units"] > 0)
+        & (rows["weeks_since_launch"] >= RAMP_WEEKS)
+        & (rows["weeks_to_season_end"] >= 1)
+    )
+    pairs = pd.DataFrame(
+        {"country": rows["country"], "week_start": rows["week_start"], "now": rows["units"], "before": before["units"]}
+    )[pair]
+    summed = pairs.groupby(["country", "week_start"], observed=True)[["now", "before"]].sum().reset_index()
+    return summed.astype({"country": str, "now": "float64", "before": "float64"})[list(PAIR_COLUMNS)]
+
+
+def country_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
+    """One country's (or more) event statistics and steady pairs in one frame (COUNTRY_STATISTIC_COLUMNS), for the
+    driver to combine into the shared response."""
+    parts = [event_statistics(history, window_weeks), steady_pairs(history)]
+    combined = pd.concat([part for part in parts if not part.empty] or parts[:1], ignore_index=True)
+    combined = combined.reindex(columns=list(COUNTRY_STATISTIC_COLUMNS))
+    # A country without events, or without steady pairs, leaves the other part's columns all missing: typed still.
+    return combined.astype({"events": "Int64", "week_start": "datetime64[ns]"})
+
+
+def _phase(weeks: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    days = np.asarray(pd.DatetimeIndex(weeks).dayofyear, dtype="float64") + MID_WEEK_DAYS
+    phase: np.ndarray = 2 * np.pi * days / YEAR_DAYS
+    return phase
+
+
+def yearly_cycle(pairs: pd.DataFrame) -> tuple[float, float]:
+    """The yearly harmonic (cosine and sine coefficients of log demand over the day of the year's angle) that every
+    country's steady pairs show. Their weekly log ratios, chained, trace log demand of an aging assortment: a line
+    (aging) plus the harmonic, by least squares. (0, 0) with too few weeks, or where the two coefficients together
+    are within noise, counting the residuals' correlation from week to week."""
+    weekly = pairs.groupby("week_start")[["now", "before"]].sum().sort_index()
+    weekly = weekly[(weekly["now"] > 0) & (weekly["before"] > 0)]
+    if len(weekly) < MIN_CYCLE_WEEKS:
+        return 0.0, 0.0
+    chained = np.cumsum(np.log(weekly["now"].to_numpy("float64") / weekly["before"].to_numpy("float64")))
+    weeks = pd.DatetimeIndex(weekly.index)
+    elapsed = ((weeks - weeks[0]).days / 7.0).to_numpy("float64")
+    phase = _phase(weeks)
+    design = np.column_stack([np.ones(len(weeks)), elapsed, np.cos(phase), np.sin(phase)])
+    information = design.T @ design
+    if np.linalg.matrix_rank(information) < design.shape[1]:
+        return 0.0, 0.0
+    coefficients, *_ = np.linalg.lstsq(design, chained, rcond=None)
+    residual = chained - design @ coefficients
+    variance = residual @ residual / (len(weeks) - design.shape[1])
+    # Neighbouring weeks share most of their articles, so their residuals move together: fewer independent weeks.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        correlation = np.nan_to_num(np.corrcoef(residual[1:], residual[:-1])[0, 1])
+        cycle = coefficients[2:]
+        precision = np.linalg.inv(np.linalg.inv(information)[2:, 2:])
+        evidence = cycle @ precision @ cycle / variance
+    correlation = float(np.clip(correlation, 0.0, 0.95))
+    shown = evidence * (1 - correlation) / (1 + correlation) >= CYCLE_CHI2
+    if not shown or np.hypot(*cycle) < MIN_CYCLE_AMPLITUDE:
+        return 0.0, 0.0
+    return float(cycle[0]), float(cycle[1])
+
+
 @dataclass(frozen=True)
 class PriceResponse:
     """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity, with
@@ -123,11 +229,24 @@ class PriceResponse:
     # category's elasticity (with_country_offset).
     country_spread: float = 0.0
     country_offset: float = 0.0
+    # The yearly cycle of log demand: season_cos x cos + season_sin x sin of the day of the year's angle.
+    season_cos: float = 0.0
+    season_sin: float = 0.0
 
     @classmethod
     def estimate(cls, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float = 0.0) -> PriceResponse:
-        """Elasticities from every country's event statistics, each category's shrunk towards the overall one, and
-        the deepest discount each category was seen at in any country."""
+        """Elasticities from every country's event statistics, each category's shrunk towards the overall one, the
+        deepest discount each category was seen at in any country, and the yearly cycle of their steady pairs
+        (country_statistics' rows by week; none without them)."""
+        pairs = statistics[statistics["week_start"].notna()] if "week_start" in statistics else statistics.iloc[:0]
+        # Plain floats: a nullable count's arithmetic would keep 0 / 0 as a NaN that fillna leaves alone.
+        statistics = statistics[statistics["category"].notna()].astype({name: "float64" for name in STATISTICS})
+        season_cos, season_sin = yearly_cycle(pairs) if len(pairs) else (0.0, 0.0)
+        events = cls._events_only(statistics, max_elasticity, beyond_deepest)
+        return replace(events, season_cos=season_cos, season_sin=season_sin)
+
+    @classmethod
+    def _events_only(cls, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float) -> PriceResponse:
         per_category = statistics.groupby("category")[list(STATISTICS)].sum()
         deepest = statistics.groupby("category")["deepest"].max().dropna()
         seen = {str(c): float(d) for c, d in deepest.items()}
@@ -210,10 +329,31 @@ class PriceResponse:
 
         def predict(rows: pd.DataFrame) -> np.ndarray:
             units: np.ndarray = np.asarray(level(rows.assign(discount=rows["current_discount"])), dtype="float64")
-            predicted: np.ndarray = units * self.lift(rows)
+            predicted: np.ndarray = units * self.lift(rows) * self.season_shift(rows)
             return predicted
 
         return predict
+
+    def season_amplitude(self) -> float:
+        """How far log demand swings either way over the year (0: no cycle)."""
+        return float(np.hypot(self.season_cos, self.season_sin))
+
+    def season_peak_day(self) -> float:
+        """The day of the year (1-366) demand peaks on."""
+        angle = np.arctan2(self.season_sin, self.season_cos) % (2 * np.pi)
+        return float((angle * YEAR_DAYS / (2 * np.pi) - MID_WEEK_DAYS) % YEAR_DAYS)
+
+    def season_shift(self, rows: pd.DataFrame) -> np.ndarray:
+        """Demand in each row's week over demand in the week its forecast was made at (`weeks_ahead` earlier), by
+        the yearly cycle: 1 without one."""
+        if not (self.season_cos or self.season_sin):
+            return np.ones(len(rows))
+        origin = rows["week_start"] - pd.to_timedelta(rows["weeks_ahead"].to_numpy() * 7, unit="D")
+        now, then = _phase(rows["week_start"]), _phase(origin)
+        shift: np.ndarray = np.exp(
+            self.season_cos * (np.cos(now) - np.cos(then)) + self.season_sin * (np.sin(now) - np.sin(then))
+        )
+        return shift
 
     def checked_against(self, events: pd.DataFrame) -> dict[str, Any]:
         """The markdown-event backtest: how far the lift this response predicts for each past event (log of
@@ -236,12 +376,14 @@ class PriceResponse:
             "beyond_deepest": self.beyond_deepest,
             "country_spread": self.country_spread,
             "country_offset": self.country_offset,
+            "season_cos": self.season_cos,
+            "season_sin": self.season_sin,
         }
 
     @classmethod
     def of(cls, card: Mapping[str, Any]) -> PriceResponse:
         """The response a card records; a card from before the deepest discounts were recorded bounds none, and
-        one from before country offsets has none."""
+        one from before country offsets or the yearly cycle has none."""
         return cls(
             float(card["overall"]),
             dict(card["by_category"]),
@@ -250,6 +392,8 @@ class PriceResponse:
             float(card.get("beyond_deepest", 0.0)),
             float(card.get("country_spread", 0.0)),
             float(card.get("country_offset", 0.0)),
+            float(card.get("season_cos", 0.0)),
+            float(card.get("season_sin", 0.0)),
         )
 
 
@@ -273,8 +417,8 @@ def _spread(slope: pd.Series, noise: pd.Series) -> float:
 def learned_from(history: pd.DataFrame, settings: PriceResponseSettings) -> PriceResponse:
     """The price response of these rows' markdown events alone (the stage learns one from every country's)."""
     statistics = pd.concat(
-        [event_statistics(rows, settings.event_window_weeks) for _, rows in history.groupby("country", observed=True)]
-        or [pd.DataFrame(columns=STATISTIC_COLUMNS)]
+        [country_statistics(rows, settings.event_window_weeks) for _, rows in history.groupby("country", observed=True)]
+        or [pd.DataFrame(columns=COUNTRY_STATISTIC_COLUMNS)]
     )
     return PriceResponse.estimate(statistics, settings.max_elasticity, settings.beyond_deepest)
 

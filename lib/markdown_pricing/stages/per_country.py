@@ -22,7 +22,7 @@ from markdown_pricing.model.country import CountryResult, rescore, train_country
 from markdown_pricing.model.fallback import PooledModel, fit_pooled, score_fallback
 from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.gpu import check_mode, device_settings
-from markdown_pricing.model.response import EVENT_COLUMNS, STATISTIC_COLUMNS, PriceResponse, event_statistics
+from markdown_pricing.model.response import EVENT_COLUMNS, STATISTIC_COLUMNS, PriceResponse, country_statistics
 
 OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 # The pooled model's task among the countries', and the record it returns.
@@ -356,14 +356,17 @@ RESPONSE_STATISTICS = T.StructType(
     [T.StructField(name, T.StringType()) for name in STATISTIC_COLUMNS[:2]]
     + [T.StructField("events", T.LongType())]
     + [T.StructField(name, T.DoubleType()) for name in STATISTIC_COLUMNS[3:]]
+    + [T.StructField("week_start", T.DateType()), T.StructField("now", T.DoubleType())]
+    + [T.StructField("before", T.DoubleType())]
 )
 
 
 def response_statistics(weekly: DataFrame, window_weeks: int) -> DataFrame:
-    """Each country's markdown events summed by category (model.response.event_statistics), one task per country:
-    the driver adds these few rows into the shared price response."""
+    """Each country's markdown events summed by category and its steady pairs by week
+    (model.response.country_statistics), one task per country: the driver adds these few rows into the shared price
+    response."""
     # Only the columns it reads cross the shuffle and Arrow: about half of the weekly rows' bytes.
     history = weekly.where(~F.col("is_future")).select(*EVENT_COLUMNS)
     return history.groupBy("country").applyInPandas(
-        lambda rows: event_statistics(prepare(rows), window_weeks), RESPONSE_STATISTICS
+        lambda rows: country_statistics(prepare(rows), window_weeks), RESPONSE_STATISTICS
     )

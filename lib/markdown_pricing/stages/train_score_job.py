@@ -116,12 +116,15 @@ def _scored(
     response = PriceResponse.estimate(statistics, settings.max_elasticity, settings.beyond_deepest)
     log.info(
         "price response from %d markdown events in %d countries: elasticity %.2f overall, by category %s; "
-        "countries differ by %.2f (standard deviation of their true offsets)",
+        "countries differ by %.2f (standard deviation of their true offsets); yearly cycle of log demand: %s",
         statistics["events"].sum(),
         statistics["country"].nunique(),
         response.overall,
         ", ".join(f"{category} {value:.2f}" for category, value in sorted(response.by_category.items())),
         response.country_spread**0.5,
+        f"amplitude {response.season_amplitude():.3f}, peak on day {response.season_peak_day():.0f} of the year"
+        if response.season_amplitude()
+        else "none shown beyond noise",
     )
     # A rescore trains nothing: its fallback countries have the pooled model their model run saved.
     shares, tasks = None, dict(rows)
