@@ -119,7 +119,9 @@ def test_a_category_with_few_noisy_events_leans_on_the_others() -> None:
 
 
 def test_no_events_give_no_price_response_and_estimates_stay_within_bounds() -> None:
-    assert PriceResponse.estimate(pd.DataFrame(columns=STATISTIC_COLUMNS), 6.0) == PriceResponse(0.0, {}, {})
+    assert PriceResponse.estimate(pd.DataFrame(columns=STATISTIC_COLUMNS), 6.0) == PriceResponse(
+        0.0, {}, {}, max_elasticity=6.0
+    )
     wild = PriceResponse.estimate(synthetic_statistics({"tops": 9.0, "jeans": -1.0}, events=300, noise=0.01), 6.0)
     assert wild.by_category == pytest.approx({"tops": 6.0, "jeans": 0.0})
 
@@ -218,6 +220,13 @@ def test_spark_sums_each_countrys_events_and_steady_pairs_as_pandas_does(spark: 
     )
     assert expected["category"].notna().any() and expected["week_start"].notna().any()
     expected["week_start"] = expected["week_start"].dt.date.astype(object).where(expected["week_start"].notna(), None)
+    # The driver's estimate from Spark's rows (dates as objects, counts as floats) is the pandas one.
+    from_spark = PriceResponse.estimate(response_statistics(weekly, 3).toPandas(), 6.0)
+    from_pandas = PriceResponse.estimate(expected, 6.0)
+    assert from_spark.by_category == pytest.approx(from_pandas.by_category)
+    assert (from_spark.season_cos, from_spark.season_sin) == pytest.approx(
+        (from_pandas.season_cos, from_pandas.season_sin)
+    )
     assert_df_equality(
         response_statistics(weekly, 3),
         spark.createDataFrame(expected, schema=response_statistics(weekly, 3).schema),
@@ -262,6 +271,10 @@ def test_countries_that_respond_differently_get_their_own_offset_where_their_eve
     # Two events of a new country say little: its offset stays near none.
     thin = country_events("LUX", 0.5, 2, noise=0.5, seed=9)
     assert abs(response.with_country_offset(thin).country_offset) < 0.5 * abs(0.5 - response.overall)
+    # However far a country's events go, its elasticities stay within [0, max_elasticity].
+    wild = PriceResponse.estimate(pd.concat([summed(rows) for rows in events.values()]), max_elasticity=2.5)
+    assert wild.with_country_offset(events["DEU"]).elasticity(pd.Series(["tops"]))[0] == 2.5
+    assert wild.with_country_offset(country_events("LUX", -3.0, 200)).elasticity(pd.Series(["tops"]))[0] == 0.0
     # Countries that respond alike: what spread their noise leaves gives each an offset of almost nothing.
     alike = {country: country_events(country, 2.0, 200, seed=i) for i, country in enumerate(ELASTICITIES)}
     same = PriceResponse.estimate(pd.concat([summed(rows) for rows in alike.values()]), max_elasticity=6.0)
@@ -286,7 +299,12 @@ def test_the_event_backtest_chooses_a_countrys_offset_only_where_it_predicts_its
     assert chosen.country_offset == 0.0
     # Too few events to split: the shared response, nothing compared.
     chosen, record = response.chosen_for(events["AUT"].head(2 * MIN_CHECKED_EVENTS - 1))
-    assert (chosen.country_offset, record["response"], record["shared_error"]) == (0.0, "shared", None)
+    assert (chosen.country_offset, record["response"], record["checked_events"]) == (0.0, "shared", 0)
+    assert record["shared_error"] is None
+    # The halves split between weeks: a week's events are all earlier or all later.
+    weekly = events["AUT"].assign(week_start=events["AUT"]["week_start"].iloc[::2].repeat(2).to_numpy())
+    _, record = response.chosen_for(weekly)
+    assert record["checked_events"] == 100
 
 
 def test_a_country_whose_markdowns_sell_more_than_the_shared_response_says_recommends_with_its_offset() -> None:
@@ -302,7 +320,6 @@ def test_a_country_whose_markdowns_sell_more_than_the_shared_response_says_recom
     assert alike.card["price_response"]["country_offset"] == 0.0
     deeper = own.predictions["recommended_discount"] - alike.predictions["recommended_discount"]
     assert (deeper >= 0).all() and (deeper > 0).any()
-    assert own.metrics["markdown_lift_error"] < alike.metrics["markdown_lift_error"]
 
 
 def weekly_pairs(amplitude: float, peak_day: float, weeks: int, noise: float, seed: int = 0) -> pd.DataFrame:
@@ -320,7 +337,7 @@ def weekly_pairs(amplitude: float, peak_day: float, weeks: int, noise: float, se
 def test_the_yearly_cycle_of_steady_pairs_is_found_where_it_is_and_not_in_noise() -> None:
     found = PriceResponse.estimate(summed_with(weekly_pairs(0.15, 345, weeks=60, noise=0.02)), 6.0)
     assert found.season_amplitude() == pytest.approx(0.15, abs=0.02)
-    assert min(abs(found.season_peak_day() - 345), 365.25 - abs(found.season_peak_day() - 345)) < 10
+    assert min(abs(found.season_peak_day() - 345), 365.25 - abs(found.season_peak_day() - 345)) < 7
     for seed in range(5):
         noise = PriceResponse.estimate(summed_with(weekly_pairs(0.0, 0, weeks=60, noise=0.05, seed=seed)), 6.0)
         assert noise.season_amplitude() == 0.0
@@ -340,7 +357,7 @@ def summed_with(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def test_the_yearly_cycle_carries_a_forecast_from_its_origin_week_to_later_weeks() -> None:
     # Demand peaks on day 345: from early October towards December it rises, from March towards June it falls.
-    angle = 2 * np.pi * (345 + 3) / 365.25  # a week's row stands for its middle day
+    angle = 2 * np.pi * 345 / 365.25
     response = PriceResponse(2.0, {}, {}, season_cos=0.15 * np.cos(angle), season_sin=0.15 * np.sin(angle))
     assert (response.season_amplitude(), response.season_peak_day()) == pytest.approx((0.15, 345))
     rows = pd.DataFrame(
@@ -355,7 +372,8 @@ def test_the_yearly_cycle_carries_a_forecast_from_its_origin_week_to_later_weeks
     shift = response.season_shift(rows)
 
     def level(day: str) -> float:
-        return float(0.15 * np.cos(2 * np.pi * (pd.Timestamp(day).dayofyear - 345) / 365.25))
+        # A week's row stands for its middle day, three days after its Monday.
+        return float(0.15 * np.cos(2 * np.pi * (pd.Timestamp(day).dayofyear + 3 - 345) / 365.25))
 
     assert shift[0] == shift[2] == 1.0  # the origin's own week
     assert shift[1] == pytest.approx(np.exp(level("2026-11-30") - level("2026-10-05")))  # about 8 % more

@@ -20,6 +20,7 @@ from markdown_pricing.etl import transforms
 from markdown_pricing.orchestrate import cli
 from markdown_pricing.synthetic.sample import (
     COUNTRY_CODES,
+    ELASTICITY_FLOOR,
     EPOCH,
     PRICE_RESPONSE_ANCHOR,
     RESPONSES,
@@ -492,6 +493,21 @@ def test_a_tiny_country_may_carry_older_articles_but_sells_nothing_before_it_ope
     sold = read(tmp_path, "sales").astype({"country": str})
     older = articles.loc[sold.loc[sold["country"] == summary.tiny_country, "article_id"].unique(), "launch_date"]
     assert (older < opened).any()
+
+
+def test_a_countrys_elasticity_shift_changes_its_simulated_sales(tmp_path: Path) -> None:
+    size = {"countries": 2, "articles": 60, "weeks": 20, "tiny_country_weeks": 0}
+    alike, apart = tmp_path / "alike", tmp_path / "apart"
+    generate_sample(alike, run_date=TRUTH_RUN_DATE, seed=3, inject_bad_rows=False, **size)
+    shape = WorldShape(country_elasticity=0.5)
+    generate_sample(apart, run_date=TRUTH_RUN_DATE, seed=3, inject_bad_rows=False, shape=shape, **size)
+    world = build_world(np.random.default_rng(3), run_date=TRUTH_RUN_DATE, shape=shape, **size)
+    pairs = np.nonzero(world.carried)
+    assert (world.pair_elasticity(*pairs) >= ELASTICITY_FLOOR).all()
+    assert not np.allclose(world.pair_elasticity(*pairs), world.elasticity[pairs[1]])
+    # Both worlds draw the same random numbers (the shift comes from a child generator): their sales differ only
+    # because the history follows each country's elasticities.
+    assert not read(alike, "sales").equals(read(apart, "sales"))
 
 
 def test_generate_sample_takes_the_shape_from_its_flags_and_says_what_is_wrong(

@@ -188,11 +188,15 @@ def yearly_cycle(pairs: pd.DataFrame) -> tuple[float, float]:
     weekly = weekly[(weekly["now"] > 0) & (weekly["before"] > 0)]
     if len(weekly) < MIN_CYCLE_WEEKS:
         return 0.0, 0.0
-    chained = np.cumsum(np.log(weekly["now"].to_numpy("float64") / weekly["before"].to_numpy("float64")))
     weeks = pd.DatetimeIndex(weekly.index)
     elapsed = ((weeks - weeks[0]).days / 7.0).to_numpy("float64")
+    # A week without pairs breaks the chain: each unbroken stretch of weeks is chained from its own start.
+    stretch = np.cumsum(np.diff(elapsed, prepend=elapsed[0] - 1) != 1)
+    change = np.log(weekly["now"].to_numpy("float64") / weekly["before"].to_numpy("float64"))
+    chained = pd.Series(change).groupby(stretch).cumsum().to_numpy()
+    starts = (stretch[:, None] == np.unique(stretch)[None, :]).astype("float64")
     phase = _phase(weeks)
-    design = np.column_stack([np.ones(len(weeks)), elapsed, np.cos(phase), np.sin(phase)])
+    design = np.column_stack([starts, elapsed, np.cos(phase), np.sin(phase)])
     information = design.T @ design
     if np.linalg.matrix_rank(information) < design.shape[1]:
         return 0.0, 0.0
@@ -202,8 +206,8 @@ def yearly_cycle(pairs: pd.DataFrame) -> tuple[float, float]:
     # Neighbouring weeks share most of their articles, so their residuals move together: fewer independent weeks.
     with np.errstate(divide="ignore", invalid="ignore"):
         correlation = np.nan_to_num(np.corrcoef(residual[1:], residual[:-1])[0, 1])
-        cycle = coefficients[2:]
-        precision = np.linalg.inv(np.linalg.inv(information)[2:, 2:])
+        cycle = coefficients[-2:]
+        precision = np.linalg.inv(np.linalg.inv(information)[-2:, -2:])
         evidence = cycle @ precision @ cycle / variance
     correlation = float(np.clip(correlation, 0.0, 0.95))
     shown = evidence * (1 - correlation) / (1 + correlation) >= CYCLE_CHI2
@@ -229,6 +233,8 @@ class PriceResponse:
     # category's elasticity (with_country_offset).
     country_spread: float = 0.0
     country_offset: float = 0.0
+    # No elasticity, a country's offset included, goes beyond this (estimate's max_elasticity; None: no bound).
+    max_elasticity: float | None = None
     # The yearly cycle of log demand: season_cos x cos + season_sin x sin of the day of the year's angle.
     season_cos: float = 0.0
     season_sin: float = 0.0
@@ -243,7 +249,7 @@ class PriceResponse:
         statistics = statistics[statistics["category"].notna()].astype({name: "float64" for name in STATISTICS})
         season_cos, season_sin = yearly_cycle(pairs) if len(pairs) else (0.0, 0.0)
         events = cls._events_only(statistics, max_elasticity, beyond_deepest)
-        return replace(events, season_cos=season_cos, season_sin=season_sin)
+        return replace(events, season_cos=season_cos, season_sin=season_sin, max_elasticity=max_elasticity)
 
     @classmethod
     def _events_only(cls, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float) -> PriceResponse:
@@ -280,7 +286,8 @@ class PriceResponse:
 
     def elasticity(self, categories: pd.Series) -> np.ndarray:
         shared = categories.astype(str).map(dict(self.by_category)).fillna(self.overall).to_numpy(dtype="float64")
-        elasticity: np.ndarray = np.fmax(shared + self.country_offset, 0.0)
+        bound = np.inf if self.max_elasticity is None else self.max_elasticity
+        elasticity: np.ndarray = np.clip(shared + self.country_offset, 0.0, bound)
         return elasticity
 
     def with_country_offset(self, events: pd.DataFrame) -> PriceResponse:
@@ -301,11 +308,15 @@ class PriceResponse:
         predict the later half's lifts better (lower mean absolute log lift error) than the shared response; then
         the offset of all events is used. The record says what was compared and what was chosen."""
         shared = replace(self, country_offset=0.0)
-        ordered = events.sort_values(["week_start", "article_id"], kind="stable")
-        earlier, later = ordered.iloc[: len(ordered) // 2], ordered.iloc[len(ordered) // 2 :]
-        record: dict[str, Any] = {"checked_events": len(later), "shared_error": None, "own_offset_error": None}
+        record: dict[str, Any] = {"checked_events": 0, "shared_error": None, "own_offset_error": None}
+        if events.empty:
+            return shared, record | {"response": "shared"}
+        # The split falls between weeks: a week's events are all earlier or all later.
+        middle = events["week_start"].sort_values(kind="stable").iloc[len(events) // 2]
+        earlier, later = events[events["week_start"] < middle], events[events["week_start"] >= middle]
         if min(len(earlier), len(later)) < MIN_CHECKED_EVENTS or self.country_spread <= 0:
             return shared, record | {"response": "shared"}
+        record["checked_events"] = len(later)
         record["shared_error"] = shared.checked_against(later)["log_lift_error"]
         record["own_offset_error"] = shared.with_country_offset(earlier).checked_against(later)["log_lift_error"]
         if record["own_offset_error"] >= record["shared_error"]:
@@ -339,9 +350,9 @@ class PriceResponse:
         return float(np.hypot(self.season_cos, self.season_sin))
 
     def season_peak_day(self) -> float:
-        """The day of the year (1-366) demand peaks on."""
+        """The day of the year (0 to 365) demand peaks on."""
         angle = np.arctan2(self.season_sin, self.season_cos) % (2 * np.pi)
-        return float((angle * YEAR_DAYS / (2 * np.pi) - MID_WEEK_DAYS) % YEAR_DAYS)
+        return float(angle * YEAR_DAYS / (2 * np.pi))
 
     def season_shift(self, rows: pd.DataFrame) -> np.ndarray:
         """Demand in each row's week over demand in the week its forecast was made at (`weeks_ahead` earlier), by
@@ -376,6 +387,7 @@ class PriceResponse:
             "beyond_deepest": self.beyond_deepest,
             "country_spread": self.country_spread,
             "country_offset": self.country_offset,
+            "max_elasticity": self.max_elasticity,
             "season_cos": self.season_cos,
             "season_sin": self.season_sin,
         }
@@ -392,6 +404,7 @@ class PriceResponse:
             float(card.get("beyond_deepest", 0.0)),
             float(card.get("country_spread", 0.0)),
             float(card.get("country_offset", 0.0)),
+            card.get("max_elasticity"),
             float(card.get("season_cos", 0.0)),
             float(card.get("season_sin", 0.0)),
         )
