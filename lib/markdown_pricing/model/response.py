@@ -220,7 +220,7 @@ def yearly_cycle(pairs: pd.DataFrame) -> tuple[float, float]:
 class PriceResponse:
     """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity, with
     the category's elasticity (the overall one for a category without events) plus the country's offset (none in the
-    shared response, never below an elasticity of 0); the candidate's discount counts at
+    shared response), within [0, max_elasticity]; the candidate's discount counts at
     most `beyond_deepest` past the deepest its category sold at (`deepest`; for a category not in it, the deepest of
     any category)."""
 
