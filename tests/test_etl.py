@@ -224,13 +224,57 @@ def test_active_articles_needs_stock_and_season_after_run(spark: SparkSession, a
             ("DEU", "A1", D(2026, 11, 23), 0),  # on the run date: not before it
             ("FRA", "A1", D(2026, 11, 16), 0),
             ("FRA", "A2", D(2026, 7, 27), 12),  # season over
+            ("ITA", "A1", D(2026, 11, 16), 3),
         ],
     )
     prices = frame(spark, "prices", [("DEU", "A1", D(2026, 10, 28), 50.0), ("DEU", "A1", D(2026, 11, 16), 40.0)])
-    expected = spark.createDataFrame(
-        [("DEU", "A1", 30, 40.0)], "country string, article_id string, stock_on_hand long, price double"
+    sales = frame(
+        spark,
+        "sales",
+        [
+            ("DEU", "A1", D(2026, 11, 17), 4, 160.0),
+            ("ITA", "A1", D(2026, 11, 18), 3, 150.0),  # sold out since its snapshot: active, nothing on hand
+            ("ESP", "A1", D(2026, 11, 18), 2, 100.0),  # sales without a snapshot: not stocked
+        ],
     )
-    assert_df_equality(transforms.active_articles(articles, prices, stock, RUN_DATE), expected, ignore_nullable=True)
+    expected = spark.createDataFrame(
+        [("DEU", "A1", 26, 40.0), ("ITA", "A1", 0, 50.0)],
+        "country string, article_id string, stock_on_hand long, price double",
+    )
+    active = transforms.active_articles(articles, prices, stock, sales, RUN_DATE)
+    assert_df_equality(active, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_stock_at_the_run_date_is_the_latest_snapshot_less_what_sold_since(spark: SparkSession) -> None:
+    stock = frame(
+        spark,
+        "stock",
+        [
+            ("DEU", "A1", D(2026, 11, 9), 40),
+            ("DEU", "A1", D(2026, 11, 16), 30),
+            ("DEU", "A1", D(2026, 11, 23), 99),  # on the run date: not before it
+            ("FRA", "A1", D(2026, 11, 16), 5),
+            ("ITA", "A1", D(2026, 11, 20), 8),
+            ("ITA", "A1", D(2026, 11, 20), 6),  # two counts of one day: the higher, as article_states has it
+        ],
+    )
+    sales = frame(
+        spark,
+        "sales",
+        [
+            ("DEU", "A1", D(2026, 11, 15), 9, 450.0),  # before the latest snapshot: already off its count
+            ("DEU", "A1", D(2026, 11, 16), 2, 100.0),  # the snapshot counts the start of its day
+            ("DEU", "A1", D(2026, 11, 18), 5, 250.0),
+            ("DEU", "A1", D(2026, 11, 20), -1, -50.0),  # a return is back on hand
+            ("DEU", "A1", D(2026, 11, 23), 7, 350.0),  # on the run date
+            ("FRA", "A1", D(2026, 11, 17), 6, 300.0),  # more than the snapshot: none left, not fewer
+        ],
+    )
+    expected = spark.createDataFrame(
+        [("DEU", "A1", 24), ("FRA", "A1", 0), ("ITA", "A1", 8)], "country string, article_id string, stock_on_hand long"
+    )
+    found = transforms.stock_at_run_date(stock, sales, RUN_DATE)
+    assert_df_equality(found, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_curated_weekly_fills_zero_weeks_and_carries_price_and_stock(spark: SparkSession, articles: DataFrame) -> None:

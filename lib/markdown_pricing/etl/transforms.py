@@ -219,17 +219,27 @@ def history_grid(seen: DataFrame, articles: DataFrame, run_date: dt.date) -> Dat
 def article_states(articles: DataFrame, stock: DataFrame, run_date: dt.date) -> DataFrame:
     """Where each stocked article stands at the run date: its latest stock snapshot before it, its season end, and
     whether it is active (stock above zero, season running past the run date)."""
-    before_run = F.lit(run_date)
-    current_stock = (
-        stock.where(F.col("snapshot_date") < before_run)
-        .groupBy(*KEYS)
-        .agg(F.max_by("units_on_hand", "snapshot_date").alias("stock_on_hand"))
+    return (
+        latest_snapshot(stock, run_date)
+        .join(articles, on="article_id", how="inner")
+        .select(
+            *KEYS,
+            F.col("on_hand").alias("stock_on_hand"),
+            "season_end",
+            ((F.col("on_hand") > 0) & (F.col("season_end") > F.lit(run_date))).alias("active"),
+        )
     )
-    return current_stock.join(articles, on="article_id", how="inner").select(
-        *KEYS,
-        "stock_on_hand",
-        "season_end",
-        ((F.col("stock_on_hand") > 0) & (F.col("season_end") > before_run)).alias("active"),
+
+
+def latest_snapshot(stock: DataFrame, run_date: dt.date) -> DataFrame:
+    """Per stocked (country, article), its latest snapshot before the run date: `snapshot_date` and `on_hand`. Of
+    two on the same day, the one with more units, so whatever reads it agrees on one."""
+    latest = F.max_by(F.struct("snapshot_date", "units_on_hand"), F.struct("snapshot_date", "units_on_hand"))
+    return (
+        stock.where(F.col("snapshot_date") < F.lit(run_date))
+        .groupBy(*KEYS)
+        .agg(latest.alias("latest"))
+        .select(*KEYS, "latest.snapshot_date", F.col("latest.units_on_hand").alias("on_hand"))
     )
 
 
@@ -266,8 +276,28 @@ def input_profile(weekly: DataFrame, states: DataFrame, run_date: dt.date) -> Da
     )
 
 
-def active_articles(articles: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date) -> DataFrame:
-    """The active articles with their stock and shelf price at the run date."""
+def stock_at_run_date(stock: DataFrame, sales: DataFrame, run_date: dt.date) -> DataFrame:
+    """Per stocked (country, article), the units on hand at the start of the run date (`stock_on_hand`): its latest
+    snapshot before the run date, stock at the start of that day, less the net units sold from that day until the
+    run date, never below zero. A weekly snapshot is a week old on the run date, and that week's sales are gone."""
+    latest = latest_snapshot(stock, run_date)
+    since = (
+        sales.where(F.col("sale_date") < F.lit(run_date))
+        .join(latest.select(*KEYS, "snapshot_date"), on=list(KEYS), how="inner")
+        .where(F.col("sale_date") >= F.col("snapshot_date"))
+        .groupBy(*KEYS)
+        .agg(F.sum("units").alias("sold"))
+    )
+    return latest.join(since, on=list(KEYS), how="left").select(
+        *KEYS,
+        F.greatest(F.lit(0), F.col("on_hand") - F.coalesce("sold", F.lit(0))).cast(T.LongType()).alias("stock_on_hand"),
+    )
+
+
+def active_articles(
+    articles: DataFrame, prices: DataFrame, stock: DataFrame, sales: DataFrame, run_date: dt.date
+) -> DataFrame:
+    """The active articles (article_states) with their stock (stock_at_run_date) and shelf price at the run date."""
     current_price = (
         prices.where(F.col("valid_from") < F.lit(run_date))
         .groupBy(*KEYS)
@@ -276,6 +306,8 @@ def active_articles(articles: DataFrame, prices: DataFrame, stock: DataFrame, ru
     return (
         article_states(articles, stock, run_date)
         .where(F.col("active"))
+        .select(*KEYS)
+        .join(stock_at_run_date(stock, sales, run_date), on=list(KEYS), how="inner")
         .join(articles.select("article_id", "original_price"), on="article_id", how="inner")
         .join(current_price, on=list(KEYS), how="left")
         .select(*KEYS, "stock_on_hand", F.coalesce("price", "original_price").alias("price"))
@@ -314,7 +346,7 @@ def curated_weekly(
         .withColumn("is_future", F.lit(False))
     )
     future = (
-        future_grid(active_articles(articles, prices, stock, run_date), articles, run_date)
+        future_grid(active_articles(articles, prices, stock, sales, run_date), articles, run_date)
         .withColumn("units", F.lit(None).cast(T.LongType()))
         .withColumn("is_future", F.lit(True))
     )
