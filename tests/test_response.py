@@ -320,6 +320,7 @@ def test_a_country_whose_markdowns_sell_more_than_the_shared_response_says_recom
     assert alike.card["price_response"]["country_offset"] == 0.0
     deeper = own.predictions["recommended_discount"] - alike.predictions["recommended_discount"]
     assert (deeper >= 0).all() and (deeper > 0).any()
+    assert own.metrics["markdown_lift_error"] < alike.metrics["markdown_lift_error"]
 
 
 def weekly_pairs(amplitude: float, peak_day: float, weeks: int, noise: float, seed: int = 0) -> pd.DataFrame:
