@@ -241,8 +241,34 @@ def test_active_articles_needs_stock_and_season_after_run(spark: SparkSession, a
         [("DEU", "A1", 26, 40.0), ("ITA", "A1", 0, 50.0)],
         "country string, article_id string, stock_on_hand long, price double",
     )
-    active = transforms.active_articles(articles, prices, stock, sales, RUN_DATE)
+    active = transforms.active_articles(articles, prices, transforms.latest_snapshot(stock, RUN_DATE), sales, RUN_DATE)
     assert_df_equality(active, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_latest_snapshot_is_the_last_day_before_the_run_date_and_its_higher_count(spark: SparkSession) -> None:
+    stock = frame(
+        spark,
+        "stock",
+        [
+            ("DEU", "A1", D(2026, 11, 9), 5_000_000_000),  # a larger count on an earlier day loses
+            ("DEU", "A1", D(2026, 11, 16), 3),
+            ("DEU", "A1", D(2026, 11, 16), 7),  # two counts of one day: the higher
+            ("DEU", "A1", D(2026, 11, 23), 99),  # on the run date: not before it
+            ("FRA", "A1", D(1969, 12, 1), 4),  # days before 1970 rank as any other
+            ("FRA", "A1", D(1969, 11, 1), 9),
+            ("ITA", "A1", D(2026, 11, 20), 5_000_000_001),  # beyond the ranking's count bits: the count itself
+        ],
+    )
+    expected = spark.createDataFrame(
+        [
+            ("DEU", "A1", D(2026, 11, 16), 7),
+            ("FRA", "A1", D(1969, 12, 1), 4),
+            ("ITA", "A1", D(2026, 11, 20), 5_000_000_001),
+        ],
+        "country string, article_id string, snapshot_date date, on_hand long",
+    )
+    found = transforms.latest_snapshot(stock, RUN_DATE)
+    assert_df_equality(found, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_stock_at_the_run_date_is_the_latest_snapshot_less_what_sold_since(spark: SparkSession) -> None:
@@ -273,7 +299,7 @@ def test_stock_at_the_run_date_is_the_latest_snapshot_less_what_sold_since(spark
     expected = spark.createDataFrame(
         [("DEU", "A1", 24), ("FRA", "A1", 0), ("ITA", "A1", 8)], "country string, article_id string, stock_on_hand long"
     )
-    found = transforms.stock_at_run_date(stock, sales, RUN_DATE)
+    found = transforms.stock_at_run_date(transforms.latest_snapshot(stock, RUN_DATE), sales, RUN_DATE)
     assert_df_equality(found, expected, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -281,7 +307,9 @@ def test_curated_weekly_fills_zero_weeks_and_carries_price_and_stock(spark: Spar
     sales = frame(spark, "sales", [("DEU", "A1", D(2026, 10, 28), 2, 100.0), ("DEU", "A1", D(2026, 11, 10), 4, 160.0)])
     prices = frame(spark, "prices", [("DEU", "A1", D(2026, 10, 28), 50.0), ("DEU", "A1", D(2026, 11, 9), 40.0)])
     stock = frame(spark, "stock", [("DEU", "A1", D(2026, 10, 28), 20), ("DEU", "A1", D(2026, 11, 16), 14)])
-    curated = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE)
+    curated = transforms.curated_weekly(
+        articles.where("article_id = 'A1'"), sales, prices, stock, transforms.latest_snapshot(stock, RUN_DATE), RUN_DATE
+    )
     history = curated.where(~F.col("is_future")).select(
         "week_start", "units", "price", "stock_on_hand", "discount", "article_popularity", "weeks_since_launch"
     )
@@ -305,7 +333,9 @@ def test_a_markdown_before_a_pairs_first_week_is_the_price_its_history_starts_at
     sales = frame(spark, "sales", [("DEU", "A1", D(2026, 11, 11), 3, 120.0)])
     prices = frame(spark, "prices", [("DEU", "A1", D(2026, 10, 28), 50.0), ("DEU", "A1", D(2026, 10, 30), 40.0)])
     stock = frame(spark, "stock", [("DEU", "A1", D(2026, 11, 16), 14)])
-    curated = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE)
+    curated = transforms.curated_weekly(
+        articles.where("article_id = 'A1'"), sales, prices, stock, transforms.latest_snapshot(stock, RUN_DATE), RUN_DATE
+    )
     history = curated.where(~F.col("is_future")).select("week_start", "price", "discount")
     expected = spark.createDataFrame(
         [(D(2026, 11, 9), 40.0, 0.2), (D(2026, 11, 16), 40.0, 0.2)], "week_start date, price double, discount double"
@@ -327,7 +357,9 @@ def test_popularity_everywhere_is_the_articles_mean_week_in_every_country_before
     )
     prices = frame(spark, "prices", [])
     stock = frame(spark, "stock", [("DEU", "A1", D(2026, 11, 16), 14), ("FRA", "A1", D(2026, 11, 16), 9)])
-    curated = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE)
+    curated = transforms.curated_weekly(
+        articles.where("article_id = 'A1'"), sales, prices, stock, transforms.latest_snapshot(stock, RUN_DATE), RUN_DATE
+    )
     seen = {(r.country, r.week_start): r.article_popularity_everywhere for r in curated.collect()}
     # DEU's weeks from 10-26 (8, 0, 0, 0), FRA's from 11-02 (2, 4, 0): before 11-09, DEU's two weeks and FRA's one.
     assert seen[("DEU", D(2026, 10, 26))] is None
@@ -343,9 +375,9 @@ def test_curated_weekly_future_weeks_reach_season_end_at_current_price(
     sales = frame(spark, "sales", [("DEU", "A1", D(2026, 11, 10), 6, 240.0)])
     prices = frame(spark, "prices", [("DEU", "A1", D(2026, 11, 9), 40.0)])
     stock = frame(spark, "stock", [("DEU", "A1", D(2026, 11, 16), 14)])
-    future = transforms.curated_weekly(articles.where("article_id = 'A1'"), sales, prices, stock, RUN_DATE).where(
-        "is_future"
-    )
+    future = transforms.curated_weekly(
+        articles.where("article_id = 'A1'"), sales, prices, stock, transforms.latest_snapshot(stock, RUN_DATE), RUN_DATE
+    ).where("is_future")
     rows = sorted(future.collect(), key=lambda r: r.week_start)
     assert [r.week_start for r in rows][:2] == [D(2026, 11, 23), D(2026, 11, 30)]
     assert rows[-1].week_start == D(2027, 1, 25)

@@ -327,7 +327,11 @@ def test_true_outcomes_price_the_articles_etl_finds_active(
     raw, truth, summary = with_truth
     datasets = {name: spark.read.schema(RAW_DATASETS[name]).parquet(str(raw / name)) for name in DATASETS}
     active = transforms.active_articles(
-        datasets["articles"], datasets["prices"], datasets["stock"], datasets["sales"], TRUTH_RUN_DATE
+        datasets["articles"],
+        datasets["prices"],
+        transforms.latest_snapshot(datasets["stock"], TRUTH_RUN_DATE),
+        datasets["sales"],
+        TRUTH_RUN_DATE,
     ).toPandas()
     expected = set(active[["country", "article_id"]].itertuples(index=False, name=None))
     assert set(truth[["country", "article_id"]].itertuples(index=False, name=None)) == expected

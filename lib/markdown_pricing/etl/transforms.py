@@ -20,6 +20,8 @@ REJECT_REASON = "reject_reason"
 # weeks): they carry this reason so that they are left out and counted, but never quarantined nor rejected.
 OUT_OF_WINDOW = "dated on or after the run date"
 # The date that places each dated dataset's rows in or out of a run's window.
+# Bits of a stock count in latest_snapshot's ranking: counts above 2^32 - 1 units rank as that many.
+COUNT_BITS = 32
 DATE_COLUMNS = {"sales": "sale_date", "prices": "valid_from", "stock": "snapshot_date"}
 
 
@@ -216,30 +218,35 @@ def history_grid(seen: DataFrame, articles: DataFrame, run_date: dt.date) -> Dat
     )
 
 
-def article_states(articles: DataFrame, stock: DataFrame, run_date: dt.date) -> DataFrame:
-    """Where each stocked article stands at the run date: its latest stock snapshot before it, its season end, and
-    whether it is active (stock above zero, season running past the run date)."""
-    return (
-        latest_snapshot(stock, run_date)
-        .join(articles, on="article_id", how="inner")
-        .select(
-            *KEYS,
-            F.col("on_hand").alias("stock_on_hand"),
-            "season_end",
-            ((F.col("on_hand") > 0) & (F.col("season_end") > F.lit(run_date))).alias("active"),
-        )
+def article_states(articles: DataFrame, latest: DataFrame, run_date: dt.date) -> DataFrame:
+    """Where each stocked article stands at the run date: its latest stock snapshot before it (`latest`, from
+    latest_snapshot), its season end, and whether it is active (stock above zero, season running past the run
+    date)."""
+    return latest.join(articles, on="article_id", how="inner").select(
+        *KEYS,
+        F.col("on_hand").alias("stock_on_hand"),
+        "season_end",
+        ((F.col("on_hand") > 0) & (F.col("season_end") > F.lit(run_date))).alias("active"),
     )
 
 
 def latest_snapshot(stock: DataFrame, run_date: dt.date) -> DataFrame:
     """Per stocked (country, article), its latest snapshot before the run date: `snapshot_date` and `on_hand`. Of
     two on the same day, the one with more units, so whatever reads it agrees on one."""
-    latest = F.max_by(F.struct("snapshot_date", "units_on_hand"), F.struct("snapshot_date", "units_on_hand"))
+    # One long ranks the snapshots, its day in the high bits and its count below: Spark hashes a long's maximum,
+    # while an ordering by a struct would make it sort every snapshot to aggregate them.
+    rank = F.shiftleft(F.unix_date("snapshot_date").cast(T.LongType()), COUNT_BITS) + F.least(
+        "units_on_hand", F.lit((1 << COUNT_BITS) - 1)
+    )
     return (
         stock.where(F.col("snapshot_date") < F.lit(run_date))
         .groupBy(*KEYS)
-        .agg(latest.alias("latest"))
-        .select(*KEYS, "latest.snapshot_date", F.col("latest.units_on_hand").alias("on_hand"))
+        .agg(F.max(rank).alias("rank"), F.max_by("units_on_hand", rank).alias("on_hand"))
+        .select(
+            *KEYS,
+            F.date_from_unix_date(F.shiftright("rank", COUNT_BITS).cast(T.IntegerType())).alias("snapshot_date"),
+            "on_hand",
+        )
     )
 
 
@@ -276,38 +283,42 @@ def input_profile(weekly: DataFrame, states: DataFrame, run_date: dt.date) -> Da
     )
 
 
-def stock_at_run_date(stock: DataFrame, sales: DataFrame, run_date: dt.date) -> DataFrame:
-    """Per stocked (country, article), the units on hand at the start of the run date (`stock_on_hand`): its latest
-    snapshot before the run date, stock at the start of that day, less the net units sold from that day until the
-    run date, never below zero. A weekly snapshot is a week old on the run date, and that week's sales are gone."""
-    latest = latest_snapshot(stock, run_date)
+def stock_at_run_date(snapshots: DataFrame, sales: DataFrame, run_date: dt.date) -> DataFrame:
+    """Per (country, article) of `snapshots` (latest_snapshot's rows, or some of them), the units on hand at the
+    start of the run date (`stock_on_hand`): the snapshot, stock at the start of its day, less the net units sold
+    from that day until the run date, never below zero. A weekly snapshot is a week old on the run date, and that
+    week's sales are gone."""
+    # Sales before the earliest of these snapshots count for none of them: bounded by a scalar subquery, which Spark
+    # runs first, they are left out as they are read, not shuffled to meet the snapshots.
+    earliest = snapshots.select(F.min("snapshot_date")).scalar()
     since = (
-        sales.where(F.col("sale_date") < F.lit(run_date))
-        .join(latest.select(*KEYS, "snapshot_date"), on=list(KEYS), how="inner")
+        sales.where((F.col("sale_date") >= earliest) & (F.col("sale_date") < F.lit(run_date)))
+        .join(snapshots.select(*KEYS, "snapshot_date"), on=list(KEYS), how="inner")
         .where(F.col("sale_date") >= F.col("snapshot_date"))
         .groupBy(*KEYS)
         .agg(F.sum("units").alias("sold"))
     )
-    return latest.join(since, on=list(KEYS), how="left").select(
+    return snapshots.join(since, on=list(KEYS), how="left").select(
         *KEYS,
         F.greatest(F.lit(0), F.col("on_hand") - F.coalesce("sold", F.lit(0))).cast(T.LongType()).alias("stock_on_hand"),
     )
 
 
 def active_articles(
-    articles: DataFrame, prices: DataFrame, stock: DataFrame, sales: DataFrame, run_date: dt.date
+    articles: DataFrame, prices: DataFrame, latest: DataFrame, sales: DataFrame, run_date: dt.date
 ) -> DataFrame:
-    """The active articles (article_states) with their stock (stock_at_run_date) and shelf price at the run date."""
+    """The active articles (article_states of the `latest` snapshots) with their stock (stock_at_run_date) and shelf
+    price at the run date."""
     current_price = (
         prices.where(F.col("valid_from") < F.lit(run_date))
         .groupBy(*KEYS)
         .agg(F.max_by("price", "valid_from").alias("price"))
     )
+    active = article_states(articles, latest, run_date).where(F.col("active")).select(*KEYS)
+    # The active articles' snapshots alone: an article whose season ended long ago would reach back to its sales.
+    snapshots = latest.join(active, on=list(KEYS), how="left_semi")
     return (
-        article_states(articles, stock, run_date)
-        .where(F.col("active"))
-        .select(*KEYS)
-        .join(stock_at_run_date(stock, sales, run_date), on=list(KEYS), how="inner")
+        stock_at_run_date(snapshots, sales, run_date)
         .join(articles.select("article_id", "original_price"), on="article_id", how="inner")
         .join(current_price, on=list(KEYS), how="left")
         .select(*KEYS, "stock_on_hand", F.coalesce("price", "original_price").alias("price"))
@@ -329,9 +340,10 @@ def _forward_filled(column: str, window: Window) -> Column:
 
 
 def curated_weekly(
-    articles: DataFrame, sales: DataFrame, prices: DataFrame, stock: DataFrame, run_date: dt.date
+    articles: DataFrame, sales: DataFrame, prices: DataFrame, stock: DataFrame, latest: DataFrame, run_date: dt.date
 ) -> DataFrame:
-    """History and future weeks per (country, article) with the features the model uses.
+    """History and future weeks per (country, article) with the features the model uses; `latest` is the stock's
+    latest_snapshot.
 
     Every feature is computed by the same expression for past and future weeks, so training and scoring
     cannot drift apart. Popularity, the article's in its country and everywhere, uses only weeks before the row's.
@@ -346,7 +358,7 @@ def curated_weekly(
         .withColumn("is_future", F.lit(False))
     )
     future = (
-        future_grid(active_articles(articles, prices, stock, sales, run_date), articles, run_date)
+        future_grid(active_articles(articles, prices, latest, sales, run_date), articles, run_date)
         .withColumn("units", F.lit(None).cast(T.LongType()))
         .withColumn("is_future", F.lit(True))
     )

@@ -185,15 +185,18 @@ def curate(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     transforms.check_rejected_share(counts, cfg.run.max_rejected_share)
 
     valid = {name: transforms.valid_rows(name)(df) for name, df in tagged.items()}
+    # Read by the article states and, several times, by the future weeks (which articles, their stock): one
+    # aggregate of the snapshots, kept rather than computed from them each time.
+    latest = transforms.latest_snapshot(valid["stock"], ctx.run_date).persist(StorageLevel.DISK_ONLY)
     curated = transforms.curated_weekly(
-        valid["articles"], valid["sales"], valid["prices"], valid["stock"], ctx.run_date
+        valid["articles"], valid["sales"], valid["prices"], valid["stock"], latest, ctx.run_date
     )
     with job("ETL: write curated weekly"):
         curated.repartition("country").write.mode("overwrite").partitionBy("country").parquet(ctx.layout.weekly)
     log.info("curated weekly rows written to %s", ctx.layout.weekly)
     # The publish gate tells an article that sold out or whose season ended from one that went missing.
     with job("ETL: write article states"):
-        transforms.article_states(valid["articles"], valid["stock"], ctx.run_date).write.mode("overwrite").parquet(
+        transforms.article_states(valid["articles"], latest, ctx.run_date).write.mode("overwrite").parquet(
             ctx.layout.article_states
         )
     # From what was written, so that the profile is what training reads.
