@@ -31,6 +31,7 @@ from markdown_pricing.synthetic.sample import (
     build_world,
     generate_sample,
     price_response,
+    seasonal_factor,
     true_daily_demand,
 )
 
@@ -521,6 +522,27 @@ def test_a_countrys_elasticity_shift_changes_its_simulated_sales(tmp_path: Path)
     # Both worlds draw the same random numbers (the shift comes from a child generator): their sales differ only
     # because the history follows each country's elasticities.
     assert not read(alike, "sales").equals(read(apart, "sales"))
+
+
+def test_a_southern_countrys_year_peaks_half_a_year_later_in_its_sales_and_its_truth(tmp_path: Path) -> None:
+    size = {"countries": 3, "articles": 60, "weeks": 20, "tiny_country_weeks": 8}
+    shape = WorldShape(southern=1)
+    world = build_world(np.random.default_rng(3), run_date=TRUTH_RUN_DATE, shape=shape, **size)
+    # The smallest regular country is south; the others and the tiny one are north.
+    december_15 = np.array([(date(2026, 12, 15) - EPOCH).days])
+    peak = [float(seasonal_factor(world.day_of_year(np.array([c]), december_15))[0]) for c in range(4)]
+    assert peak[0] == peak[1] == peak[3] == pytest.approx(1.15, abs=1e-3)
+    assert peak[2] == pytest.approx(0.85, abs=1e-3)
+    north, south = tmp_path / "north", tmp_path / "south"
+    generate_sample(north, run_date=TRUTH_RUN_DATE, seed=3, inject_bad_rows=False, **size)
+    generate_sample(south, run_date=TRUTH_RUN_DATE, seed=3, inject_bad_rows=False, shape=shape, **size)
+    by_country = {
+        name: read(root, "sales").astype({"country": str}).groupby("country")["units"].sum()
+        for name, root in (("north", north), ("south", south))
+    }
+    assert by_country["north"][world.countries[2]] != by_country["south"][world.countries[2]]
+    with pytest.raises(ValueError, match="southern"):
+        build_world(np.random.default_rng(3), run_date=TRUTH_RUN_DATE, shape=WorldShape(southern=4), **size)
 
 
 def test_generate_sample_takes_the_shape_from_its_flags_and_says_what_is_wrong(

@@ -47,6 +47,8 @@ def generate_sample_command(args: argparse.Namespace) -> int:
         # argparse gives a pair (--stock-cover) as a list; WorldShape takes a tuple.
         given = {name: tuple(flag) if isinstance(flag, list) else flag for name, flag in flags.items()}
         shape = WorldShape(**{name: value for name, value in given.items() if value is not None})
+        if shape.southern > args.countries:
+            raise ValueError(f"--southern {shape.southern} is more than the {args.countries} regular countries")
     except ValueError as err:
         print(f"markdown-pricing generate-sample: {err}", file=sys.stderr)
         return 2
@@ -549,6 +551,7 @@ SHAPE_FLAGS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "deepest_markdown": (float, "D", "the deepest discount the history reaches"),
     "stock_cover": (float, "LOW HIGH", "an article's stock as a share of its season demand, drawn in this range"),
     "tiny_carries_older": (bool, "", "the tiny country carries articles launched before its shop opened too"),
+    "southern": (int, "N", "how many of the smallest regular countries have their yearly peak half a year later"),
 }
 
 

@@ -122,6 +122,10 @@ def lifecycle(weeks_since_launch: np.ndarray) -> np.ndarray:
     return np.where(w < 0, 0.0, curve)
 
 
+# South of the equator the yearly cycle runs this many days behind.
+HALF_YEAR_DAYS = 365.25 / 2
+
+
 def seasonal_factor(day_of_year: np.ndarray) -> np.ndarray:
     """Yearly demand cycle peaking in December."""
     return 1 + 0.15 * np.cos(2 * np.pi * (np.asarray(day_of_year, dtype=float) - 345) / 365.25)
@@ -182,7 +186,9 @@ class WorldShape:
     to the same discount (bounded below like the elasticities); volume: multiplies
     every country's demand; markdown_chance: the weekly chance of a markdown in the history, never deeper than
     deepest_markdown; stock_cover: the range of an article's stock as a share of its expected season demand;
-    tiny_carries_older: the tiny country carries articles launched before its shop opened too, not only newer ones.
+    tiny_carries_older: the tiny country carries articles launched before its shop opened too, not only newer ones;
+    southern: how many of the regular countries, the smallest, sell south of the equator, where the yearly cycle
+    peaks half a year later (the seasons' calendar stays the retailer's).
     """
 
     response: str = "power"
@@ -196,6 +202,7 @@ class WorldShape:
     deepest_markdown: float = float(LADDER[-1])
     stock_cover: tuple[float, float] = (0.6, 1.4)
     tiny_carries_older: bool = False
+    southern: int = 0
 
     def __post_init__(self) -> None:
         checks = (
@@ -209,6 +216,7 @@ class WorldShape:
             (0 <= self.markdown_chance <= 1, "markdown_chance must be between 0 and 1"),
             (self.deepest_step() is not None, f"deepest_markdown must be a step of {LADDER.tolist()}"),
             (0 < self.stock_cover[0] <= self.stock_cover[1], "stock_cover must be 0 < low <= high"),
+            (self.southern >= 0, "southern must not be negative"),
         )
         if problems := [message for holds, message in checks if not holds]:
             raise ValueError("; ".join(problems))
@@ -254,6 +262,12 @@ class World:
     shape: WorldShape = DEMO_SHAPE
     affinity: np.ndarray | None = None  # float (country, article) demand multiplier; None: 1 everywhere
     country_elasticity: np.ndarray | None = None  # float per country, added to its articles' elasticity; None: 0
+    year_shift: np.ndarray | None = None  # days per country its yearly cycle peaks after the north's; None: 0
+
+    def day_of_year(self, country: np.ndarray, days: np.ndarray | int) -> np.ndarray:
+        """The day of the year each country's demand cycle is at on these days (seasonal_factor's argument)."""
+        day = _day_of_year(days)
+        return day if self.year_shift is None else day - self.year_shift[country]
 
     def pair_base(self, country: np.ndarray, article: np.ndarray) -> np.ndarray:
         """Base daily demand of (country, article) pairs: the article's, the country's scale and their affinity."""
@@ -382,6 +396,12 @@ def build_world(
     country_elasticity = None
     if shape.country_elasticity:
         country_elasticity = rng.spawn(1)[0].normal(0.0, shape.country_elasticity, len(carried))
+    year_shift = None
+    if shape.southern:
+        if shape.southern > countries:
+            raise ValueError(f"southern = {shape.southern} is more than the {countries} regular countries")
+        year_shift = np.where(np.arange(len(carried)) >= countries - shape.southern, HALF_YEAR_DAYS, 0.0)
+        year_shift[countries:] = 0.0  # the tiny country is north
     return World(
         countries=COUNTRY_CODES[: countries + tiny],
         country_scale=scale,
@@ -401,6 +421,7 @@ def build_world(
         shape=shape,
         affinity=affinity,
         country_elasticity=country_elasticity,
+        year_shift=year_shift,
     )
 
 
@@ -458,7 +479,7 @@ def _simulate(
             moved = np.nonzero(moves)[0]
             prices.append((moved, np.full(len(moved), day), np.round(orig[moved] * (1 - LADDER[step[moved]]), 2)))
         mean = true_daily_demand(
-            base, since, to_end, _weekday(day), _day_of_year(day), LADDER[step], elasticity, shape.response
+            base, since, to_end, _weekday(day), world.day_of_year(ctry, day), LADDER[step], elasticity, shape.response
         )
         if shape.noise:
             mean = mean * rng.gamma(1 / shape.noise, shape.noise, n)
@@ -560,7 +581,7 @@ def true_outcomes(world: World, state: RunState, ladder: tuple[float, ...], salv
         day - world.launch[a],
         world.season_end[a] - day,
         _weekday(day),
-        _day_of_year(day),
+        world.day_of_year(ctry[row][:, None], day),
         candidate[row][:, None],
         world.pair_elasticity(ctry[row], art[row])[:, None],
         world.shape.response,
