@@ -20,9 +20,9 @@ REJECT_REASON = "reject_reason"
 # weeks): they carry this reason so that they are left out and counted, but never quarantined nor rejected.
 OUT_OF_WINDOW = "dated on or after the run date"
 # The date that places each dated dataset's rows in or out of a run's window.
+DATE_COLUMNS = {"sales": "sale_date", "prices": "valid_from", "stock": "snapshot_date"}
 # Bits of a stock count in latest_snapshot's ranking: counts above 2^32 - 1 units rank as that many.
 COUNT_BITS = 32
-DATE_COLUMNS = {"sales": "sale_date", "prices": "valid_from", "stock": "snapshot_date"}
 
 
 class RawSchemaError(InputError):
