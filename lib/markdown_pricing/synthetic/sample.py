@@ -400,8 +400,9 @@ def build_world(
     if shape.southern:
         if shape.southern > countries:
             raise ValueError(f"southern = {shape.southern} is more than the {countries} regular countries")
-        year_shift = np.where(np.arange(len(carried)) >= countries - shape.southern, HALF_YEAR_DAYS, 0.0)
-        year_shift[countries:] = 0.0  # the tiny country is north
+        # The smallest regular countries, just before the tiny one (which stays north).
+        year_shift = np.zeros(len(carried))
+        year_shift[countries - shape.southern : countries] = HALF_YEAR_DAYS
     return World(
         countries=COUNTRY_CODES[: countries + tiny],
         country_scale=scale,
