@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.response import (
     MIN_CHECKED_EVENTS,
     STATISTIC_COLUMNS,
+    STATISTICS,
     PriceResponse,
     country_statistics,
     event_statistics,
@@ -35,6 +37,7 @@ SETTINGS = load_config("local").model.price_response
 
 
 def article(country: str, article_id: str, category: str, prices: list[float], units: list[float], stock: float = 1000):
+    """An article's weeks; its original price is its first week's."""
     return pd.DataFrame(
         {
             "country": country,
@@ -42,6 +45,7 @@ def article(country: str, article_id: str, category: str, prices: list[float], u
             "category": category,
             "week_start": [pd.Timestamp(MONDAY + dt.timedelta(weeks=w)) for w in range(len(prices))],
             "price": prices,
+            "discount": [1 - price / prices[0] for price in prices],
             "units": units,
             "stock_on_hand": stock,
         }
@@ -62,6 +66,7 @@ def test_an_event_is_a_steady_price_change_its_lift_net_of_the_categorys_steady_
         pd.Timestamp(MONDAY + dt.timedelta(3 * 7)),
     )
     assert event.x == pytest.approx(np.log(0.8))
+    assert event.z == pytest.approx(-0.2)  # the price change over the original price (100)
     assert event.y == pytest.approx(-2 * np.log(0.8))
 
 
@@ -83,7 +88,8 @@ def synthetic_statistics(elasticities: dict[str, float], events: int, noise: flo
     rng = np.random.default_rng(seed)
     frames = []
     for category, elasticity in elasticities.items():
-        x = np.log(1 - rng.choice([0.1, 0.2, 0.3], events))
+        z = -rng.choice([0.1, 0.2, 0.3], events)
+        x = np.log(1 + z)
         y = -elasticity * x + rng.normal(0, noise, events)
         frames.append(
             pd.DataFrame(
@@ -94,6 +100,8 @@ def synthetic_statistics(elasticities: dict[str, float], events: int, noise: flo
                     "sxx": [(x * x).sum()],
                     "sxy": [(x * y).sum()],
                     "syy": [(y * y).sum()],
+                    "szz": [(z * z).sum()],
+                    "szy": [(z * y).sum()],
                     "deepest": [0.3],
                 }
             )
@@ -120,7 +128,7 @@ def test_a_category_with_few_noisy_events_leans_on_the_others() -> None:
 
 def test_no_events_give_no_price_response_and_estimates_stay_within_bounds() -> None:
     assert PriceResponse.estimate(pd.DataFrame(columns=STATISTIC_COLUMNS), 6.0) == PriceResponse(
-        0.0, {}, {}, max_elasticity=6.0
+        0.0, {}, {}, max_elasticity=6.0, curve_misfits={"power": 0.0, "exponential": 0.0}
     )
     wild = PriceResponse.estimate(synthetic_statistics({"tops": 9.0, "jeans": -1.0}, events=300, noise=0.01), 6.0)
     assert wild.by_category == pytest.approx({"tops": 6.0, "jeans": 0.0})
@@ -164,6 +172,36 @@ def test_the_lift_stops_growing_one_step_past_the_deepest_discount_its_category_
     assert PriceResponse.of({"overall": 2.0, "by_category": {}, "events": {}}).lift(rows)[3] == pytest.approx(
         (0.3 / 0.9) ** -2
     )  # a card from before the bound: none
+
+
+def curve_statistics(lift: Callable[[np.ndarray], np.ndarray], events: int, seed: int = 0) -> pd.DataFrame:
+    """One category's event statistics where demand follows `lift` (of the discount) from markdowns of one to three
+    steps, starting at any depth from none to 40 %, with a little noise."""
+    rng = np.random.default_rng(seed)
+    before = rng.choice([0.0, 0.1, 0.2, 0.3, 0.4], events)
+    after = before + rng.choice([0.1, 0.2, 0.3], events)
+    x, z = np.log((1 - after) / (1 - before)), before - after
+    y = np.log(lift(after) / lift(before)) + rng.normal(0, 0.05, events)
+    sums = {"sxx": x @ x, "sxy": x @ y, "syy": y @ y, "szz": z @ z, "szy": z @ y}
+    return pd.DataFrame([{"country": "DEU", "category": "tops", "events": events, **sums, "deepest": 0.7}])
+
+
+def test_the_demand_curve_is_the_one_whose_fit_misses_the_events_less() -> None:
+    power = PriceResponse.estimate(curve_statistics(lambda d: (1 - d) ** -2.0, 300), max_elasticity=6.0)
+    assert power.curve == "power" and power.by_category["tops"] == pytest.approx(2.0, abs=0.05)
+    assert power.curve_misfits["power"] < power.curve_misfits["exponential"]
+    # Each step of discount lifts by the same factor: deep discounts lift less than a constant elasticity says.
+    exponential = PriceResponse.estimate(curve_statistics(lambda d: np.exp(2.5 * d), 300), max_elasticity=6.0)
+    assert exponential.curve == "exponential" and exponential.by_category["tops"] == pytest.approx(2.5, abs=0.05)
+    rows = pd.DataFrame({"category": ["tops"] * 2, "current_discount": [0.0, 0.4], "discount": [0.3, 0.7]})
+    fitted = exponential.by_category["tops"]
+    assert exponential.lift(rows) == pytest.approx([np.exp(fitted * 0.3)] * 2)  # the same from any depth
+    assert PriceResponse.of(exponential.as_dict()) == exponential  # a rescore recommends on its card's curve
+    assert PriceResponse.of({"overall": 2.0, "by_category": {}, "events": {}}).curve == "power"  # an older card
+    # Its markdown-event backtest reads the events' price changes on its own curve.
+    events = pd.DataFrame({"category": ["tops"], "x": [np.log(0.3 / 0.6)], "z": [-0.3], "y": [fitted * 0.3]})
+    assert exponential.checked_against(events)["log_lift_error"] == pytest.approx(0.0, abs=1e-9)
+    assert power.checked_against(events)["log_lift_error"] > 0.1
 
 
 def test_the_deepest_discount_seen_is_each_categorys_deepest_in_any_country() -> None:
@@ -238,7 +276,8 @@ def test_spark_sums_each_countrys_events_and_steady_pairs_as_pandas_does(spark: 
 def country_events(country: str, elasticity: float, count: int, noise: float = 0.1, seed: int = 0) -> pd.DataFrame:
     """`count` markdown events of one category in one country, a week apart, whose lifts follow `elasticity`."""
     rng = np.random.default_rng(seed)
-    x = np.log(1 - rng.choice([0.1, 0.2, 0.3], count))
+    z = -rng.choice([0.1, 0.2, 0.3], count)
+    x = np.log(1 + z)
     return pd.DataFrame(
         {
             "country": country,
@@ -246,6 +285,7 @@ def country_events(country: str, elasticity: float, count: int, noise: float = 0
             "article_id": [f"A{i:03d}" for i in range(count)],
             "week_start": [pd.Timestamp(MONDAY + dt.timedelta(weeks=i)) for i in range(count)],
             "x": x,
+            "z": z,
             "y": -elasticity * x + rng.normal(0, noise, count),
         }
     )
@@ -253,8 +293,15 @@ def country_events(country: str, elasticity: float, count: int, noise: float = 0
 
 def summed(events: pd.DataFrame) -> pd.DataFrame:
     """The statistics event_statistics gives for these events."""
-    sums = events.assign(events=1, sxx=events["x"] ** 2, sxy=events["x"] * events["y"], syy=events["y"] ** 2)
-    grouped = sums.groupby(["country", "category"])[["events", "sxx", "sxy", "syy"]].sum().reset_index()
+    sums = events.assign(
+        events=1,
+        sxx=events["x"] ** 2,
+        sxy=events["x"] * events["y"],
+        syy=events["y"] ** 2,
+        szz=events["z"] ** 2,
+        szy=events["z"] * events["y"],
+    )
+    grouped = sums.groupby(["country", "category"])[list(STATISTICS)].sum().reset_index()
     return grouped.assign(deepest=0.3)[list(STATISTIC_COLUMNS)]
 
 

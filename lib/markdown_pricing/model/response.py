@@ -7,10 +7,13 @@ the log of units after over units before is compared with the log of the price r
 category's articles whose price held (in the same country) correct for the season's own movement (a difference
 in differences). A constant elasticity per category, the slope through the origin, comes from every country's
 events together, shrunk towards the all-category slope by how noisy each category's own is (empirical Bayes).
-The response is monotone (deeper discount, more units). Beyond the deepest discount a category's articles were seen
-at (in any country), a parametric curve is a guess: the lift stops growing `beyond_deepest` past it, so a deeper
-candidate sells no more than that one and is never chosen for a lift nobody saw. Plain pandas: the statistics are
-sums and maxima, so each country computes its own and the driver combines them.
+It is fitted on two demand curves, log units linear in the log of the price (power, constant elasticity) and in the
+price itself (exponential: each step of discount lifts by the same factor, so deep discounts lift less than the
+power law says), and the curve whose fit misses the events less is used. The response is monotone (deeper
+discount, more units). Beyond the deepest discount a category's articles were seen at (in any country), a
+parametric curve is a guess: the lift stops growing `beyond_deepest` past it, so a deeper candidate sells no more
+than that one and is never chosen for a lift nobody saw. Plain pandas: the statistics are sums and maxima, so each
+country computes its own and the driver combines them.
 
 Countries may respond differently to the same discount. A country's own events give it an offset on every
 category's elasticity, shrunk towards none by how much countries truly differ beyond their noise (the same
@@ -36,9 +39,9 @@ import pandas as pd
 
 from markdown_pricing.core.config import PriceResponseSettings
 
-# Sufficient statistics of the regression through the origin of y (log lift) on x (log price ratio), per group, and
-# the deepest discount the group's articles were seen at.
-STATISTICS = ("events", "sxx", "sxy", "syy")
+# Sufficient statistics of the regressions through the origin of y (log lift) on x (log price ratio) and on z (price
+# change over the original price), per group, and the deepest discount the group's articles were seen at.
+STATISTICS = ("events", "sxx", "sxy", "syy", "szz", "szy")
 STATISTIC_COLUMNS = ("country", "category", *STATISTICS, "deepest")
 # Per week, the units of the steady pairs (steady_pairs) in that week and in the week before.
 PAIR_COLUMNS = ("country", "week_start", "now", "before")
@@ -60,6 +63,9 @@ EVENT_COLUMNS = (
 )
 
 
+# The demand curves a response may take, each with its regressor and that regressor's sums: log units linear in the
+# log of the price (power: a constant elasticity) or in the price itself (exponential: deep discounts lift less).
+CURVES = {"power": ("x", "sxx", "sxy"), "exponential": ("z", "szz", "szy")}
 # Prices closer than this are the same price.
 PRICE_STEP = 0.005
 # The launch ramp: an article's first weeks sell more each week whatever the calendar does.
@@ -81,9 +87,10 @@ MIN_CHECKED_EVENTS = 10
 
 def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
     """One row per price change with the price steady and the article in stock (not sold out) over `window_weeks`
-    before and after: its country, category, x = log(new price / old price) and y = log(units after / units
-    before) less the same log ratio of the category's steady articles in those weeks (0 when there are none)."""
-    columns = ["country", "category", "article_id", "week_start", "x", "y"]
+    before and after: its country, category, x = log(new price / old price), z = (new price - old price) / original
+    price and y = log(units after / units before) less the same log ratio of the category's steady articles in those
+    weeks (0 when there are none)."""
+    columns = ["country", "category", "article_id", "week_start", "x", "z", "y"]
     rows = history.sort_values(["country", "article_id", "week_start"], kind="stable").reset_index(drop=True)
     if rows.empty:
         return pd.DataFrame(columns=columns)
@@ -111,7 +118,11 @@ def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
     )
     moved = (high_after - high_before).abs() >= PRICE_STEP
     windowed = rows.assign(
-        units_before=units_before, units_after=units_after, price_before=high_before, price_after=high_after
+        units_before=units_before,
+        units_after=units_after,
+        price_before=high_before,
+        price_after=high_after,
+        original_price=rows["price"] / (1 - rows["discount"]),
     )
     keys = ["country", "category", "week_start"]
     # Steady at one price over all 2k weeks: the category's own movement in those weeks.
@@ -122,6 +133,7 @@ def markdown_events(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
     ratio = ratio.where((ratio > 0) & (ratio < np.inf), 1.0).fillna(1.0)
     return events.assign(
         x=np.log(events["price_after"] / events["price_before"]),
+        z=(events["price_after"] - events["price_before"]) / events["original_price"],
         y=np.log(events["units_after"] / events["units_before"] / ratio),
     )[columns].reset_index(drop=True)
 
@@ -131,7 +143,12 @@ def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
     article sold (STATISTIC_COLUMNS)."""
     events = markdown_events(history, window_weeks)
     sums = events.assign(
-        events=1, sxx=events["x"] * events["x"], sxy=events["x"] * events["y"], syy=events["y"] * events["y"]
+        events=1,
+        sxx=events["x"] * events["x"],
+        sxy=events["x"] * events["y"],
+        syy=events["y"] * events["y"],
+        szz=events["z"] * events["z"],
+        szy=events["z"] * events["y"],
     )
     keys = ["country", "category"]
     seen = history[history["units"] > 0].groupby(keys, observed=True)["discount"].max().rename("deepest")
@@ -218,7 +235,8 @@ def yearly_cycle(pairs: pd.DataFrame) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class PriceResponse:
-    """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity, with
+    """Units at a candidate price = units at today's price x (candidate price / today's price) ^ -elasticity on the
+    power curve, x exp(elasticity x (candidate discount - today's discount)) on the exponential one, with
     the category's elasticity (the overall one for a category without events) plus the country's offset (none in the
     shared response), within [0, max_elasticity]; the candidate's discount counts at
     most `beyond_deepest` past the deepest its category sold at (`deepest`; for a category not in it, the deepest of
@@ -238,18 +256,42 @@ class PriceResponse:
     # The yearly cycle of log demand: season_cos x cos + season_sin x sin of the day of the year's angle.
     season_cos: float = 0.0
     season_sin: float = 0.0
+    # The demand curve (CURVES) and how far each curve's fit misses the events (sum of squared log lift errors).
+    curve: str = "power"
+    curve_misfits: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def estimate(cls, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float = 0.0) -> PriceResponse:
-        """Elasticities from every country's event statistics, each category's shrunk towards the overall one, the
-        deepest discount each category was seen at in any country, and the yearly cycle of their steady pairs
-        (country_statistics' rows by week; none without them)."""
+        """Elasticities from every country's event statistics, each category's shrunk towards the overall one, on the
+        curve that fits the events better (CURVES), the deepest discount each category was seen at in any country,
+        and the yearly cycle of their steady pairs (country_statistics' rows by week; none without them)."""
         pairs = statistics[statistics["week_start"].notna()] if "week_start" in statistics else statistics.iloc[:0]
         # Plain floats: a nullable count's arithmetic would keep 0 / 0 as a NaN that fillna leaves alone.
         statistics = statistics[statistics["category"].notna()].astype({name: "float64" for name in STATISTICS})
         season_cos, season_sin = yearly_cycle(pairs) if len(pairs) else (0.0, 0.0)
-        events = cls._events_only(statistics, max_elasticity, beyond_deepest)
-        return replace(events, season_cos=season_cos, season_sin=season_sin, max_elasticity=max_elasticity)
+        fits = {curve: cls._fitted_on(curve, statistics, max_elasticity, beyond_deepest) for curve in CURVES}
+        misfits = {curve: misfit for curve, (misfit, _) in fits.items()}
+        # The first curve (power) on a tie: without events to tell them apart, the constant elasticity stands.
+        events = fits[min(misfits, key=lambda curve: misfits[curve])][1]
+        return replace(
+            events,
+            season_cos=season_cos,
+            season_sin=season_sin,
+            max_elasticity=max_elasticity,
+            curve_misfits=misfits,
+        )
+
+    @classmethod
+    def _fitted_on(
+        cls, curve: str, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float
+    ) -> tuple[float, PriceResponse]:
+        """The response on one curve and its events' sum of squared log lift errors under its shrunk elasticities."""
+        _, sxx, sxy = CURVES[curve]
+        on_curve = statistics.assign(sxx=statistics[sxx], sxy=statistics[sxy])
+        fitted = replace(cls._events_only(on_curve, max_elasticity, beyond_deepest), curve=curve)
+        elasticity = fitted.elasticity(on_curve["category"])
+        misfit = on_curve["syy"] + 2 * elasticity * on_curve["sxy"] + elasticity**2 * on_curve["sxx"]
+        return float(misfit.sum()), fitted
 
     @classmethod
     def _events_only(cls, statistics: pd.DataFrame, max_elasticity: float, beyond_deepest: float) -> PriceResponse:
@@ -294,7 +336,7 @@ class PriceResponse:
         """The shared response with the offset these events (one country's) give every category's elasticity,
         shrunk towards none by `country_spread` against the noise of the events' own estimate."""
         shared = replace(self, country_offset=0.0)
-        x = events["x"].to_numpy("float64")
+        x = self.regressor(events)
         residual = events["y"].to_numpy("float64") + shared.elasticity(events["category"]) * x
         sums = (pd.Series([len(x)]), pd.Series([x @ x]), pd.Series([x @ residual]), pd.Series([residual @ residual]))
         slope, noise = (float(value.iloc[0]) for value in _slopes(*sums))
@@ -332,8 +374,17 @@ class PriceResponse:
         deepest = rows["category"].astype(str).map(dict(self.deepest)).fillna(unseen)
         bound = deepest.to_numpy("float64") + self.beyond_deepest
         discount = np.fmin(rows["discount"].to_numpy(dtype="float64"), np.fmax(bound, current))
-        lift: np.ndarray = ((1 - discount) / (1 - current)) ** -self.elasticity(rows["category"])
+        elasticity = self.elasticity(rows["category"])
+        if self.curve == "exponential":
+            exponential: np.ndarray = np.exp(elasticity * (discount - current))
+            return exponential
+        lift: np.ndarray = ((1 - discount) / (1 - current)) ** -elasticity
         return lift
+
+    def regressor(self, events: pd.DataFrame) -> np.ndarray:
+        """The events' price change as this response's curve reads it (markdown_events' x or z)."""
+        regressor: np.ndarray = events[CURVES[self.curve][0]].to_numpy("float64")
+        return regressor
 
     def applied_to(self, level: Callable[[pd.DataFrame], np.ndarray]) -> Callable[[pd.DataFrame], np.ndarray]:
         """A forecast at any candidate discount from one of units at today's (`level`)."""
@@ -371,7 +422,7 @@ class PriceResponse:
         predicted over actual, net of the season) lies from the one seen; mean absolute and mean (bias)."""
         if events.empty:
             return {"events": 0, "log_lift_error": None, "log_lift_bias": None}
-        miss = -self.elasticity(events["category"]) * events["x"].to_numpy("float64") - events["y"].to_numpy("float64")
+        miss = -self.elasticity(events["category"]) * self.regressor(events) - events["y"].to_numpy("float64")
         return {
             "events": len(events),
             "log_lift_error": float(np.abs(miss).mean()),
@@ -390,6 +441,8 @@ class PriceResponse:
             "max_elasticity": self.max_elasticity,
             "season_cos": self.season_cos,
             "season_sin": self.season_sin,
+            "curve": self.curve,
+            "curve_misfits": dict(self.curve_misfits),
         }
 
     @classmethod
@@ -407,6 +460,8 @@ class PriceResponse:
             card.get("max_elasticity"),
             float(card.get("season_cos", 0.0)),
             float(card.get("season_sin", 0.0)),
+            str(card.get("curve", "power")),
+            dict(card.get("curve_misfits", {})),
         )
 
 

@@ -115,10 +115,13 @@ def _scored(
         statistics = response_statistics(weekly, settings.event_window_weeks).toPandas()
     response = PriceResponse.estimate(statistics, settings.max_elasticity, settings.beyond_deepest)
     log.info(
-        "price response from %d markdown events in %d countries: elasticity %.2f overall, by category %s; "
-        "countries differ by %.2f (standard deviation of their true offsets); yearly cycle of log demand: %s",
+        "price response from %d markdown events in %d countries on the %s curve (squared log lift errors: %s): "
+        "elasticity %.2f overall, by category %s; countries differ by %.2f (standard deviation of their true "
+        "offsets); yearly cycle of log demand: %s",
         statistics["events"].sum(),
         statistics["country"].nunique(),
+        response.curve,
+        ", ".join(f"{curve} {misfit:.2f}" for curve, misfit in response.curve_misfits.items()),
         response.overall,
         ", ".join(f"{category} {value:.2f}" for category, value in sorted(response.by_category.items())),
         response.country_spread**0.5,
