@@ -5,7 +5,7 @@ forecast models give the level (units at today's price) and this module the resp
 every past price change where the price held for `window_weeks` before and after and the article stayed in stock,
 the log of units after over units before is compared with the log of the price ratio; the same weeks of the
 category's articles whose price held (in the same country) correct for the season's own movement (a difference
-in differences). A constant elasticity per category, the slope through the origin, comes from every country's
+in differences). One elasticity per category, the slope through the origin, comes from every country's
 events together, shrunk towards the all-category slope by how noisy each category's own is (empirical Bayes).
 It is fitted on two demand curves, log units linear in the log of the price (power, constant elasticity) and in the
 price itself (exponential: each step of discount lifts by the same factor, so deep discounts lift less than the
@@ -289,8 +289,7 @@ class PriceResponse:
         _, sxx, sxy = CURVES[curve]
         on_curve = statistics.assign(sxx=statistics[sxx], sxy=statistics[sxy])
         fitted = replace(cls._events_only(on_curve, max_elasticity, beyond_deepest), curve=curve)
-        elasticity = fitted.elasticity(on_curve["category"])
-        misfit = on_curve["syy"] + 2 * elasticity * on_curve["sxy"] + elasticity**2 * on_curve["sxx"]
+        _, misfit = _residual_sums(on_curve, fitted.elasticity(on_curve["category"]))
         return float(misfit.sum()), fitted
 
     @classmethod
@@ -320,9 +319,7 @@ class PriceResponse:
         """How much the countries' offsets on these elasticities truly differ, beyond the noise of each country's
         own events: the variance their shrinkage leans on (0 when they agree)."""
         elasticity = self.elasticity(statistics["category"])
-        # Residual r = y + e x of each event under the shared elasticities, summed per country from its statistics.
-        sxr = statistics["sxy"] + elasticity * statistics["sxx"]
-        srr = statistics["syy"] + 2 * elasticity * statistics["sxy"] + elasticity**2 * statistics["sxx"]
+        sxr, srr = _residual_sums(statistics, elasticity)
         per_country = statistics.assign(sxy=sxr, syy=srr).groupby("country")[list(STATISTICS)].sum()
         return _spread(*_slopes(per_country["events"], per_country["sxx"], per_country["sxy"], per_country["syy"]))
 
@@ -473,6 +470,12 @@ def _slopes(events: pd.Series, sxx: pd.Series, sxy: pd.Series, syy: pd.Series) -
     residual = syy + 2 * slope * sxy + slope**2 * sxx
     noise = (residual / (events - 1).clip(lower=1) / sxx).where(events >= 2)
     return slope, noise.where(slope.notna())
+
+
+def _residual_sums(statistics: pd.DataFrame, elasticity: np.ndarray) -> tuple[pd.Series, pd.Series]:
+    """Per row of event statistics, the sums x r and r r of its events' residuals r = y + elasticity x."""
+    sxy, sxx = statistics["sxy"], statistics["sxx"]
+    return sxy + elasticity * sxx, statistics["syy"] + 2 * elasticity * sxy + elasticity**2 * sxx
 
 
 def _spread(slope: pd.Series, noise: pd.Series) -> float:
