@@ -49,7 +49,7 @@ demo: check-java $(BIN)/markdown-pricing
 # (the stages of `make demo` without the publish), so outputs that exist are kept; a world whose flags changed is
 # generated and run again. Train+score reads the buyers' rules from the embedded ERP it starts under the world's work
 # folder; the ERP is stopped once the world is trained, whether or not it succeeded.
-EVALUATION_WORLDS ?= a b c d e f g h i
+EVALUATION_WORLDS ?= a b c d e f g h i j
 WORLD_a = development $(RUN_DATE) --countries 10 --articles 300 --weeks 60 --seed 7
 WORLD_b = development 2026-05-11 --countries 16 --articles 500 --weeks 80 --seed 23
 WORLD_c = development 2026-03-09 --countries 8 --articles 400 --weeks 52 --seed 11 --response exponential \
@@ -65,6 +65,8 @@ WORLD_g = validation 2026-08-31 --countries 6 --articles 500 --weeks 52 --seed 3
   --volume 0.3 --deepest-markdown 0.5 --tiny-country-weeks 3
 WORLD_h = development 2026-09-14 --countries 10 --articles 350 --weeks 60 --seed 41 --country-elasticity 0.5
 WORLD_i = development 2026-09-07 --countries 10 --articles 300 --weeks 70 --seed 43 --southern 3 --noise 0.2
+WORLD_j = validation 2026-10-19 --countries 8 --articles 300 --weeks 60 --seed 101 --markdown-chance 0.2 \
+  --elasticity-spread 1.5 --stock-cover 1.0 2.5
 WORLDS ?= .demo/worlds
 EVALUATION ?= docs/evaluation.md
 EVALUATION_PARTS ?= .demo/evaluation
