@@ -47,8 +47,7 @@ def generate_sample_command(args: argparse.Namespace) -> int:
         # argparse gives a pair (--stock-cover) as a list; WorldShape takes a tuple.
         given = {name: tuple(flag) if isinstance(flag, list) else flag for name, flag in flags.items()}
         shape = WorldShape(**{name: value for name, value in given.items() if value is not None})
-        if shape.southern > args.countries:
-            raise ValueError(f"--southern {shape.southern} is more than the {args.countries} regular countries")
+        shape.check_countries(args.countries)
     except ValueError as err:
         print(f"markdown-pricing generate-sample: {err}", file=sys.stderr)
         return 2

@@ -221,6 +221,11 @@ class WorldShape:
         if problems := [message for holds, message in checks if not holds]:
             raise ValueError("; ".join(problems))
 
+    def check_countries(self, countries: int) -> None:
+        """Raises ValueError where the shape asks for more of the world's regular countries than it has."""
+        if self.southern > countries:
+            raise ValueError(f"southern = {self.southern} is more than the {countries} regular countries")
+
     def deepest_step(self) -> int | None:
         """The index into LADDER of deepest_markdown; None when it is not a step of the ladder."""
         steps = np.flatnonzero(np.isclose(LADDER, self.deepest_markdown))
@@ -396,10 +401,9 @@ def build_world(
     country_elasticity = None
     if shape.country_elasticity:
         country_elasticity = rng.spawn(1)[0].normal(0.0, shape.country_elasticity, len(carried))
+    shape.check_countries(countries)
     year_shift = None
     if shape.southern:
-        if shape.southern > countries:
-            raise ValueError(f"southern = {shape.southern} is more than the {countries} regular countries")
         # The smallest regular countries, just before the tiny one (which stays north).
         year_shift = np.zeros(len(carried))
         year_shift[countries - shape.southern : countries] = HALF_YEAR_DAYS
