@@ -156,6 +156,13 @@ bench-publish-scale: check-java check-jdbc $(BIN)/markdown-pricing
 bench-etl-scale: check-java $(BIN)/markdown-pricing
 	$(BIN)/python -m bench.etl_scale --work $(BENCH_WORK) --results bench/results
 
+# Train+score against its ideal makespan at medium and large, once each (largest first), with the largest Python
+# worker's memory against the yarn profile's (README "Performance"): about an hour here, where `make bench
+# BENCH_SIZES=large` also runs the other start order, the joblib peer and the probes. Worlds are reused.
+.PHONY: bench-train-scale
+bench-train-scale: check-java check-jdbc $(BIN)/markdown-pricing
+	$(BIN)/python -m bench.train_scale --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
+
 # What a stage costs on YARN around its Spark jobs (application start, containers, archive localization), cold and
 # warm, against local mode: on a dev Hadoop of its own under $(BENCH_WORK)/yarn (README "Performance").
 .PHONY: bench-yarn

@@ -101,6 +101,9 @@ def stage_figures(sample: Sample, rows: int) -> dict[str, float]:
         "rows_per_s": rows / sample.seconds,
         "peak_driver_mb": sample.driver_mb,
         "peak_workers_mb": sample.workers_mb,
+        # A reused Python worker's peaks are its largest task's since it started, in this block or before.
+        "peak_largest_worker_mb": sample.largest_worker_mb,
+        "peak_largest_worker_virtual_mb": sample.largest_worker_virtual_mb,
     }
 
 
@@ -344,7 +347,7 @@ def publish(spark: SparkSession, ctx: RunContext, cfg: Config, server: BenchErp)
     }
 
 
-def _world_run(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> tuple[RunContext, Config, SparkSession]:
+def world_session(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> tuple[RunContext, Config, SparkSession]:
     """The run context of one size's world and a session of its own (event log under its work folder)."""
     raw, work = root / name / "raw", root / name / "work"
     ctx = RunContext(RUN_DATE, f"bench-{name}", raw=str(raw), work=str(work))
@@ -359,7 +362,7 @@ def _world_run(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> tuple[
 def warm_up(root: Path, server: BenchErp, jdbc_jar: str) -> None:
     """Runs the ETL on the tiny world first: the JVM's start and JIT would otherwise count against the first size."""
     ensure_world(root / "tiny" / "raw", SIZES["tiny"])
-    ctx, cfg, spark = _world_run("tiny", root, server, jdbc_jar)
+    ctx, cfg, spark = world_session("tiny", root, server, jdbc_jar)
     try:
         etl_stage.run(spark, ctx, cfg)
     finally:
@@ -370,7 +373,7 @@ def bench_size(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> dict[s
     """Every stage of one world size, its floors and its peers."""
     with measured() as generated:
         ensure_world(root / name / "raw", SIZES[name])
-    ctx, cfg, spark = _world_run(name, root, server, jdbc_jar)
+    ctx, cfg, spark = world_session(name, root, server, jdbc_jar)
     try:
         slots = spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus"))
         with measured() as etl:

@@ -23,25 +23,39 @@ MB = 1024 * 1024
 
 @dataclass
 class Sample:
-    """Peak resident memory while a block ran: this driver (Python + its JVM) and the Python workers under it."""
+    """Peak resident memory while a block ran: this driver (Python + its JVM) and the Python workers under it, and
+    the largest single Python worker's peaks, resident and address space (what a task's worker must be allowed)."""
 
     driver_mb: float = 0.0
     workers_mb: float = 0.0
+    largest_worker_mb: float = 0.0
+    largest_worker_virtual_mb: float = 0.0
     seconds: float = 0.0
 
 
-def _rss_by_role(me: psutil.Process) -> tuple[float, float]:
+def _peaks_mb(pid: int) -> tuple[float, float]:
+    """A process's resident and address-space high-water marks (VmHWM, VmPeak) since it started."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(status["VmHWM"].split()[0]) / 1024, int(status["VmPeak"].split()[0]) / 1024
+
+
+def _watch(me: psutil.Process, sample: Sample) -> None:
+    """Folds the process tree's memory now into the sample's peaks."""
     driver, workers = me.memory_info().rss, 0
     for child in me.children(recursive=True):
         try:
             name, rss = child.name(), child.memory_info().rss
-        except psutil.Error:  # a worker that ended between listing and reading
+            if name.startswith("python"):
+                resident, virtual = _peaks_mb(child.pid)
+                sample.largest_worker_mb = max(sample.largest_worker_mb, resident)
+                sample.largest_worker_virtual_mb = max(sample.largest_worker_virtual_mb, virtual)
+        except (psutil.Error, OSError):  # a worker that ended between listing and reading
             continue
         if name == "java":
             driver += rss
         elif name.startswith("python"):
             workers += rss
-    return driver / MB, workers / MB
+    sample.driver_mb, sample.workers_mb = max(sample.driver_mb, driver / MB), max(sample.workers_mb, workers / MB)
 
 
 @contextmanager
@@ -51,8 +65,7 @@ def measured(poll_s: float = 0.1) -> Iterator[Sample]:
 
     def watch() -> None:
         while not done.is_set():
-            driver, workers = _rss_by_role(me)
-            sample.driver_mb, sample.workers_mb = max(sample.driver_mb, driver), max(sample.workers_mb, workers)
+            _watch(me, sample)
             done.wait(poll_s)
 
     watcher = threading.Thread(target=watch, daemon=True)
