@@ -81,11 +81,13 @@ SIZES = {
 RUN_DATE = date(2026, 11, 23)
 SEED = 7
 ERP_SCHEMA = "bench"
+# The parameters a world folder was generated with.
+WORLD_STAMP = "bench_world.json"
 
 
 def ensure_world(raw: Path, size: WorldSize) -> None:
     """Generates the world once; a folder generated with the same parameters is reused."""
-    stamp = raw / "bench_world.json"
+    stamp = raw / WORLD_STAMP
     wanted = {**asdict(size), "seed": SEED, "run_date": RUN_DATE.isoformat()}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from bench import report, yarn
 from bench.harness import finite_ratios, ideal_makespan, ratios, summarise
 from bench.measure import measured, save_results, stage_tasks
 from bench.publish_scale import stand_in_outputs
+from bench.train_scale import worker_limit_mb
 
 from markdown_pricing.core.context import RunContext
 from markdown_pricing.core.storage import read_json, write_json
@@ -105,6 +108,19 @@ def test_measured_times_the_block_and_sees_this_process() -> None:
     with measured(poll_s=0.01) as sample:
         block = bytearray(50 * 1024 * 1024)
     assert sample.seconds > 0 and sample.driver_mb >= 50 and len(block)
+
+
+def test_measured_sees_the_largest_python_worker_peaks_after_it_ended() -> None:
+    allocate = "block = bytearray(200 * 1024 * 1024); import time; time.sleep(0.5)"
+    with measured(poll_s=0.01) as sample:
+        subprocess.run([sys.executable, "-c", allocate], check=True)
+    assert sample.largest_worker_mb >= 200 and sample.largest_worker_virtual_mb >= sample.largest_worker_mb
+    assert sample.workers_mb >= 200
+
+
+def test_each_python_worker_may_take_the_executors_pyspark_memory_over_its_cores() -> None:
+    assert worker_limit_mb({"spark.executor.pyspark.memory": "8g", "spark.executor.cores": "2"}) == 4096
+    assert worker_limit_mb({"spark.executor.pyspark.memory": "1536M", "spark.executor.cores": "1"}) == 1536
 
 
 def test_memory_model_fits_one_threaded_probes_and_gives_the_largest_country_per_limit() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import resource
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
 import pandas as pd
 from pyspark.sql import SparkSession
 
 from markdown_pricing.core.schemas import TRAIN_SCORE_OUTPUT
 from markdown_pricing.model.country import CountryResult
-from markdown_pricing.stages.per_country import OUTPUT_COLUMNS, _result_frame
+from markdown_pricing.stages.per_country import OUTPUT_COLUMNS, _result_frame, failure_message
 
 
 def test_a_country_result_becomes_its_prediction_candidate_and_country_rows_in_the_output_schema(
@@ -32,3 +36,26 @@ def test_a_country_result_becomes_its_prediction_candidate_and_country_rows_in_t
     assert [row["stock_on_hand"] for row in rows] == [5, 7, None, None]
     assert [row["chosen"] for row in rows] == [None, None, True, None]
     assert rows[3]["train_rows"] == 12 and rows[3]["device"] == "cpu"
+
+
+def _message_under_limit(limit: int) -> str:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    try:
+        raise MemoryError()
+    except MemoryError as err:
+        return failure_message(err, 4_760_000)
+
+
+def test_a_memory_error_names_the_countrys_rows_and_the_workers_limit_and_where_it_comes_from() -> None:
+    # In a child process of its own: the limit is the worker's, as Spark sets it there.
+    with ProcessPoolExecutor(1, mp_context=get_context("fork")) as child:
+        limited = child.submit(_message_under_limit, 64 * 2**30).result()
+    assert limited.startswith("MemoryError (the country's 4,760,000 weekly rows did not fit")
+    assert "limited to 65,536 MB, spark.executor.pyspark.memory / spark.executor.cores" in limited
+    assert "README 'Memory limits'" in limited
+
+    try:
+        raise ValueError("no rows")
+    except ValueError as err:
+        other = failure_message(err, 10)
+    assert other.startswith("ValueError: no rows\nTraceback") and "weekly rows" not in other

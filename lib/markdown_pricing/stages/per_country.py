@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -95,9 +96,27 @@ def _timed(records: pd.DataFrame, started: float) -> pd.DataFrame:
     )
 
 
-def _failed(country: str, err: Exception, **task: object) -> pd.DataFrame:
-    error = f"{type(err).__name__}: {err}\n" + traceback.format_exc(limit=3)
-    return _country_record(country, status="failed", error=error, **task)
+def failure_message(err: Exception, rows: int) -> str:
+    """What a country task's failure says: the error, what a MemoryError means and where its limit comes from, and
+    the last frames of the traceback."""
+    message = type(err).__name__ + (f": {err}" if str(err) else "")
+    if isinstance(err, MemoryError):
+        limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+        allowed = (
+            "it has no address-space limit, so the machine ran out"
+            if limit == resource.RLIM_INFINITY
+            else f"its address space is limited to {limit / 2**20:,.0f} MB, spark.executor.pyspark.memory / "
+            "spark.executor.cores"
+        )
+        message += (
+            f" (the country's {rows:,} weekly rows did not fit this Python worker's memory: {allowed}; README "
+            "'Memory limits' sizes it by the largest country's weekly rows)"
+        )
+    return message + "\n" + traceback.format_exc(limit=3)
+
+
+def _failed(country: str, err: Exception, rows: int, **task: object) -> pd.DataFrame:
+    return _country_record(country, status="failed", error=failure_message(err, rows), **task)
 
 
 SavedModels = Mapping[str, tuple[str | None, dict[str, Any]]]
@@ -143,7 +162,7 @@ def country_function(
                 raise LookupError(f"no saved model for {country} in the model run")
             records = _result_frame(result, device=device.label, **task)
         except Exception as err:  # one country's failure must not stop the others
-            records = _failed(country, err, **task)
+            records = _failed(country, err, len(weekly), **task)
         return _timed(records, started)
 
     return train_score_country
@@ -241,7 +260,7 @@ def fallback_function(
             result = score_fallback(weekly, fallback[country], model, params, rules, response, own_rules, failure)
             records = _result_frame(result, **task)
         except Exception as err:  # one country's failure must not stop the others
-            records = _failed(country, err, **task)
+            records = _failed(country, err, len(weekly), **task)
         return _timed(records, started)
 
     return score_fallback_country
