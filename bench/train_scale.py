@@ -51,15 +51,16 @@ def train_figures(
     raw = root / size / "raw"
     ensure_world(raw, SIZES[size])
     ctx, cfg, spark = world_session(size, root, server, jdbc_jar)
-    record = Path(ctx.layout.etl_record)
+    # The ETL's last output: a world whose profile is newer than the world was curated whole.
+    profile = Path(ctx.layout.input_profile)
     try:
         slots = spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus"))
         etl = None
-        if not record.is_file() or record.stat().st_mtime < (raw / WORLD_STAMP).stat().st_mtime:
+        if not profile.is_file() or profile.stat().st_mtime < (raw / WORLD_STAMP).stat().st_mtime:
             with measured() as sample:
                 etl_job.run(spark, ctx, cfg)
             etl = sample
-        rows_in = sum(dataset["rows"] for dataset in read_json(str(record)).values())
+        rows_in = sum(dataset["rows"] for dataset in read_json(ctx.layout.etl_record).values())
         rows = dict(spark.read.parquet(ctx.layout.weekly).groupBy("country").count().collect())
         warm_python_workers(spark, slots)
         train = run_train(spark, ctx, cfg, "largest_first", rows, slots)
