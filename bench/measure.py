@@ -34,9 +34,11 @@ class Sample:
 
 
 def _peaks_mb(pid: int) -> tuple[float, float]:
-    """A process's resident and address-space high-water marks (VmHWM, VmPeak) since it started."""
+    """A process's resident and address-space high-water marks (VmHWM, VmPeak) since it started; none for a process
+    that has ended (a zombie's status has no memory lines)."""
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(status["VmHWM"].split()[0]) / 1024, int(status["VmPeak"].split()[0]) / 1024
+    resident, virtual = (int(status[key].split()[0]) / 1024 if key in status else 0.0 for key in ("VmHWM", "VmPeak"))
+    return resident, virtual
 
 
 def _watch(me: psutil.Process, sample: Sample) -> None:

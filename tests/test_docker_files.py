@@ -102,6 +102,24 @@ def test_dev_cluster_serves_the_paths_and_queue_of_the_yarn_profile(compose: dic
     assert hadoop_properties("yarn-site.xml")["yarn.resourcemanager.hostname"] in compose["services"]
 
 
+def _mb(size: str) -> int:
+    """A JVM-style size ("4g", "512m") in MB."""
+    return int(size[:-1]) * {"m": 1, "g": 1024}[size[-1].lower()]
+
+
+def test_dev_clusters_nodemanager_takes_the_executors_its_site_file_sizes(compose: dict[str, Any]) -> None:
+    pipeline = compose["services"]["pipeline"]
+    mounted = {target: source for source, target, _ in (volume.split(":") for volume in pipeline["volumes"])}
+    site = site_spark_conf(str(DOCKER / mounted[pipeline["environment"]["MARKDOWN_YARN_SPARK_CONF"]]))
+    conf = {**load_config("yarn").spark.conf, **site}
+    heap = _mb(conf["spark.executor.memory"])
+    # What YARN is asked for per executor: heap, Spark's default overhead (10 %, at least 384 MB), the Python workers.
+    container = heap + max(384, heap // 10) + _mb(conf["spark.executor.pyspark.memory"])
+    yarn = hadoop_properties("yarn-site.xml")
+    assert container <= int(yarn["yarn.scheduler.maximum-allocation-mb"])
+    assert 2 * container <= int(yarn["yarn.nodemanager.resource.memory-mb"])
+
+
 def test_image_paths_are_those_the_yarn_image_mode_runs() -> None:
     # submit.py runs YARN containers in the image with its Python, its MARKDOWN_HOME and [yarn] container_java_home.
     dockerfile = (DOCKER / "Dockerfile").read_text()

@@ -7,6 +7,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import pandas as pd
+from lightgbm.basic import LightGBMError
 from pyspark.sql import SparkSession
 
 from markdown_pricing.core.schemas import TRAIN_SCORE_OUTPUT
@@ -38,21 +39,26 @@ def test_a_country_result_becomes_its_prediction_candidate_and_country_rows_in_t
     assert rows[3]["train_rows"] == 12 and rows[3]["device"] == "cpu"
 
 
-def _message_under_limit(limit: int) -> str:
+def _messages_under_limit(limit: int) -> list[str]:
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    try:
-        raise MemoryError()
-    except MemoryError as err:
-        return failure_message(err, 4_760_000)
+    messages = []
+    for err in (MemoryError(), LightGBMError("std::bad_alloc")):
+        try:
+            raise err
+        except Exception as raised:
+            messages.append(failure_message(raised, 4_760_000))
+    return messages
 
 
 def test_a_memory_error_names_the_countrys_rows_and_the_workers_limit_and_where_it_comes_from() -> None:
     # In a child process of its own: the limit is the worker's, as Spark sets it there.
     with ProcessPoolExecutor(1, mp_context=get_context("fork")) as child:
-        limited = child.submit(_message_under_limit, 64 * 2**30).result()
-    assert limited.startswith("MemoryError (the country's 4,760,000 weekly rows did not fit")
-    assert "limited to 65,536 MB, spark.executor.pyspark.memory / spark.executor.cores" in limited
-    assert "README 'Memory limits'" in limited
+        python, lightgbm = child.submit(_messages_under_limit, 64 * 2**30).result()
+    assert python.startswith("MemoryError (the country's 4,760,000 weekly rows did not fit")
+    assert lightgbm.startswith("LightGBMError: std::bad_alloc (the country's 4,760,000 weekly rows did not fit")
+    for message in (python, lightgbm):
+        assert "limited to 65,536 MB, spark.executor.pyspark.memory / spark.executor.cores" in message
+        assert "README 'Memory limits'" in message
 
     try:
         raise ValueError("no rows")

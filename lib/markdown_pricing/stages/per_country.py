@@ -97,10 +97,11 @@ def _timed(records: pd.DataFrame, started: float) -> pd.DataFrame:
 
 
 def failure_message(err: Exception, rows: int) -> str:
-    """What a country task's failure says: the error, what a MemoryError means and where its limit comes from, and
-    the last frames of the traceback."""
+    """What a country task's failure says: the error, what running out of memory means and where the limit comes
+    from, and the last frames of the traceback."""
     message = type(err).__name__ + (f": {err}" if str(err) else "")
-    if isinstance(err, MemoryError):
+    # LightGBM reports its C++ allocation failures as LightGBMError("std::bad_alloc").
+    if isinstance(err, MemoryError) or "bad_alloc" in str(err):
         limit, _ = resource.getrlimit(resource.RLIMIT_AS)
         allowed = (
             "it has no address-space limit, so the machine ran out"
