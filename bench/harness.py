@@ -406,13 +406,20 @@ def bench_size(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> dict[s
     return {**figures, **ratios(figures)}
 
 
-def ratios(figures: dict[str, Any]) -> dict[str, float]:
-    """One size's ratios, each between two figures measured in the same run."""
-    train, publish = figures["train_score"], figures["publish"]
+def train_ratios(train: dict[str, Any]) -> dict[str, float]:
+    """A train+score run (run_train's figures) against its ideal makespans."""
     return {
         "train_score_vs_ideal_makespan": train["seconds"] / train["ideal_makespan_s"],
         "train_score_vs_ideal_makespan_functions": train["seconds"] / train["ideal_makespan_functions_s"],
         "train_score_vs_ideal_makespan_tasks": train["seconds"] / train["ideal_makespan_tasks_s"],
+    }
+
+
+def ratios(figures: dict[str, Any]) -> dict[str, float]:
+    """One size's ratios, each between two figures measured in the same run."""
+    train, publish = figures["train_score"], figures["publish"]
+    return {
+        **train_ratios(train),
         "largest_first_vs_name_order": train["seconds"] / figures["train_score_name_order"]["seconds"],
         "end_to_end_vs_joblib": train["seconds"] / figures["joblib"]["seconds"],
         # The same rows on both sides (predictions and candidates): the time of one against the other.

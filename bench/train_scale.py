@@ -26,6 +26,7 @@ from bench.harness import (
     largest_first,
     run_train,
     stage_figures,
+    train_ratios,
     warm_python_workers,
     world_session,
 )
@@ -70,9 +71,7 @@ def train_figures(
             "largest_country": {"country": largest, "weekly_rows": rows[largest]},
             "etl": stage_figures(etl, rows_in) if etl else None,
             "train_score": train,
-            "train_score_vs_ideal_makespan": train["seconds"] / train["ideal_makespan_s"],
-            "train_score_vs_ideal_makespan_functions": train["seconds"] / train["ideal_makespan_functions_s"],
-            "train_score_vs_ideal_makespan_tasks": train["seconds"] / train["ideal_makespan_tasks_s"],
+            **train_ratios(train),
         }
         keep(figures)
         peer = joblib_peer(ctx, cfg, rows, slots)
