@@ -156,9 +156,10 @@ bench-publish-scale: check-java check-jdbc $(BIN)/markdown-pricing
 bench-etl-scale: check-java $(BIN)/markdown-pricing
 	$(BIN)/python -m bench.etl_scale --work $(BENCH_WORK) --results bench/results
 
-# Train+score against its ideal makespan at medium and large, once each (largest first), with the largest Python
-# worker's memory against the yarn profile's (README "Performance"): about an hour here, where `make bench
-# BENCH_SIZES=large` also runs the other start order, the joblib peer and the probes. Worlds are reused.
+# Train+score against its ideal makespan and its joblib peer at medium and large, once each (largest first), with the
+# largest Python worker's memory against the yarn profile's (README "Performance"): about 35 min here once the
+# worlds' ETL ran (the large world's takes about 17 min more), where `make bench BENCH_SIZES=large` also runs the
+# other start order, the probes and the publish peers. Worlds and their ETL output are reused.
 .PHONY: bench-train-scale
 bench-train-scale: check-java check-jdbc $(BIN)/markdown-pricing
 	$(BIN)/python -m bench.train_scale --work $(BENCH_WORK) --results bench/results --jdbc-jar $(JDBC_JAR)
