@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from bench import report
-from bench.measure import MB, BenchErp, Sample, bench_erp, measured, save_results, stage_tasks
+from bench.measure import MB, BenchErp, Sample, bench_erp, measured, peaks_mb, save_results, stage_tasks
 from markdown_pricing.core.config import Config, ModelParams, RunRules, ScheduleSettings
 from markdown_pricing.core.context import RunContext, load_run_config
 from markdown_pricing.core.contract import PREDICTION_COLUMNS
@@ -249,12 +249,6 @@ def joblib_peer(ctx: RunContext, cfg: Config, rows: dict[str, int], processes: i
     return {**stage_figures(sample, sum(rows.values())), "country_seconds": seconds, "pool_seconds": pool[0]}
 
 
-def _peak_virtual_mb() -> float:
-    """This process's peak address space: what spark.executor.pyspark.memory limits (RLIMIT_AS), unlike RSS."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return int(status["VmPeak"].split()[0]) / 1024
-
-
 def _probe_country(weekly: str, country: str, params: ModelParams, rules: RunRules, threads: int) -> dict[str, float]:
     """In a fresh process: one country's rows, its peak memory while training and scoring, and its fit time."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -266,7 +260,7 @@ def _probe_country(weekly: str, country: str, params: ModelParams, rules: RunRul
         "frame_mb": frame.memory_usage(deep=True).sum() / MB,
         "baseline_mb": before,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_virtual_mb": _peak_virtual_mb(),
+        "peak_virtual_mb": peaks_mb(os.getpid())[1],
         "fit_seconds": result.metrics.get("fit_seconds"),
     }
 

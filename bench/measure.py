@@ -33,7 +33,7 @@ class Sample:
     seconds: float = 0.0
 
 
-def _peaks_mb(pid: int) -> tuple[float, float]:
+def peaks_mb(pid: int) -> tuple[float, float]:
     """A process's resident and address-space high-water marks (VmHWM, VmPeak) since it started; none for a process
     that has ended (a zombie's status has no memory lines)."""
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -48,7 +48,7 @@ def _watch(me: psutil.Process, sample: Sample) -> None:
         try:
             name, rss = child.name(), child.memory_info().rss
             if name.startswith("python"):
-                resident, virtual = _peaks_mb(child.pid)
+                resident, virtual = peaks_mb(child.pid)
                 sample.largest_worker_mb = max(sample.largest_worker_mb, resident)
                 sample.largest_worker_virtual_mb = max(sample.largest_worker_virtual_mb, virtual)
         except (psutil.Error, OSError):  # a worker that ended between listing and reading

@@ -38,10 +38,15 @@ from markdown_pricing.stages import etl_job
 UNITS_MB = {"m": 1, "g": 1024, "t": 1024 * 1024}
 
 
+def size_mb(size: str) -> float:
+    """A Spark memory setting ("4g", "1536m") in MB."""
+    size = size.strip().lower()
+    return float(size[:-1]) * UNITS_MB[size[-1]]
+
+
 def worker_limit_mb(conf: Mapping[str, str]) -> float:
     """The address space Spark lets each Python worker take: the executor's pyspark memory over its cores."""
-    memory = conf["spark.executor.pyspark.memory"].strip().lower()
-    return float(memory[:-1]) * UNITS_MB[memory[-1]] / int(conf["spark.executor.cores"])
+    return size_mb(conf["spark.executor.pyspark.memory"]) / int(conf["spark.executor.cores"])
 
 
 def train_figures(

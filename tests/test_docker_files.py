@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from bench.train_scale import size_mb
 
 from markdown_pricing.core.config import load_config, project_root, site_spark_conf
 from markdown_pricing.orchestrate.cli import parser
@@ -102,19 +103,14 @@ def test_dev_cluster_serves_the_paths_and_queue_of_the_yarn_profile(compose: dic
     assert hadoop_properties("yarn-site.xml")["yarn.resourcemanager.hostname"] in compose["services"]
 
 
-def _mb(size: str) -> int:
-    """A JVM-style size ("4g", "512m") in MB."""
-    return int(size[:-1]) * {"m": 1, "g": 1024}[size[-1].lower()]
-
-
 def test_dev_clusters_nodemanager_takes_the_executors_its_site_file_sizes(compose: dict[str, Any]) -> None:
     pipeline = compose["services"]["pipeline"]
     mounted = {target: source for source, target, _ in (volume.split(":") for volume in pipeline["volumes"])}
     site = site_spark_conf(str(DOCKER / mounted[pipeline["environment"]["MARKDOWN_YARN_SPARK_CONF"]]))
     conf = {**load_config("yarn").spark.conf, **site}
-    heap = _mb(conf["spark.executor.memory"])
+    heap = size_mb(conf["spark.executor.memory"])
     # What YARN is asked for per executor: heap, Spark's default overhead (10 %, at least 384 MB), the Python workers.
-    container = heap + max(384, heap // 10) + _mb(conf["spark.executor.pyspark.memory"])
+    container = heap + max(384, heap / 10) + size_mb(conf["spark.executor.pyspark.memory"])
     yarn = hadoop_properties("yarn-site.xml")
     assert container <= int(yarn["yarn.scheduler.maximum-allocation-mb"])
     assert 2 * container <= int(yarn["yarn.nodemanager.resource.memory-mb"])
