@@ -50,6 +50,7 @@ from markdown_pricing.stages.per_country import (
     SAMPLE_BUCKETS,
     country_function,
     largest_first,
+    sample_shares,
     with_pool,
 )
 from markdown_pricing.synthetic.sample import generate_sample
@@ -190,17 +191,21 @@ def _peer_country(
 
 
 def _peer_pool(
-    weekly: str, shares: dict[str, float], countries: list[str], params: ModelParams
+    weekly: str, shares: dict[str, float], response_shares: dict[str, float], countries: list[str], params: ModelParams
 ) -> tuple[float, PooledModel, PriceResponse]:
     """The peer's pool job, beside its countries' as the stage's: the pooled model on the same share of each
-    country's articles (sampled by a pandas hash), and the price response of that sample."""
+    country's articles (sampled by a pandas hash), and the price response on the response's share of them, as deep
+    as every article sold."""
     started = time.perf_counter()
     frame = pd.read_parquet(weekly, filters=[("is_future", "==", False)])
     frame["country"] = frame["country"].astype(str)
     bucket = pd.util.hash_pandas_object(frame[["country", "article_id"]], index=False).to_numpy() % SAMPLE_BUCKETS
-    sample = frame[bucket < frame["country"].map(shares).to_numpy() * SAMPLE_BUCKETS]
-    pooled = fit_pooled(sample, params, num_threads=1, countries=countries)
-    response = learned_from(prepare(sample), params.price_response)
+
+    def sample(at: dict[str, float]) -> pd.DataFrame:
+        return frame[bucket < frame["country"].map(at).to_numpy() * SAMPLE_BUCKETS]
+
+    pooled = fit_pooled(sample(shares), params, num_threads=1, countries=countries)
+    response = learned_from(prepare(sample(response_shares)), params.price_response, frame)
     return time.perf_counter() - started, pooled, response
 
 
@@ -228,10 +233,11 @@ def joblib_peer(ctx: RunContext, cfg: Config, rows: dict[str, int], processes: i
     out.mkdir(parents=True, exist_ok=True)
     weekly, params, rules = ctx.layout.weekly, cfg.model, cfg.run
     shares, tasks = with_pool(rows, params.pooled_max_rows)
+    response_shares = sample_shares(rows, params.price_response.max_rows)
     order = largest_first(tasks)
     with measured() as sample:
         outcomes = Parallel(n_jobs=processes, batch_size=1)(
-            delayed(_peer_pool)(weekly, shares, sorted(rows), params)
+            delayed(_peer_pool)(weekly, shares, response_shares, sorted(rows), params)
             if country == POOL
             else delayed(_peer_country)(weekly, out, country, params, rules)
             for country in order

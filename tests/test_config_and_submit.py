@@ -121,3 +121,8 @@ def test_run_level_pricing_rules_are_checked_when_the_config_loads(run: dict[str
 def test_the_etls_bytes_per_shuffle_partition_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="etl.raw_bytes_per_shuffle_partition must be positive, not 0"):
         dataclasses.replace(load_config("local").etl, raw_bytes_per_shuffle_partition=0)
+
+
+def test_the_price_responses_sample_needs_at_least_one_row() -> None:
+    with pytest.raises(ConfigError, match="max_rows >= 1, got .* and 0"):
+        dataclasses.replace(load_config("local").model.price_response, max_rows=0)

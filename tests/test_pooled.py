@@ -19,9 +19,9 @@ from markdown_pricing.stages.per_country import (
     POOL,
     POOLED_RECORD,
     fallback_scores,
-    in_pool,
     largest_first,
     sample_shares,
+    sampled_history,
     train_score,
     with_pool,
 )
@@ -52,7 +52,7 @@ def test_the_pool_samples_whole_past_articles_at_each_countrys_share(spark: Spar
         ]
     )
     shares = {"DEU": 0.25, "LUX": 1.0}
-    sample = as_spark(spark, weekly).where(in_pool(shares)).toPandas()
+    sample = as_spark(spark, weekly).where(sampled_history(shares)).toPandas()
     assert not sample["is_future"].any()
     weeks_per_article = sample.groupby(["country", "article_id"]).size()
     assert (weeks_per_article == 3).all()
@@ -60,7 +60,7 @@ def test_the_pool_samples_whole_past_articles_at_each_countrys_share(spark: Spar
     assert kept["LUX"] == 20
     assert 0.2 * 600 < kept["DEU"] < 0.3 * 600
     # The same articles every time: the hash of their key, not a random draw.
-    again = as_spark(spark, weekly).where(in_pool(shares)).select("country", "article_id").distinct()
+    again = as_spark(spark, weekly).where(sampled_history(shares)).select("country", "article_id").distinct()
     kept_articles = spark.createDataFrame(weeks_per_article.index.to_frame(index=False))
     assert_df_equality(again, kept_articles, ignore_row_order=True, ignore_nullable=True)
 
@@ -80,7 +80,7 @@ def test_the_pooled_model_trains_beside_the_countries_and_scores_the_fallback_on
     assert len(pooled) == 1 and pooled[0]["status"] == "trained" and pooled[0]["model_text"]
     # A sampled row goes to its country's task and to the pool's: DEU saw every one of its rows, the pool its sample.
     assert json.loads(records.loc["DEU", "card_json"])["rows"]["input"] == rows["DEU"]
-    sample = prepare(weekly.where(in_pool(shares)).toPandas())
+    sample = prepare(weekly.where(sampled_history(shares)).toPandas())
     assert set(sample["country"]) == {"DEU", "LUX"}
     assert json.loads(pooled[0]["card_json"])["training_rows"] == len(training_rows(sample, PARAMS))
     # Each task's whole function, from its rows as pandas to its records, takes at least the fit and score it records.

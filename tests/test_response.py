@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from markdown_pricing.core.config import load_config
 from markdown_pricing.model import pricing, rules
@@ -29,7 +30,7 @@ from markdown_pricing.model.response import (
     markdown_margin,
     steady_pairs,
 )
-from markdown_pricing.stages.per_country import response_statistics
+from markdown_pricing.stages.per_country import response_statistics, sampled_history
 from test_model import PARAMS, RULES, elastic_world
 
 MONDAY = dt.date(2026, 6, 1)
@@ -268,6 +269,52 @@ def test_spark_sums_each_countrys_events_and_steady_pairs_as_pandas_does(spark: 
     assert_df_equality(
         response_statistics(weekly, 3),
         spark.createDataFrame(expected, schema=response_statistics(weekly, 3).schema),
+        ignore_row_order=True,
+        allow_nan_equality=True,
+    )
+
+
+def test_a_sampled_response_counts_the_sampled_articles_events_and_every_articles_deepest_discount(
+    spark: SparkSession,
+) -> None:
+    history = pd.concat(
+        [elastic_world(seed=1, articles=80, weeks=20), elastic_world(seed=2, weeks=20).assign(country="AUT")],
+        ignore_index=True,
+    )
+    history["week_start"] = pd.to_datetime(history["week_start"])
+    shares = {"DEU": 0.5, "AUT": 1.0}
+    sampled_ids = {
+        row["article_id"]
+        for row in spark.createDataFrame(history)
+        .where(sampled_history(shares) & (F.col("country") == "DEU"))
+        .select("article_id")
+        .distinct()
+        .collect()
+    }
+    assert 0 < len(sampled_ids) < 80
+    # An article the sample leaves out sold at the deepest discount of its category.
+    left_out = sorted(set(history.loc[history["country"] == "DEU", "article_id"]) - sampled_ids)[0]
+    deep = (history["country"] == "DEU") & (history["article_id"] == left_out) & ~history["is_future"]
+    history.loc[deep, "discount"] = 0.85
+    category = history.loc[deep, "category"].iloc[0]
+    weekly = spark.createDataFrame(history)
+
+    statistics = response_statistics(weekly, 3, shares).toPandas()
+    sample = history[~history["is_future"] & ((history["country"] == "AUT") | history["article_id"].isin(sampled_ids))]
+    expected = learned_from(prepare(sample), SETTINGS, history[~history["is_future"]])
+    from_spark = PriceResponse.estimate(statistics, SETTINGS.max_elasticity, SETTINGS.beyond_deepest)
+    assert from_spark.by_category == pytest.approx(expected.by_category)
+    assert from_spark.events == expected.events
+    assert from_spark.deepest == pytest.approx(expected.deepest)
+    assert from_spark.deepest[category] == pytest.approx(0.85)
+    # Fewer events than every article gives, but no deepest discount lost.
+    every = PriceResponse.estimate(response_statistics(weekly, 3).toPandas(), SETTINGS.max_elasticity)
+    assert sum(from_spark.events.values()) < sum(every.events.values())
+    assert from_spark.deepest == pytest.approx(every.deepest)
+    # Shares of 1 sample nothing: the same rows as no shares.
+    assert_df_equality(
+        response_statistics(weekly, 3, {"DEU": 1.0, "AUT": 1.0}),
+        response_statistics(weekly, 3),
         ignore_row_order=True,
         allow_nan_equality=True,
     )

@@ -75,17 +75,20 @@ class PriceResponseSettings:
     margin_per_wape: float
     # The lift stops growing this far past the deepest discount a category was seen at.
     beyond_deepest: float
+    # The events are counted on whole articles sampled from every country's history, at most this many weekly rows.
+    max_rows: int
 
     def __post_init__(self) -> None:
         if (
             self.event_window_weeks < 1
             or self.max_elasticity <= 0
             or min(self.margin_per_wape, self.beyond_deepest) < 0
+            or self.max_rows < 1
         ):
             raise ConfigError(
-                "model.price_response needs event_window_weeks >= 1, max_elasticity > 0, margin_per_wape >= 0 and "
-                f"beyond_deepest >= 0, got {self.event_window_weeks}, {self.max_elasticity}, {self.margin_per_wape} "
-                f"and {self.beyond_deepest}"
+                "model.price_response needs event_window_weeks >= 1, max_elasticity > 0, margin_per_wape >= 0, "
+                f"beyond_deepest >= 0 and max_rows >= 1, got {self.event_window_weeks}, {self.max_elasticity}, "
+                f"{self.margin_per_wape}, {self.beyond_deepest} and {self.max_rows}"
             )
 
 

@@ -151,10 +151,22 @@ def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
         szy=events["z"] * events["y"],
     )
     keys = ["country", "category"]
-    seen = history[history["units"] > 0].groupby(keys, observed=True)["discount"].max().rename("deepest")
-    grouped = sums.groupby(keys, observed=True)[list(STATISTICS)].sum().join(seen, how="outer")
+    grouped = sums.groupby(keys, observed=True)[list(STATISTICS)].sum().join(_deepest(history), how="outer")
     grouped = grouped.fillna({name: 0 for name in STATISTICS}).reset_index()
     return grouped.astype({"country": str, "category": str, "events": "int64"})[list(STATISTIC_COLUMNS)]
+
+
+def _deepest(history: pd.DataFrame) -> pd.Series:
+    sold = history[history["units"] > 0]
+    return sold.groupby(["country", "category"], observed=True)["discount"].max().rename("deepest")
+
+
+def deepest_sold(history: pd.DataFrame) -> pd.DataFrame:
+    """Per country and category, the deepest discount at which an article sold, as statistics rows of no events
+    (STATISTIC_COLUMNS): added to the statistics of a sample of the articles, the response extrapolates as far as
+    every article's history allows, no further."""
+    deepest = _deepest(history).reset_index().assign(**{name: 0.0 for name in STATISTICS})
+    return deepest.astype({"country": str, "category": str, "events": "int64"})[list(STATISTIC_COLUMNS)]
 
 
 def steady_pairs(history: pd.DataFrame) -> pd.DataFrame:
@@ -485,10 +497,14 @@ def _spread(slope: pd.Series, noise: pd.Series) -> float:
     return max(float(np.var(slopes, ddof=1) - np.mean(noises)), 0.0) if len(slopes) >= 2 else 0.0
 
 
-def learned_from(history: pd.DataFrame, settings: PriceResponseSettings) -> PriceResponse:
-    """The price response of these rows' markdown events alone (the stage learns one from every country's)."""
+def learned_from(
+    history: pd.DataFrame, settings: PriceResponseSettings, sampled_from: pd.DataFrame | None = None
+) -> PriceResponse:
+    """The price response of these rows' markdown events alone (the stage learns one from every country's); with
+    `sampled_from`, the history these rows' articles were sampled from, as deep as its articles sold (deepest_sold)."""
     statistics = pd.concat(
         [country_statistics(rows, settings.event_window_weeks) for _, rows in history.groupby("country", observed=True)]
+        + ([] if sampled_from is None else [deepest_sold(sampled_from)])
         or [pd.DataFrame(columns=COUNTRY_STATISTIC_COLUMNS)]
     )
     return PriceResponse.estimate(statistics, settings.max_elasticity, settings.beyond_deepest)

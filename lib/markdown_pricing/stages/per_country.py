@@ -23,7 +23,14 @@ from markdown_pricing.model.country import CountryResult, rescore, train_country
 from markdown_pricing.model.fallback import PooledModel, fit_pooled, score_fallback
 from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.gpu import check_mode, device_settings
-from markdown_pricing.model.response import EVENT_COLUMNS, STATISTIC_COLUMNS, PriceResponse, country_statistics
+from markdown_pricing.model.response import (
+    EVENT_COLUMNS,
+    PAIR_COLUMNS,
+    STATISTIC_COLUMNS,
+    STATISTICS,
+    PriceResponse,
+    country_statistics,
+)
 
 OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 # The pooled model's task among the countries', and the record it returns.
@@ -229,9 +236,9 @@ def with_pool(rows: Mapping[str, int], max_rows: int) -> tuple[dict[str, float],
 SAMPLE_BUCKETS = 1_000_000
 
 
-def in_pool(shares: Mapping[str, float]) -> Column:
-    """Whether a weekly row is in the pool task's input: a history row of an article sampled at its country's share
-    (sample_shares)."""
+def sampled_history(shares: Mapping[str, float]) -> Column:
+    """Whether a weekly row is a history row of an article sampled at its country's share (sample_shares): the pool
+    task's input, and the price response's."""
     share_of = F.create_map(*(F.lit(value) for pair in shares.items() for value in pair))
     bucket = F.pmod(F.xxhash64("country", "article_id"), F.lit(SAMPLE_BUCKETS))
     return ~F.col("is_future") & (bucket < share_of[F.col("country")] * SAMPLE_BUCKETS)
@@ -353,8 +360,8 @@ def train_score(
 
     With `order` (every country of `weekly`), each country runs in a task of its own, started in that order:
     countries train in parallel, each holds its own GPU, and the largest can start first. With `pool_shares`
-    (sample_shares'), the pooled model trains beside them on the rows in_pool, in a task of its own started where
-    POOL stands in `order`, and comes back as one POOLED_RECORD row.
+    (sample_shares'), the pooled model trains beside them on the sampled_history rows, in a task of its own started
+    where POOL stands in `order`, and comes back as one POOLED_RECORD row.
     """
     train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules, response=response)
     if not order:
@@ -368,7 +375,7 @@ def train_score(
     group = F.col("country")
     if pool_shares is not None:
         # A sampled row goes to its country's task and to the pool's: the weekly rows are read once for both.
-        group = F.explode(F.when(in_pool(pool_shares), F.array(group, F.lit(POOL))).otherwise(F.array(group)))
+        group = F.explode(F.when(sampled_history(pool_shares), F.array(group, F.lit(POOL))).otherwise(F.array(group)))
     return by_task(weekly.withColumn(GROUP, group), order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
 
 
@@ -381,12 +388,30 @@ RESPONSE_STATISTICS = T.StructType(
 )
 
 
-def response_statistics(weekly: DataFrame, window_weeks: int) -> DataFrame:
+def response_statistics(weekly: DataFrame, window_weeks: int, shares: Mapping[str, float] | None = None) -> DataFrame:
     """Each country's markdown events summed by category and its steady pairs by week
     (model.response.country_statistics), one task per country: the driver adds these few rows into the shared price
-    response."""
+    response. With `shares` (sample_shares') below 1, on the articles sampled at them; the deepest discount each
+    category sold at then comes from every article (model.response.deepest_sold's rows)."""
+    history = weekly.where(~F.col("is_future"))
+    sampled = shares is not None and any(share < 1.0 for share in shares.values())
     # Only the columns it reads cross the shuffle and Arrow: about half of the weekly rows' bytes.
-    history = weekly.where(~F.col("is_future")).select(*EVENT_COLUMNS)
-    return history.groupBy("country").applyInPandas(
-        lambda rows: country_statistics(prepare(rows), window_weeks), RESPONSE_STATISTICS
+    events = history.where(sampled_history(shares)) if sampled else history
+    statistics = (
+        events.select(*EVENT_COLUMNS)
+        .groupBy("country")
+        .applyInPandas(lambda rows: country_statistics(prepare(rows), window_weeks), RESPONSE_STATISTICS)
+    )
+    if not sampled:
+        return statistics
+    deepest = history.where(F.col("units") > 0).groupBy("country", "category").agg(F.max("discount").alias("deepest"))
+    # Rows of no events: they add nothing to the sums, only their deepest discount (what deepest_sold gives).
+    filled = {name: F.lit(0) for name in STATISTICS} | {name: F.lit(None) for name in PAIR_COLUMNS if name != "country"}
+    return statistics.unionByName(
+        deepest.select(
+            *(
+                filled.get(field.name, F.col(field.name)).cast(field.dataType).alias(field.name)
+                for field in RESPONSE_STATISTICS
+            )
+        )
     )

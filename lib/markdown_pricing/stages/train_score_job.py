@@ -37,6 +37,7 @@ from markdown_pricing.stages.per_country import (
     fallback_scores,
     largest_first,
     response_statistics,
+    sample_shares,
     train_score,
     with_pool,
 )
@@ -111,15 +112,19 @@ def _scored(
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     saved = load_saved_models(layout, ctx.model_run, countries) if ctx.model_run else None
     settings = cfg.model.price_response
+    sampled = sample_shares(rows, settings.max_rows)
     with job("train+score: price response from past markdowns"):
-        statistics = response_statistics(weekly, settings.event_window_weeks).toPandas()
+        statistics = response_statistics(weekly, settings.event_window_weeks, sampled).toPandas()
     response = PriceResponse.estimate(statistics, settings.max_elasticity, settings.beyond_deepest)
     log.info(
-        "price response from %d markdown events in %d countries on the %s curve (squared log lift errors: %s): "
+        "price response from %d markdown events in %d countries (%s) on the %s curve (squared log lift errors: %s): "
         "elasticity %.2f overall, by category %s; countries differ by %.2f (standard deviation of their true "
         "offsets); yearly cycle of log demand: %s",
         statistics["events"].sum(),
         statistics["country"].nunique(),
+        "every article"
+        if all(share >= 1.0 for share in sampled.values())
+        else f"articles sampled to model.price_response.max_rows = {settings.max_rows:,} weekly rows",
         response.curve,
         ", ".join(f"{curve} {misfit:.2f}" for curve, misfit in response.curve_misfits.items()),
         response.overall,
