@@ -49,8 +49,10 @@ from markdown_pricing.stages.per_country import (
     POOLED_RECORD,
     SAMPLE_BUCKETS,
     country_function,
+    country_sizes,
     largest_first,
     sample_shares,
+    training_tasks,
     with_pool,
 )
 from markdown_pricing.synthetic.sample import generate_sample
@@ -148,16 +150,19 @@ def run_train(
     }
     # The training pass's own records: every country's first task (a fallback country's too) and the pool's.
     first_pass = spark.read.parquet(ctx.layout.train_score_output).where(F.col("record").isin("country", POOLED_RECORD))
-    first = {row["country"]: row for row in first_pass.select("country", "fit_seconds", "function_seconds").collect()}
+    columns = ("country", "status", "fit_seconds", "function_seconds")
+    first = {row["country"]: row for row in first_pass.select(*columns).collect()}
     function_s[POOL] = first[POOL]["fit_seconds"] or 0.0
     # Each task's function whole, from its rows as pandas to its records, as it records it: the work any runner pays
-    # for. A fallback country's is its training task's and its scoring task's.
+    # for. A country whose own model lost has its training task's and its scoring task's; one too new to train was
+    # scored once, in the pool's task, which records its seconds apart from the pooled model's.
     whole_s = {
         c: (first[c]["function_seconds"] or 0.0)
-        + ((r.get("function_seconds") or 0.0) if r["model_kind"] in ("pooled", "baseline") else 0.0)
+        + ((r.get("function_seconds") or 0.0) if first[c]["status"] == "needs_fallback" else 0.0)
         for c, r in results.items()
     } | {POOL: first[POOL]["function_seconds"] or 0.0}
-    _, sizes = with_pool(rows, cfg.model.pooled_max_rows)
+    weeks = country_sizes(spark.read.parquet(ctx.layout.weekly))[1]
+    _, sizes, _ = training_tasks(rows, weeks, cfg.model)
     tasks = stage_tasks(_event_log(spark, Path(ctx.work)), f"train+score {len(rows)} countries", len(sizes))
     planned = largest_first(sizes) if order == "largest_first" else sorted(sizes)
     launched = [planned[task["index"]] for task in sorted(tasks, key=lambda task: (task["launch"], task["index"]))]

@@ -163,8 +163,9 @@ def runs(cluster: dict[str, Any], spark: SparkSession, erp_dsn: str) -> dict[str
     """The same sample run on the cluster (spark-submit, standalone profile) and in local mode (stage functions)."""
     root = cluster["root"]
     raw = root / "raw"
-    # Three countries on four GPU slots, as the assertions reason: no tiny country.
-    generate_sample(raw, countries=3, articles=40, weeks=16, seed=5, run_date=RUN_DATE, tiny_country_weeks=0)
+    # Three countries on four GPU slots, as the assertions reason: no tiny country, and history enough
+    # (min_history_weeks) for each to train in a task of its own, not in the pool's.
+    generate_sample(raw, countries=3, articles=40, weeks=24, seed=5, run_date=RUN_DATE, tiny_country_weeks=0)
     cfg = cluster_config(cluster["master"], raw, root / "cluster-work")
     # This interpreter runs the driver and the executors' Python workers: it has the package and LightGBM.
     # The session's ERP, where train+score reads the buyers' rules (none): no embedded server under the work folder.

@@ -12,17 +12,20 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from markdown_pricing.core.contract import PREDICTION_COLUMNS
 from markdown_pricing.model.fallback import fit_pooled, score_fallback, train_pooled
 from markdown_pricing.model.forecast import prepare, training_rows
 from markdown_pricing.model.response import PriceResponse
 from markdown_pricing.stages.per_country import (
     POOL,
     POOLED_RECORD,
+    country_sizes,
     fallback_scores,
     largest_first,
     sample_shares,
     sampled_history,
     train_score,
+    training_tasks,
     with_pool,
 )
 from test_model import PARAMS, RULES, elastic_world
@@ -100,6 +103,42 @@ def test_the_pooled_model_trains_beside_the_countries_and_scores_the_fallback_on
     [alone] = train_pooled(pandas_weekly, fallback, PARAMS, RULES, num_threads=1, response=RESPONSE)
     assert alone.metrics["model_kind"] == "pooled"
     assert sorted(alone.predictions["article_id"]) == sorted(predicted["article_id"])
+
+
+def test_a_country_too_new_to_train_is_scored_in_the_pools_task_as_the_fallback_pass_would(spark: SparkSession) -> None:
+    small = elastic_world(seed=5, articles=10, weeks=2).assign(country="LUX")
+    pandas_weekly = pd.concat([elastic_world(seed=1), small], ignore_index=True)
+    # A week with no stock is no week of history to train on.
+    pandas_weekly.loc[
+        (pandas_weekly["country"] == "LUX") & (pandas_weekly["week_start"] == small["week_start"].min()),
+        "stock_on_hand",
+    ] = 0
+    weekly = as_spark(spark, pandas_weekly)
+    rows, weeks = country_sizes(weekly)
+    shares, tasks, too_new = training_tasks(rows, weeks, PARAMS)
+    assert too_new == {"LUX": f"1 weeks of in-stock history, fewer than min_history_weeks = {PARAMS.min_history_weeks}"}
+    assert set(tasks) == {"DEU", POOL} and tasks[POOL] > rows["LUX"]
+    output = train_score(
+        weekly, PARAMS, RULES, order=largest_first(tasks), response=RESPONSE, pool_shares=shares, too_new=too_new
+    )
+    records = output.where(F.col("record") == "country").toPandas().set_index("country")
+    # The weeks counted before training are the ones the country's own training window has.
+    assert json.loads(records.loc["DEU", "card_json"])["training_window"]["weeks"] == weeks["DEU"] == 30
+    lux = records.loc["LUX"]
+    assert (lux["status"], lux["model_kind"]) == ("trained", "pooled")
+    assert lux["fallback_reason"].startswith(too_new["LUX"] + "; ")
+    # The pooled model's record keeps its own seconds; the country's scoring has its own.
+    [pooled] = output.where(F.col("record") == POOLED_RECORD).collect()
+    assert pooled["status"] == "trained" and 0 < lux["function_seconds"]
+    assert pooled["function_seconds"] < pooled["fit_seconds"] + lux["function_seconds"]
+    # The same recommendations the pass after every country gives with the same pooled model.
+    after = fallback_scores(weekly, too_new, ["LUX"], pooled, PARAMS, RULES, RESPONSE)
+    predictions = list(PREDICTION_COLUMNS)
+    assert_df_equality(
+        output.where((F.col("record") == "prediction") & (F.col("country") == "LUX")).select(*predictions),
+        after.where(F.col("record") == "prediction").select(*predictions),
+        ignore_row_order=True,
+    )
 
 
 def test_a_failed_pooled_model_leaves_a_fallback_country_its_baselines_level_and_the_shared_response() -> None:

@@ -122,6 +122,14 @@ def model_card(
     }
 
 
+def too_little_history(weeks: int, params: ModelParams) -> str | None:
+    """Why a country with `weeks` of in-stock history (its training window's) cannot train a model of its own, if it
+    cannot: known before it trains, so the pooled model's task can score it."""
+    if weeks >= params.min_history_weeks:
+        return None
+    return f"{weeks} weeks of in-stock history, fewer than min_history_weeks = {params.min_history_weeks}"
+
+
 def train_country(
     weekly: pd.DataFrame,
     params: ModelParams,
@@ -142,9 +150,8 @@ def train_country(
     history = weekly[~weekly["is_future"]]
     usable = training_rows(history, params)
     card = {"country": country, **data_card(weekly, usable)}
-    weeks = card["training_window"]["weeks"]
-    if weeks < params.min_history_weeks:
-        reason = f"{weeks} weeks of in-stock history, fewer than min_history_weeks = {params.min_history_weeks}"
+    reason = too_little_history(card["training_window"]["weeks"], params)
+    if reason:
         return needs_fallback(country, reason, usable, {}, card)
     started = time.perf_counter()
     encoding = Encoding.of(weekly, FEATURES)

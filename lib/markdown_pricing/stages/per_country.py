@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 from markdown_pricing.core.config import ModelParams, RunRules
 from markdown_pricing.core.schemas import TRAIN_SCORE_OUTPUT
 from markdown_pricing.core.session import task_cpus
-from markdown_pricing.model.country import CountryResult, rescore, train_country
+from markdown_pricing.model.country import CountryResult, rescore, too_little_history, train_country
 from markdown_pricing.model.fallback import PooledModel, fit_pooled, score_fallback
 from markdown_pricing.model.forecast import prepare
 from markdown_pricing.model.gpu import check_mode, device_settings
@@ -37,6 +37,8 @@ OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 POOL, POOLED_RECORD = "_pool", "pooled_model"
 # Which task a row goes to: its country's, and the pool's too when the pool samples it (a second row).
 GROUP = "_group"
+# Whether a row is in the pooled model's training sample (the pool task also gets the rows of the countries it scores).
+IN_POOL = "_in_pool"
 # A missing string column would default to all-NaN float64, which Arrow cannot turn into strings cleanly.
 STRING_COLUMNS = {f.name: object for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.StringType)}
 BOOLEAN_COLUMNS = {f.name: "boolean" for f in TRAIN_SCORE_OUTPUT.fields if isinstance(f.dataType, T.BooleanType)}
@@ -192,23 +194,44 @@ def _pooled_record(pooled: PooledModel | None, error: str | None = None, **task:
 
 
 def pooled_function(
-    params: ModelParams, gpu_mode: str = "off", countries: Sequence[str] = ()
+    params: ModelParams,
+    rules: RunRules,
+    gpu_mode: str = "off",
+    countries: Sequence[str] = (),
+    too_new: Mapping[str, str] | None = None,
+    response: PriceResponse | None = None,
+    buyer_rules: BuyerRules | None = None,
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """The function Spark runs once, in the pool task, over the sampled history of every country: the pooled model
-    that may score any of `countries`, as one record (a failure becomes a failed record)."""
+    """The function Spark runs once, in the pool task: the pooled model, trained on the rows IN_POOL (the sampled
+    history of every country), that may score any of `countries`, as one record (a failure becomes a failed
+    record); then, in the same task, each country of `too_new` (country -> why), all of whose rows it is given,
+    scored as a fallback country with the shared `response`."""
     check_mode(gpu_mode)
+    if too_new and response is None:
+        raise ValueError("the pool task scores the countries too new to train only with a shared price response")
 
-    def train_pooled_model(history: pd.DataFrame) -> pd.DataFrame:
+    def train_pooled_model(rows: pd.DataFrame) -> pd.DataFrame:
         started = time.perf_counter()
         addresses = gpu_addresses(task_resources())
-        task = {"task_gpus": ",".join(addresses) or None}
+        task: dict[str, object] = {"task_gpus": ",".join(addresses) or None}
+        pooled, failure = None, "no pooled model was trained"
         try:
             device = device_settings(gpu_mode, addresses)
+            task["device"] = device.label
+            history = rows[rows[IN_POOL]].drop(columns=IN_POOL)
             pooled = fit_pooled(history, params, task_cpus(), device.params, countries)
-            record = _pooled_record(pooled, device=device.label, **task)
+            record = _pooled_record(pooled, **task)
         except Exception as err:  # the fallback countries then take their baselines' level
-            record = _pooled_record(None, f"{type(err).__name__}: {err}", **task)
-        return _timed(record, started)
+            failure = f"{type(err).__name__}: {err}"
+            record = _pooled_record(None, failure, **task)
+        records = [_timed(record, started)]
+        if too_new and response is not None:
+            # As its record carries it (JSON), so these countries' cards read as the later pass's would.
+            model = PooledModel.of(pooled.model_text, pooled.as_json()) if pooled else None
+            score = _fallback_scorer(too_new, model, failure, task, params, rules, response, buyer_rules)
+            own = rows[rows["country"].isin(list(too_new))].drop(columns=IN_POOL)
+            records += [score(country_rows) for _, country_rows in own.groupby("country", sort=True)]
+        return _stacked(records)
 
     return train_pooled_model
 
@@ -232,6 +255,31 @@ def with_pool(rows: Mapping[str, int], max_rows: int) -> tuple[dict[str, float],
     return shares, {**rows, POOL: round(sum(rows[country] * shares[country] for country in rows))}
 
 
+def country_sizes(weekly: DataFrame) -> tuple[dict[str, int], dict[str, int]]:
+    """Each country's weekly rows, and its weeks of in-stock history: the training window model.country trains on
+    (model.backtest.in_stock's weeks)."""
+    in_stock = ~F.col("is_future") & (F.col("stock_on_hand").isNull() | (F.col("stock_on_hand") > 0))
+    found = (
+        weekly.groupBy("country")
+        .agg(F.count("*").alias("rows"), F.countDistinct(F.when(in_stock, F.col("week_start"))).alias("weeks"))
+        .collect()
+    )
+    return {row["country"]: row["rows"] for row in found}, {row["country"]: row["weeks"] for row in found}
+
+
+def training_tasks(
+    rows: Mapping[str, int], weeks: Mapping[str, int], params: ModelParams
+) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
+    """The pool's sample shares (with_pool's), the tasks' sizes, and the countries too new to train a model of
+    their own (country -> why): the pool's task scores those once its model is trained, so they wait for no other
+    country, and they have no task of their own."""
+    shares, tasks = with_pool(rows, params.pooled_max_rows)
+    too_new = {country: reason for country in rows if (reason := too_little_history(weeks[country], params))}
+    for country in too_new:
+        tasks[POOL] += tasks.pop(country)
+    return shares, tasks, too_new
+
+
 # Articles are sampled by a hash of their key into this many buckets, whole: the model sees complete series.
 SAMPLE_BUCKETS = 1_000_000
 
@@ -242,6 +290,33 @@ def sampled_history(shares: Mapping[str, float]) -> Column:
     share_of = F.create_map(*(F.lit(value) for pair in shares.items() for value in pair))
     bucket = F.pmod(F.xxhash64("country", "article_id"), F.lit(SAMPLE_BUCKETS))
     return ~F.col("is_future") & (bucket < share_of[F.col("country")] * SAMPLE_BUCKETS)
+
+
+def _fallback_scorer(
+    fallback: Mapping[str, str],
+    model: PooledModel | None,
+    failure: str,
+    task: Mapping[str, object],
+    params: ModelParams,
+    rules: RunRules,
+    response: PriceResponse,
+    buyer_rules: BuyerRules | None,
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Scores one fallback country's rows (country -> why in `fallback`) with the pooled `model` (none: it failed,
+    `failure` says why), its records carrying the pool task's `task` fields."""
+
+    def score_fallback_country(weekly: pd.DataFrame) -> pd.DataFrame:
+        started = time.perf_counter()
+        country = str(weekly["country"].iloc[0])
+        try:
+            own_rules = (buyer_rules or {}).get(country)
+            result = score_fallback(weekly, fallback[country], model, params, rules, response, own_rules, failure)
+            records = _result_frame(result, **task)
+        except Exception as err:  # one country's failure must not stop the others
+            records = _failed(country, err, len(weekly), **task)
+        return _timed(records, started)
+
+    return score_fallback_country
 
 
 def fallback_function(
@@ -256,22 +331,9 @@ def fallback_function(
     record `pooled` (none: no pool task ran)."""
     model = PooledModel.of(pooled["model_text"], pooled["card_json"]) if pooled and pooled["model_text"] else None
     failure = (pooled["error"] if pooled else None) or "no pooled model was trained"
-
     # Where the pooled model trained: its recommendations are that training's.
     task = {"task_gpus": pooled["task_gpus"] if pooled else None, "device": pooled["device"] if pooled else None}
-
-    def score_fallback_country(weekly: pd.DataFrame) -> pd.DataFrame:
-        started = time.perf_counter()
-        country = str(weekly["country"].iloc[0])
-        try:
-            own_rules = (buyer_rules or {}).get(country)
-            result = score_fallback(weekly, fallback[country], model, params, rules, response, own_rules, failure)
-            records = _result_frame(result, **task)
-        except Exception as err:  # one country's failure must not stop the others
-            records = _failed(country, err, len(weekly), **task)
-        return _timed(records, started)
-
-    return score_fallback_country
+    return _fallback_scorer(fallback, model, failure, task, params, rules, response, buyer_rules)
 
 
 def fallback_scores(
@@ -355,28 +417,41 @@ def train_score(
     buyer_rules: BuyerRules | None = None,
     response: PriceResponse | None = None,
     pool_shares: Mapping[str, float] | None = None,
+    too_new: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """Trains and scores every country in parallel, one pandas group per country.
 
-    With `order` (every country of `weekly`), each country runs in a task of its own, started in that order:
-    countries train in parallel, each holds its own GPU, and the largest can start first. With `pool_shares`
-    (sample_shares'), the pooled model trains beside them on the sampled_history rows, in a task of its own started
-    where POOL stands in `order`, and comes back as one POOLED_RECORD row.
+    With `order` (every country of `weekly` but those `too_new`), each country runs in a task of its own, started in
+    that order: countries train in parallel, each holds its own GPU, and the largest can start first. With
+    `pool_shares` (sample_shares'), the pooled model trains beside them on the sampled_history rows, in a task of its
+    own started where POOL stands in `order`, and comes back as one POOLED_RECORD row; that task then scores the
+    countries `too_new` (training_tasks'), from all of their rows, with the shared `response`.
     """
     train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules, response=response)
     if not order:
         return weekly.groupBy("country").applyInPandas(train_country, TRAIN_SCORE_OUTPUT)
-    train_pooled_model = pooled_function(params, gpu_mode, [country for country in order if country != POOL])
+    too_new = too_new or {}
+    if too_new and pool_shares is None:
+        raise ValueError("only the pool's task scores the countries too new to train: pool_shares is needed")
+    countries = sorted({country for country in order if country != POOL} | set(too_new))
+    train_pooled_model = pooled_function(params, rules, gpu_mode, countries, too_new, response, buyer_rules)
 
     def train_group(frame: pd.DataFrame) -> pd.DataFrame:
         rows = frame.drop(columns=[TASK_KEY, GROUP])
-        return train_pooled_model(rows) if frame[GROUP].iloc[0] == POOL else train_country(rows)
+        return train_pooled_model(rows) if frame[GROUP].iloc[0] == POOL else train_country(rows.drop(columns=IN_POOL))
 
-    group = F.col("country")
+    group, in_pool = F.col("country"), F.lit(False)
     if pool_shares is not None:
-        # A sampled row goes to its country's task and to the pool's: the weekly rows are read once for both.
-        group = F.explode(F.when(sampled_history(pool_shares), F.array(group, F.lit(POOL))).otherwise(F.array(group)))
-    return by_task(weekly.withColumn(GROUP, group), order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
+        # A sampled row goes to its country's task and to the pool's: the weekly rows are read once for both. A
+        # country too new to train sends every row to the pool's task alone.
+        in_pool = sampled_history(pool_shares)
+        group = F.explode(
+            F.when(F.col("country").isin(list(too_new)), F.array(F.lit(POOL)))
+            .when(in_pool, F.array(group, F.lit(POOL)))
+            .otherwise(F.array(group))
+        )
+    rows = weekly.withColumn(GROUP, group).withColumn(IN_POOL, in_pool)
+    return by_task(rows, order, GROUP).applyInPandas(train_group, TRAIN_SCORE_OUTPUT)
 
 
 RESPONSE_STATISTICS = T.StructType(

@@ -30,16 +30,16 @@ from markdown_pricing.model.response import PriceResponse
 from markdown_pricing.observe.progress import StageProgress
 from markdown_pricing.observe.spark_watch import watch_spark_tasks
 from markdown_pricing.stages.per_country import (
-    POOL,
     POOLED_RECORD,
     BuyerRules,
     SavedModels,
+    country_sizes,
     fallback_scores,
     largest_first,
     response_statistics,
     sample_shares,
     train_score,
-    with_pool,
+    training_tasks,
 )
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,14 @@ def _scored(
     ctx: RunContext,
     cfg: Config,
     weekly: DataFrame,
-    rows: dict[str, int],
+    sizes: tuple[dict[str, int], dict[str, int]],
     tracker: StageProgress,
     buyer_rules: BuyerRules,
 ) -> DataFrame:
     """Trains (or rescores) every country once, the pooled model beside them on a bounded sample of every
-    country's history; the fallback countries are then scored by it and replace their country records."""
+    country's history, its task then scoring the countries too new to train; the countries whose own model lost
+    are then scored by it and replace their country records."""
+    rows, weeks = sizes
     layout = ctx.layout
     countries = sorted(rows)
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
@@ -135,16 +137,18 @@ def _scored(
         else "none shown beyond noise",
     )
     # A rescore trains nothing: its fallback countries have the pooled model their model run saved.
-    shares, tasks = None, dict(rows)
+    shares, tasks, too_new = None, dict(rows), {}
     if saved is None:
-        shares, tasks = with_pool(rows, cfg.model.pooled_max_rows)
+        shares, tasks, too_new = training_tasks(rows, weeks, cfg.model)
     # Spark starts tasks in this order: the largest first, so none of them is left to run alone at the end.
     order = largest_first(tasks) if cfg.schedule.start_order == "largest_first" else sorted(tasks)
     # Written once and read back: every later output comes from this one training pass. A folder per record, so
     # each later read opens only its own files (the countries' few records, or the predictions, or the candidates).
     with job(f"train+score {len(countries)} countries"):
         watcher = watch_spark_tasks(tracker, spark.sparkContext, f"training {len(countries)} countries")
-        scored = train_score(weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response, shares)
+        scored = train_score(
+            weekly, cfg.model, cfg.run, cfg.gpu.mode, order, saved, buyer_rules, response, shares, too_new
+        )
         scored.write.mode("overwrite").partitionBy("record").parquet(layout.train_score_output)
         watcher.stop()
     output = spark.read.parquet(layout.train_score_output)
@@ -155,7 +159,13 @@ def _scored(
     if pooled is not None and pooled["status"] == "failed":
         log.warning("the pooled model failed; fallback countries take their baselines' level: %s", pooled["error"])
     elif pooled is not None:
-        log.info("pooled model trained in %.1f s on about %d sampled history rows", pooled["fit_seconds"], tasks[POOL])
+        log.info(
+            "pooled model trained in %.1f s on %d sampled history rows",
+            pooled["fit_seconds"],
+            json.loads(pooled["card_json"])["training_rows"],
+        )
+    if too_new:
+        log.info("the pooled model's task scored the countries too new to train: %s", ", ".join(sorted(too_new)))
     fallback = {row["country"]: row["fallback_reason"] for row in pending if row["record"] == "country"}
     output = output.where(F.col("record") != POOLED_RECORD)
     if not fallback:
@@ -173,10 +183,10 @@ def run(spark: SparkSession, ctx: RunContext, cfg: Config) -> int:
     job = partial(spark_job, spark, f"train-score-{ctx.run_id}")
     with job("train+score: find countries"):
         weekly = spark.read.parquet(layout.weekly)
-        rows = {row["country"]: row["count"] for row in weekly.groupBy("country").count().collect()}
-    countries = sorted(rows)
+        sizes = country_sizes(weekly)
+    countries = sorted(sizes[0])
     tracker = StageProgress(layout, "train_score", total=len(countries))
-    output = _scored(spark, ctx, cfg, weekly, rows, tracker, read_buyer_rules(ctx, cfg, countries))
+    output = _scored(spark, ctx, cfg, weekly, sizes, tracker, read_buyer_rules(ctx, cfg, countries))
     tracker.update("saving models, metrics and predictions", done=len(countries))
 
     with job("train+score: save models and metrics"):
