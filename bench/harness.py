@@ -148,7 +148,8 @@ def run_train(
         c: (0.0 if r["model_kind"] in ("pooled", "baseline") else r["fit_seconds"]) + (r.get("score_seconds") or 0.0)
         for c, r in results.items()
     }
-    # The training pass's own records: every country's first task (a fallback country's too) and the pool's.
+    # The training pass's own records: every country's first (a fallback country's too; a country too new to train,
+    # its scoring in the pool's task) and the pool's.
     first_pass = spark.read.parquet(ctx.layout.train_score_output).where(F.col("record").isin("country", POOLED_RECORD))
     columns = ("country", "status", "fit_seconds", "function_seconds")
     first = {row["country"]: row for row in first_pass.select(*columns).collect()}

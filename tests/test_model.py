@@ -12,7 +12,7 @@ import pytest
 
 from markdown_pricing.core.config import load_config
 from markdown_pricing.model import backtest, forecast, pricing
-from markdown_pricing.model.country import data_card, rescore, train_country
+from markdown_pricing.model.country import data_card, fingerprint, rescore, train_country
 from markdown_pricing.model.fallback import train_pooled
 
 LADDER = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -252,6 +252,10 @@ def test_model_card_says_what_was_trained_on_what() -> None:
         data_card(changed, backtest.in_stock(changed[~changed["is_future"]]))["data_fingerprint"]
         != (card["data_fingerprint"])
     )
+    # The same rows with an integer column as floats (Arrow's, where the task's group has a null) hash alike.
+    floats = world.astype({"stock_on_hand": "float64"})
+    assert world["stock_on_hand"].dtype == "int64"
+    assert fingerprint(floats) == fingerprint(world) != fingerprint(changed)
 
 
 def test_tuning_picks_a_candidate_by_time_series_cv_with_early_stopping() -> None:

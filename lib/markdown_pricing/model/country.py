@@ -49,8 +49,11 @@ class CountryResult:
 
 
 def fingerprint(weekly: pd.DataFrame) -> str:
-    """sha256 of the rows a model was trained and scored on, independent of their order."""
+    """sha256 of the rows a model was trained and scored on, independent of their order and of how Arrow typed
+    their numbers (an integer column comes as floats where any row of the task's group, another country's in the
+    pool's task, is null)."""
     rows = weekly.sort_values(["country", "article_id", "week_start"], kind="stable")
+    rows = rows.astype({name: "float64" for name in rows.select_dtypes("number").columns})
     return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()
 
 

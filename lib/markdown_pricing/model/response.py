@@ -157,7 +157,7 @@ def event_statistics(history: pd.DataFrame, window_weeks: int) -> pd.DataFrame:
 
 
 def _deepest(history: pd.DataFrame) -> pd.Series:
-    sold = history[history["units"] > 0]
+    sold = history.loc[history["units"] > 0, ["country", "category", "discount"]]
     return sold.groupby(["country", "category"], observed=True)["discount"].max().rename("deepest")
 
 

@@ -35,7 +35,8 @@ from markdown_pricing.model.response import (
 OUTPUT_COLUMNS = TRAIN_SCORE_OUTPUT.fieldNames()
 # The pooled model's task among the countries', and the record it returns.
 POOL, POOLED_RECORD = "_pool", "pooled_model"
-# Which task a row goes to: its country's, and the pool's too when the pool samples it (a second row).
+# Which task a row goes to: its country's, and the pool's too when the pool samples it (a second row); a country too
+# new to train sends its rows to the pool's task alone.
 GROUP = "_group"
 # Whether a row is in the pooled model's training sample (the pool task also gets the rows of the countries it scores).
 IN_POOL = "_in_pool"
@@ -218,7 +219,7 @@ def pooled_function(
         try:
             device = device_settings(gpu_mode, addresses)
             task["device"] = device.label
-            history = rows[rows[IN_POOL]].drop(columns=IN_POOL)
+            history = rows.loc[rows[IN_POOL], [name for name in rows.columns if name != IN_POOL]]
             pooled = fit_pooled(history, params, task_cpus(), device.params, countries)
             record = _pooled_record(pooled, **task)
         except Exception as err:  # the fallback countries then take their baselines' level
@@ -272,11 +273,12 @@ def training_tasks(
 ) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
     """The pool's sample shares (with_pool's), the tasks' sizes, and the countries too new to train a model of
     their own (country -> why): the pool's task scores those once its model is trained, so they wait for no other
-    country, and they have no task of their own."""
+    country, and they have no task of their own. That task then holds its sample and those countries' other rows
+    (their future weeks, and any history its sample left out): a country of fewer weeks than min_history_weeks."""
     shares, tasks = with_pool(rows, params.pooled_max_rows)
     too_new = {country: reason for country in rows if (reason := too_little_history(weeks[country], params))}
     for country in too_new:
-        tasks[POOL] += tasks.pop(country)
+        tasks[POOL] += round(tasks.pop(country) * (1 - shares[country]))
     return shares, tasks, too_new
 
 
@@ -285,8 +287,8 @@ SAMPLE_BUCKETS = 1_000_000
 
 
 def sampled_history(shares: Mapping[str, float]) -> Column:
-    """Whether a weekly row is a history row of an article sampled at its country's share (sample_shares): the pool
-    task's input, and the price response's."""
+    """Whether a weekly row is a history row of an article sampled at its country's share (sample_shares): the
+    pooled model's training rows, and the price response's."""
     share_of = F.create_map(*(F.lit(value) for pair in shares.items() for value in pair))
     bucket = F.pmod(F.xxhash64("country", "article_id"), F.lit(SAMPLE_BUCKETS))
     return ~F.col("is_future") & (bucket < share_of[F.col("country")] * SAMPLE_BUCKETS)
@@ -427,18 +429,20 @@ def train_score(
     own started where POOL stands in `order`, and comes back as one POOLED_RECORD row; that task then scores the
     countries `too_new` (training_tasks'), from all of their rows, with the shared `response`.
     """
+    too_new = too_new or {}
+    if too_new and (pool_shares is None or not order):
+        raise ValueError("only the pool's task scores the countries too new to train: order and pool_shares needed")
     train_country = country_function(params, rules, gpu_mode, saved=saved, buyer_rules=buyer_rules, response=response)
     if not order:
         return weekly.groupBy("country").applyInPandas(train_country, TRAIN_SCORE_OUTPUT)
-    too_new = too_new or {}
-    if too_new and pool_shares is None:
-        raise ValueError("only the pool's task scores the countries too new to train: pool_shares is needed")
     countries = sorted({country for country in order if country != POOL} | set(too_new))
     train_pooled_model = pooled_function(params, rules, gpu_mode, countries, too_new, response, buyer_rules)
 
     def train_group(frame: pd.DataFrame) -> pd.DataFrame:
-        rows = frame.drop(columns=[TASK_KEY, GROUP])
-        return train_pooled_model(rows) if frame[GROUP].iloc[0] == POOL else train_country(rows.drop(columns=IN_POOL))
+        # One copy of the rows beside Arrow's frame, not two: a large country's task is bounded by its memory.
+        if frame[GROUP].iloc[0] == POOL:
+            return train_pooled_model(frame.drop(columns=[TASK_KEY, GROUP]))
+        return train_country(frame.drop(columns=[TASK_KEY, GROUP, IN_POOL]))
 
     group, in_pool = F.col("country"), F.lit(False)
     if pool_shares is not None:
@@ -469,9 +473,9 @@ def response_statistics(weekly: DataFrame, window_weeks: int, shares: Mapping[st
     response. With `shares` (sample_shares') below 1, on the articles sampled at them; the deepest discount each
     category sold at then comes from every article (model.response.deepest_sold's rows)."""
     history = weekly.where(~F.col("is_future"))
-    sampled = shares is not None and any(share < 1.0 for share in shares.values())
+    sampled = shares if shares is not None and any(share < 1.0 for share in shares.values()) else None
     # Only the columns it reads cross the shuffle and Arrow: about half of the weekly rows' bytes.
-    events = history.where(sampled_history(shares)) if sampled else history
+    events = history.where(sampled_history(sampled)) if sampled else history
     statistics = (
         events.select(*EVENT_COLUMNS)
         .groupBy("country")

@@ -1,7 +1,8 @@
 """Train-and-score stage: curated weekly rows -> one LightGBM model per country -> recommendations.
 
-Countries with too little history or whose own model loses to its baseline get a second, pooled pass. With
-`--model-run RUN_ID` the stage trains nothing: it rescores with that run's saved models and cards.
+A country with too little history is scored by the pooled model in the pool's own task; one whose own model loses to
+its baseline gets a second, pooled pass. With `--model-run RUN_ID` the stage trains nothing: it rescores with that
+run's saved models and cards.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def _scored(
         log.warning("the pooled model failed; fallback countries take their baselines' level: %s", pooled["error"])
     elif pooled is not None:
         log.info(
-            "pooled model trained in %.1f s on %d sampled history rows",
+            "pooled model trained in %.1f s on %d training rows of its sample",
             pooled["fit_seconds"],
             json.loads(pooled["card_json"])["training_rows"],
         )
