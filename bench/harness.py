@@ -136,9 +136,16 @@ def warm_python_workers(spark: SparkSession, slots: int) -> None:
 
 
 def run_train(
-    spark: SparkSession, ctx: RunContext, cfg: Config, order: str, rows: dict[str, int], slots: int
+    spark: SparkSession,
+    ctx: RunContext,
+    cfg: Config,
+    order: str,
+    sizes: tuple[dict[str, int], dict[str, int]],
+    slots: int,
 ) -> dict[str, Any]:
-    """The train+score stage with one start order: wall time against the ideal makespan and the task launch order."""
+    """The train+score stage with one start order (on a world of these country_sizes): wall time against the ideal
+    makespan and the task launch order."""
+    rows, weeks = sizes
     ordered = replace(cfg, schedule=ScheduleSettings(start_order=order))
     with measured() as sample:
         train_stage.run(spark, ctx, ordered)
@@ -162,10 +169,9 @@ def run_train(
         + ((r.get("function_seconds") or 0.0) if first[c]["status"] == "needs_fallback" else 0.0)
         for c, r in results.items()
     } | {POOL: first[POOL]["function_seconds"] or 0.0}
-    weeks = country_sizes(spark.read.parquet(ctx.layout.weekly))[1]
-    _, sizes, _ = training_tasks(rows, weeks, cfg.model)
-    tasks = stage_tasks(_event_log(spark, Path(ctx.work)), f"train+score {len(rows)} countries", len(sizes))
-    planned = largest_first(sizes) if order == "largest_first" else sorted(sizes)
+    _, task_rows, _ = training_tasks(rows, weeks, cfg.model)
+    tasks = stage_tasks(_event_log(spark, Path(ctx.work)), f"train+score {len(rows)} countries", len(task_rows))
+    planned = largest_first(task_rows) if order == "largest_first" else sorted(task_rows)
     launched = [planned[task["index"]] for task in sorted(tasks, key=lambda task: (task["launch"], task["index"]))]
     task_s = [task["finish"] - task["launch"] for task in tasks]
     return {
@@ -177,7 +183,7 @@ def run_train(
         "country_seconds": function_s,
         "function_seconds": whole_s,
         "launch_order": launched,
-        "started_largest_first": launched == largest_first(sizes),
+        "started_largest_first": launched == largest_first(task_rows),
         "tasks": [{"country": planned[t["index"]], **t} for t in tasks],
     }
 
@@ -387,12 +393,13 @@ def bench_size(name: str, root: Path, server: BenchErp, jdbc_jar: str) -> dict[s
         with measured() as etl:
             etl_stage.run(spark, ctx, cfg)
         rows_in = sum(dataset["rows"] for dataset in read_json(ctx.layout.etl_record).values())
-        rows = dict(spark.read.parquet(ctx.layout.weekly).groupBy("country").count().collect())
+        sizes = country_sizes(spark.read.parquet(ctx.layout.weekly))
+        rows = sizes[0]
         weekly_rows = sum(rows.values())
         # Both orders train the same models (fixed seed, one thread each); largest first runs first, so any warm-up
         # left over helps the alphabetical order it is compared with.
         warm_python_workers(spark, slots)
-        train = {order: run_train(spark, ctx, cfg, order, rows, slots) for order in ("largest_first", "name")}
+        train = {order: run_train(spark, ctx, cfg, order, sizes, slots) for order in ("largest_first", "name")}
         peer = joblib_peer(ctx, cfg, rows, slots)
         probe = probes(ctx, cfg, largest_first(rows), slots)
         published = publish(spark, ctx, cfg, server)

@@ -34,6 +34,7 @@ from bench.measure import BenchErp, bench_erp, measured, save_results
 from markdown_pricing.core.config import load_config
 from markdown_pricing.core.storage import read_json
 from markdown_pricing.stages import etl_job
+from markdown_pricing.stages.per_country import country_sizes
 
 UNITS_MB = {"m": 1, "g": 1024, "t": 1024 * 1024}
 
@@ -67,9 +68,10 @@ def train_figures(
                 etl_job.run(spark, ctx, cfg)
             etl = sample
         rows_in = sum(dataset["rows"] for dataset in read_json(ctx.layout.etl_record).values())
-        rows = dict(spark.read.parquet(ctx.layout.weekly).groupBy("country").count().collect())
+        sizes = country_sizes(spark.read.parquet(ctx.layout.weekly))
+        rows = sizes[0]
         warm_python_workers(spark, slots)
-        train = run_train(spark, ctx, cfg, "largest_first", rows, slots)
+        train = run_train(spark, ctx, cfg, "largest_first", sizes, slots)
         largest = largest_first(rows)[0]
         figures = {
             "world": {"raw_rows": rows_in, "weekly_rows": sum(rows.values()), "countries": len(rows)},

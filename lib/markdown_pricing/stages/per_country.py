@@ -256,6 +256,11 @@ def with_pool(rows: Mapping[str, int], max_rows: int) -> tuple[dict[str, float],
     return shares, {**rows, POOL: round(sum(rows[country] * shares[country] for country in rows))}
 
 
+def samples_any(shares: Mapping[str, float]) -> bool:
+    """Whether these shares (sample_shares') leave any article out."""
+    return any(share < 1.0 for share in shares.values())
+
+
 def country_sizes(weekly: DataFrame) -> tuple[dict[str, int], dict[str, int]]:
     """Each country's weekly rows, and its weeks of in-stock history: the training window model.country trains on
     (model.backtest.in_stock's weeks)."""
@@ -473,7 +478,7 @@ def response_statistics(weekly: DataFrame, window_weeks: int, shares: Mapping[st
     response. With `shares` (sample_shares') below 1, on the articles sampled at them; the deepest discount each
     category sold at then comes from every article (model.response.deepest_sold's rows)."""
     history = weekly.where(~F.col("is_future"))
-    sampled = shares if shares is not None and any(share < 1.0 for share in shares.values()) else None
+    sampled = shares if shares is not None and samples_any(shares) else None
     # Only the columns it reads cross the shuffle and Arrow: about half of the weekly rows' bytes.
     events = history.where(sampled_history(sampled)) if sampled else history
     statistics = (

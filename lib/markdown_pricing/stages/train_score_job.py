@@ -39,6 +39,7 @@ from markdown_pricing.stages.per_country import (
     largest_first,
     response_statistics,
     sample_shares,
+    samples_any,
     train_score,
     training_tasks,
 )
@@ -125,9 +126,9 @@ def _scored(
         "offsets); yearly cycle of log demand: %s",
         statistics["events"].sum(),
         statistics["country"].nunique(),
-        "every article"
-        if all(share >= 1.0 for share in sampled.values())
-        else f"articles sampled to model.price_response.max_rows = {settings.max_rows:,} weekly rows",
+        f"articles sampled to model.price_response.max_rows = {settings.max_rows:,} weekly rows"
+        if samples_any(sampled)
+        else "every article",
         response.curve,
         ", ".join(f"{curve} {misfit:.2f}" for curve, misfit in response.curve_misfits.items()),
         response.overall,
